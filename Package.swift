@@ -1,0 +1,60 @@
+// swift-tools-version: 6.1
+// cowbd: a copy-on-write block device in userspace, served over NBD.
+import PackageDescription
+
+let strict: [SwiftSetting] = [
+    .swiftLanguageMode(.v6),
+    .unsafeFlags(["-warnings-as-errors"]),
+]
+
+let package = Package(
+    name: "cowbd",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "cowbd", targets: ["cowbd"])
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+    ],
+    targets: [
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        .systemLibrary(name: "CNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
+        .systemLibrary(name: "CLinux"),
+        .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+        .target(name: "CowFormat", dependencies: ["CXXHash"], swiftSettings: strict),
+        .target(
+            name: "CowStore",
+            dependencies: [
+                "CowFormat", "CLZ4", "CLinux",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .target(name: "NBDProtocol", swiftSettings: strict),
+        .target(
+            name: "NBDServer",
+            dependencies: [
+                "NBDProtocol", "CowStore",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .target(name: "NBDClient", dependencies: ["CNBD"], swiftSettings: strict),
+        .executableTarget(
+            name: "cowbd",
+            dependencies: [
+                "NBDServer", "CowStore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .testTarget(name: "CowFormatTests", dependencies: ["CowFormat"], swiftSettings: strict),
+        .testTarget(name: "CowStoreTests", dependencies: ["CowStore"], swiftSettings: strict),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: strict),
+        .testTarget(
+            name: "NBDServerTests", dependencies: ["NBDServer", "NBDClient", "CowStore"],
+            swiftSettings: strict),
+    ]
+)

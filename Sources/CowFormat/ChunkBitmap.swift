@@ -1,0 +1,164 @@
+// The chunk bitmap in memory: one bit a chunk, set = the chunk lives in the store.
+// Pages are allocated on first set, so memory follows what was written, not the disk size.
+// Not thread-safe: the store guards it with its lock.
+
+/// A sparse bitmap of chunk states, paged like its on-disk region (docs/FORMAT.md, "Chunk bitmap").
+public final class ChunkBitmap {
+    /// Bytes in one page, on disk and in memory.
+    public static let pageByteCount = 4096
+    /// Chunks one page covers.
+    public static let chunksPerPage: UInt64 = UInt64(pageByteCount) * 8
+    static let wordsPerPage = pageByteCount / 8
+
+    /// Chunks the bitmap covers.
+    public let chunkCount: UInt64
+    /// Pages the bitmap covers (the on-disk region may be longer: it is padded).
+    public let pageCount: Int
+    /// Set bits: chunks held by the store.
+    public private(set) var setCount: UInt64 = 0
+    private var pages: [UnsafeMutablePointer<UInt64>?]
+    private var dirtyPages: Set<Int> = []
+
+    /// An all-clear bitmap for `chunkCount` chunks; allocates only the page table.
+    public init(chunkCount: UInt64) {
+        self.chunkCount = chunkCount
+        pageCount = Int((chunkCount + Self.chunksPerPage - 1) / Self.chunksPerPage)
+        pages = Array(repeating: nil, count: pageCount)
+    }
+
+    deinit {
+        for case let page? in pages { page.deallocate() }
+    }
+
+    /// Pages with bits set since the last `takeDirtyPages`.
+    public var dirtyPageCount: Int { dirtyPages.count }
+    /// Pages holding memory (at least one bit set, or loaded non-zero).
+    public var allocatedPageCount: Int { pages.reduce(0) { $0 + ($1 == nil ? 0 : 1) } }
+
+    /// Whether chunk `chunkIndex` is held by the store.
+    @inlinable
+    public func isSet(_ chunkIndex: UInt64) -> Bool {
+        precondition(chunkIndex < chunkCount, "chunk index out of range")
+        return word(at: chunkIndex) & (1 << (chunkIndex & 63)) != 0
+    }
+
+    @usableFromInline
+    func word(at chunkIndex: UInt64) -> UInt64 {
+        guard let page = pages[Int(chunkIndex / Self.chunksPerPage)] else { return 0 }
+        return page[Int((chunkIndex % Self.chunksPerPage) / 64)]
+    }
+
+    /// Sets chunk `chunkIndex`; returns false if it was already set.
+    @discardableResult
+    public func set(_ chunkIndex: UInt64) -> Bool {
+        precondition(chunkIndex < chunkCount, "chunk index out of range")
+        let pageIndex = Int(chunkIndex / Self.chunksPerPage)
+        let page = pages[pageIndex] ?? allocatePage(pageIndex)
+        let wordIndex = Int((chunkIndex % Self.chunksPerPage) / 64)
+        let mask: UInt64 = 1 << (chunkIndex & 63)
+        guard page[wordIndex] & mask == 0 else { return false }
+        page[wordIndex] |= mask
+        setCount += 1
+        dirtyPages.insert(pageIndex)
+        return true
+    }
+
+    /// The number of chunks from `chunkIndex` (at most `limit`) that share its state,
+    /// and that state: the unit for coalescing reads and reporting extents.
+    public func run(from chunkIndex: UInt64, limit: UInt64) -> (isSet: Bool, chunkCount: UInt64) {
+        precondition(chunkIndex < chunkCount && limit > 0)
+        let end = min(chunkCount, chunkIndex + limit)
+        let state = isSet(chunkIndex)
+        var current = chunkIndex
+        while current < end {
+            let pageIndex = Int(current / Self.chunksPerPage)
+            guard let page = pages[pageIndex] else {
+                if state { break }
+                current = min(end, UInt64(pageIndex + 1) * Self.chunksPerPage)
+                continue
+            }
+            let wordIndex = Int((current % Self.chunksPerPage) / 64)
+            let bit = current & 63
+            // Bits equal to `state` become zeros in `differing`; find the first one that is not.
+            var differing = state ? ~page[wordIndex] : page[wordIndex]
+            differing &= ~0 << bit
+            if differing != 0 {
+                current = current - bit + UInt64(differing.trailingZeroBitCount)
+                break
+            }
+            current += 64 - bit
+        }
+        return (state, min(current, end) - chunkIndex)
+    }
+
+    /// Replaces page `pageIndex` with bytes read from disk (little-endian, LSB = lowest chunk).
+    /// All-zero pages keep no memory. Bits past `chunkCount` must be clear.
+    public func loadPage(_ pageIndex: Int, from bytes: UnsafeRawBufferPointer) throws(FormatError) {
+        precondition(pageIndex < pageCount && bytes.count == Self.pageByteCount)
+        // The last page may cover chunks past the end of the disk: their bits must be clear.
+        let validBitCount = chunkCount - UInt64(pageIndex) * Self.chunksPerPage
+        if validBitCount < Self.chunksPerPage {
+            for wordIndex in Int(validBitCount / 64)..<Self.wordsPerPage {
+                let firstBit = UInt64(wordIndex) * 64
+                let validBitsInWord = validBitCount > firstBit ? validBitCount - firstBit : 0
+                let validMask: UInt64 = validBitsInWord >= 64 ? ~0 : (1 << validBitsInWord) - 1
+                guard bytes.loadLittleEndian(at: wordIndex * 8, as: UInt64.self) & ~validMask == 0 else {
+                    throw .invalidField(name: "bitmap bit past the last chunk in page", value: UInt64(pageIndex))
+                }
+            }
+        }
+        if let old = pages[pageIndex] {
+            setCount -= (0..<Self.wordsPerPage).reduce(0) { $0 + UInt64(old[$1].nonzeroBitCount) }
+            old.deallocate()
+            pages[pageIndex] = nil
+        }
+        dirtyPages.remove(pageIndex)
+        guard bytes.contains(where: { $0 != 0 }) else { return }
+        let page = allocatePage(pageIndex)
+        for wordIndex in 0..<Self.wordsPerPage {
+            page[wordIndex] = bytes.loadLittleEndian(at: wordIndex * 8, as: UInt64.self)
+            setCount += UInt64(page[wordIndex].nonzeroBitCount)
+        }
+    }
+
+    /// Copies page `pageIndex` in its on-disk form into `bytes` (zeros if never allocated).
+    public func copyPage(_ pageIndex: Int, into bytes: UnsafeMutableRawBufferPointer) {
+        precondition(pageIndex < pageCount && bytes.count == Self.pageByteCount)
+        guard let page = pages[pageIndex] else {
+            bytes.initializeMemory(as: UInt8.self, repeating: 0)
+            return
+        }
+        for wordIndex in 0..<Self.wordsPerPage {
+            bytes.storeLittleEndian(page[wordIndex], at: wordIndex * 8)
+        }
+    }
+
+    /// Returns the pages changed since the last call, sorted, and forgets them.
+    public func takeDirtyPages() -> [Int] {
+        defer { dirtyPages.removeAll(keepingCapacity: true) }
+        return dirtyPages.sorted()
+    }
+
+    /// Marks pages dirty again (a write of them failed and must be retried at the next flush).
+    public func markDirty(_ pageIndexes: [Int]) {
+        dirtyPages.formUnion(pageIndexes)
+    }
+
+    /// Clears every bit and frees every page; all pages that held bits become dirty.
+    public func clearAll() {
+        for (pageIndex, page) in pages.enumerated() {
+            guard let page else { continue }
+            page.deallocate()
+            pages[pageIndex] = nil
+            dirtyPages.insert(pageIndex)
+        }
+        setCount = 0
+    }
+
+    private func allocatePage(_ pageIndex: Int) -> UnsafeMutablePointer<UInt64> {
+        let page = UnsafeMutablePointer<UInt64>.allocate(capacity: Self.wordsPerPage)
+        page.initialize(repeating: 0, count: Self.wordsPerPage)
+        pages[pageIndex] = page
+        return page
+    }
+}

@@ -1,0 +1,250 @@
+// The 4 KiB header at offset 0 of a COW store, as a value: parse, validate, encode.
+// Byte layout and versioning rule: docs/FORMAT.md. No I/O here.
+
+import CXXHash
+
+/// The identity of a base image's content: its size and a hash of sampled bytes.
+public struct BaseFingerprint: Equatable, Sendable, CustomStringConvertible {
+    /// XXH3-128 of the sampled bytes, low 64 bits.
+    public var low: UInt64
+    /// XXH3-128 of the sampled bytes, high 64 bits.
+    public var high: UInt64
+
+    public init(low: UInt64, high: UInt64) {
+        self.low = low
+        self.high = high
+    }
+
+    /// 32 hex digits, high half first, as `info` shows it.
+    public var description: String {
+        func hex(_ value: UInt64) -> String {
+            let digits = String(value, radix: 16)
+            return String(repeating: "0", count: 16 - digits.count) + digits
+        }
+        return hex(high) + hex(low)
+    }
+}
+
+/// Header of a COW store file (docs/FORMAT.md, "Store header").
+public struct StoreHeader: Equatable, Sendable {
+    /// "COWBDSTR": the first 8 bytes of every store.
+    public static let magic: [UInt8] = Array("COWBDSTR".utf8)
+    /// The format version this build writes and reads.
+    public static let currentVersion: UInt32 = 1
+    /// Bytes in the header, including its trailing checksum.
+    public static let byteCount = 4096
+    /// Longest base path (as given, and resolved) the header can hold.
+    public static let maxBasePathByteCount = 1022
+    /// The data region starts at a multiple of this, so any chunk size aligns with it.
+    public static let dataAlignment: UInt64 = 1 << 20
+    /// The bitmap region starts right after the header and is a whole number of pages.
+    public static let bitmapAlignment: UInt64 = 4096
+    /// Incompatible feature bits this build understands (none yet).
+    public static let knownIncompatibleFeatures: UInt32 = 0
+
+    enum Field {
+        static let magic = 0
+        static let version = 8
+        static let headerByteCount = 12
+        static let chunkShift = 16
+        static let incompatibleFeatures = 20
+        static let virtualByteCount = 24
+        static let baseByteCount = 32
+        static let fingerprintLow = 40
+        static let fingerprintHigh = 48
+        static let fingerprintScheme = 56
+        static let compatibleFeatures = 60
+        static let bitmapByteOffset = 64
+        static let bitmapByteCount = 72
+        static let dataByteOffset = 80
+        static let createdUnixSeconds = 88
+        static let reservedStart = 96
+        static let basePathGiven = 1024
+        static let basePathResolved = 2048
+        static let checksum = 4088
+    }
+
+    public var version: UInt32
+    public var geometry: ChunkGeometry
+    public var incompatibleFeatures: UInt32
+    public var compatibleFeatures: UInt32
+    /// Size of the virtual disk in bytes; may exceed the base (the tail reads as zeros).
+    public var virtualByteCount: UInt64
+    /// Size of the base image when the store was bound to it.
+    public var baseByteCount: UInt64
+    public var baseFingerprint: BaseFingerprint
+    /// Which sampling plan produced the fingerprint (`BaseFingerprintPlan.scheme`).
+    public var fingerprintScheme: UInt32
+    public var bitmapByteOffset: UInt64
+    public var bitmapByteCount: UInt64
+    public var dataByteOffset: UInt64
+    public var createdUnixSeconds: UInt64
+    /// The base path as the user gave it (relative paths are relative to the store's folder).
+    public var basePathGiven: String
+    /// The base path made absolute at create time.
+    public var basePathResolved: String
+
+    /// Number of chunks covering the virtual disk.
+    public var chunkCount: UInt64 { geometry.chunkCount(covering: virtualByteCount) }
+
+    /// A new header with the region layout derived from the sizes.
+    public init(
+        geometry: ChunkGeometry, virtualByteCount: UInt64, baseByteCount: UInt64,
+        baseFingerprint: BaseFingerprint, fingerprintScheme: UInt32,
+        basePathGiven: String, basePathResolved: String, createdUnixSeconds: UInt64
+    ) throws(FormatError) {
+        guard basePathGiven.utf8.count <= Self.maxBasePathByteCount,
+            basePathResolved.utf8.count <= Self.maxBasePathByteCount
+        else {
+            throw .invalidField(
+                name: "base path length", value: UInt64(max(basePathGiven.utf8.count, basePathResolved.utf8.count)))
+        }
+        self.version = Self.currentVersion
+        self.geometry = geometry
+        self.incompatibleFeatures = 0
+        self.compatibleFeatures = 0
+        self.virtualByteCount = virtualByteCount
+        self.baseByteCount = baseByteCount
+        self.baseFingerprint = baseFingerprint
+        self.fingerprintScheme = fingerprintScheme
+        self.createdUnixSeconds = createdUnixSeconds
+        self.basePathGiven = basePathGiven
+        self.basePathResolved = basePathResolved
+        let layout = Self.layout(geometry: geometry, virtualByteCount: virtualByteCount)
+        self.bitmapByteOffset = layout.bitmapByteOffset
+        self.bitmapByteCount = layout.bitmapByteCount
+        self.dataByteOffset = layout.dataByteOffset
+        try validate()
+    }
+
+    /// Where the bitmap and data regions go for a disk of this size.
+    public static func layout(geometry: ChunkGeometry, virtualByteCount: UInt64) -> (
+        bitmapByteOffset: UInt64, bitmapByteCount: UInt64, dataByteOffset: UInt64
+    ) {
+        let chunkCount = geometry.chunkCount(covering: virtualByteCount)
+        let bitmapByteCount = roundUp((chunkCount + 7) / 8, toMultipleOf: bitmapAlignment)
+        let bitmapByteOffset = UInt64(byteCount)
+        let dataByteOffset = roundUp(bitmapByteOffset + bitmapByteCount, toMultipleOf: dataAlignment)
+        return (bitmapByteOffset, bitmapByteCount, dataByteOffset)
+    }
+
+    /// Parses and validates the first `StoreHeader.byteCount` bytes of a store.
+    public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
+        guard bytes.count >= Self.byteCount else {
+            throw .truncated(expectedByteCount: Self.byteCount, actualByteCount: bytes.count)
+        }
+        guard bytes.prefix(8).elementsEqual(Self.magic) else {
+            throw .badMagic(expected: "cowbd store")
+        }
+        let stored = bytes.loadLittleEndian(at: Field.checksum, as: UInt64.self)
+        let computed = Self.checksum(of: bytes)
+        guard stored == computed else { throw .checksumMismatch(stored: stored, computed: computed) }
+        version = bytes.loadLittleEndian(at: Field.version, as: UInt32.self)
+        guard version == Self.currentVersion else { throw .unsupportedVersion(version) }
+        let headerByteCount = bytes.loadLittleEndian(at: Field.headerByteCount, as: UInt32.self)
+        guard headerByteCount == UInt32(Self.byteCount) else {
+            throw .invalidField(name: "header size", value: UInt64(headerByteCount))
+        }
+        geometry = try ChunkGeometry(shift: bytes.loadLittleEndian(at: Field.chunkShift, as: UInt32.self))
+        incompatibleFeatures = bytes.loadLittleEndian(at: Field.incompatibleFeatures, as: UInt32.self)
+        compatibleFeatures = bytes.loadLittleEndian(at: Field.compatibleFeatures, as: UInt32.self)
+        virtualByteCount = bytes.loadLittleEndian(at: Field.virtualByteCount, as: UInt64.self)
+        baseByteCount = bytes.loadLittleEndian(at: Field.baseByteCount, as: UInt64.self)
+        baseFingerprint = BaseFingerprint(
+            low: bytes.loadLittleEndian(at: Field.fingerprintLow, as: UInt64.self),
+            high: bytes.loadLittleEndian(at: Field.fingerprintHigh, as: UInt64.self))
+        fingerprintScheme = bytes.loadLittleEndian(at: Field.fingerprintScheme, as: UInt32.self)
+        bitmapByteOffset = bytes.loadLittleEndian(at: Field.bitmapByteOffset, as: UInt64.self)
+        bitmapByteCount = bytes.loadLittleEndian(at: Field.bitmapByteCount, as: UInt64.self)
+        dataByteOffset = bytes.loadLittleEndian(at: Field.dataByteOffset, as: UInt64.self)
+        createdUnixSeconds = bytes.loadLittleEndian(at: Field.createdUnixSeconds, as: UInt64.self)
+        basePathGiven = try Self.parsePath(bytes, at: Field.basePathGiven, name: "base path")
+        basePathResolved = try Self.parsePath(bytes, at: Field.basePathResolved, name: "resolved base path")
+        for byteOffset in Field.reservedStart..<Field.basePathGiven where bytes[byteOffset] != 0 {
+            throw .invalidField(name: "reserved byte at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
+        }
+        try validate()
+    }
+
+    /// Checks the relations between fields; run after parsing and before encoding.
+    public func validate() throws(FormatError) {
+        guard incompatibleFeatures & ~Self.knownIncompatibleFeatures == 0 else {
+            throw .unknownIncompatibleFeatures(incompatibleFeatures)
+        }
+        guard virtualByteCount > 0, virtualByteCount <= Self.maxVirtualByteCount else {
+            throw .invalidField(name: "virtual size", value: virtualByteCount)
+        }
+        guard fingerprintScheme == BaseFingerprintPlan.scheme else {
+            throw .invalidField(name: "fingerprint scheme", value: UInt64(fingerprintScheme))
+        }
+        let layout = Self.layout(geometry: geometry, virtualByteCount: virtualByteCount)
+        guard bitmapByteOffset == layout.bitmapByteOffset else {
+            throw .invalidField(name: "bitmap offset", value: bitmapByteOffset)
+        }
+        guard bitmapByteCount == layout.bitmapByteCount else {
+            throw .invalidField(name: "bitmap size", value: bitmapByteCount)
+        }
+        guard dataByteOffset == layout.dataByteOffset else {
+            throw .invalidField(name: "data offset", value: dataByteOffset)
+        }
+    }
+
+    /// Largest virtual disk: 2^60 bytes keeps `dataByteOffset + virtual offset` far from overflow.
+    public static let maxVirtualByteCount: UInt64 = 1 << 60
+
+    /// Writes the header, with its checksum, into the first `StoreHeader.byteCount` bytes.
+    public func encode(into bytes: UnsafeMutableRawBufferPointer) {
+        precondition(bytes.count >= Self.byteCount)
+        let header = UnsafeMutableRawBufferPointer(rebasing: bytes[..<Self.byteCount])
+        header.initializeMemory(as: UInt8.self, repeating: 0)
+        for (index, byte) in Self.magic.enumerated() { header[index] = byte }
+        header.storeLittleEndian(version, at: Field.version)
+        header.storeLittleEndian(UInt32(Self.byteCount), at: Field.headerByteCount)
+        header.storeLittleEndian(geometry.shift, at: Field.chunkShift)
+        header.storeLittleEndian(incompatibleFeatures, at: Field.incompatibleFeatures)
+        header.storeLittleEndian(virtualByteCount, at: Field.virtualByteCount)
+        header.storeLittleEndian(baseByteCount, at: Field.baseByteCount)
+        header.storeLittleEndian(baseFingerprint.low, at: Field.fingerprintLow)
+        header.storeLittleEndian(baseFingerprint.high, at: Field.fingerprintHigh)
+        header.storeLittleEndian(fingerprintScheme, at: Field.fingerprintScheme)
+        header.storeLittleEndian(compatibleFeatures, at: Field.compatibleFeatures)
+        header.storeLittleEndian(bitmapByteOffset, at: Field.bitmapByteOffset)
+        header.storeLittleEndian(bitmapByteCount, at: Field.bitmapByteCount)
+        header.storeLittleEndian(dataByteOffset, at: Field.dataByteOffset)
+        header.storeLittleEndian(createdUnixSeconds, at: Field.createdUnixSeconds)
+        Self.encodePath(basePathGiven, into: header, at: Field.basePathGiven)
+        Self.encodePath(basePathResolved, into: header, at: Field.basePathResolved)
+        header.storeLittleEndian(Self.checksum(of: UnsafeRawBufferPointer(header)), at: Field.checksum)
+    }
+
+    /// The encoded header as a byte array (for tests and one-off writes).
+    public func encoded() -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: Self.byteCount)
+        bytes.withUnsafeMutableBytes { encode(into: $0) }
+        return bytes
+    }
+
+    /// XXH64 (seed 0) of bytes 0..<4088.
+    static func checksum(of bytes: UnsafeRawBufferPointer) -> UInt64 {
+        XXH64(bytes.baseAddress, Field.checksum, 0)
+    }
+
+    private static func parsePath(
+        _ bytes: UnsafeRawBufferPointer, at byteOffset: Int, name: String
+    ) throws(FormatError) -> String {
+        let length = Int(bytes.loadLittleEndian(at: byteOffset, as: UInt16.self))
+        guard length <= maxBasePathByteCount else { throw .invalidField(name: name + " length", value: UInt64(length)) }
+        let pathBytes = bytes[(byteOffset + 2)..<(byteOffset + 2 + length)]
+        guard !pathBytes.contains(0), let path = String(validating: pathBytes, as: UTF8.self) else {
+            throw .invalidField(name: name + " (not UTF-8)", value: UInt64(length))
+        }
+        return path
+    }
+
+    private static func encodePath(_ path: String, into bytes: UnsafeMutableRawBufferPointer, at byteOffset: Int) {
+        let utf8 = Array(path.utf8)
+        precondition(utf8.count <= maxBasePathByteCount, "path length checked at init")
+        bytes.storeLittleEndian(UInt16(utf8.count), at: byteOffset)
+        for (index, byte) in utf8.enumerated() { bytes[byteOffset + 2 + index] = byte }
+    }
+}

@@ -1,0 +1,46 @@
+// Finds and opens a store's base image and proves it is the one the store was made over.
+
+import CowFormat
+import SystemPackage
+
+/// Opening bases by path, whatever their format.
+public enum BaseLocator {
+    /// Opens the image at `path` read-only, detecting its format.
+    public static func openImage(at path: FilePath) throws -> any BaseImage {
+        try RawBaseImage(path: path)
+    }
+
+    /// Opens the base `header` names: the resolved path, or else the given path taken relative
+    /// to the store's folder (so a store and base moved together still pair up).
+    public static func openBase(for header: StoreHeader, storePath: FilePath) throws -> any BaseImage {
+        var candidates = [header.basePathResolved]
+        let given = FilePath(header.basePathGiven)
+        if !given.isAbsolute {
+            let beside = absolutePath(storePath.removingLastComponent().pushing(given).string).string
+            if !candidates.contains(beside) { candidates.append(beside) }
+        }
+        for candidate in candidates {
+            do {
+                return try openImage(at: FilePath(candidate))
+            } catch StoreError.open(_, let errno) where errno == .noSuchFileOrDirectory {
+                continue
+            }
+        }
+        throw StoreError.baseMissing(path: storePath, tried: candidates)
+    }
+
+    /// Refuses a base whose size or sampled content differs from what the store recorded.
+    public static func verify(_ base: any BaseImage, against header: StoreHeader, storePath: FilePath) throws {
+        guard base.byteCount == header.baseByteCount else {
+            throw StoreError.baseMismatch(
+                path: storePath, base: base.path,
+                detail: "its size is \(base.byteCount) bytes, the store expects \(header.baseByteCount)")
+        }
+        let fingerprint = try base.fingerprint()
+        guard fingerprint == header.baseFingerprint else {
+            throw StoreError.baseMismatch(
+                path: storePath, base: base.path,
+                detail: "its content fingerprint is \(fingerprint), the store expects \(header.baseFingerprint)")
+        }
+    }
+}

@@ -1,0 +1,205 @@
+// A COW store file: header, chunk bitmap and identity-mapped data region (docs/FORMAT.md).
+// Owns the descriptor, the lock and the flush ordering; knows nothing of the base's bytes.
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+import CowFormat
+import Synchronization
+import SystemPackage
+
+/// An open COW store.
+public final class StoreFile: Sendable {
+    /// How a store is opened.
+    public enum Access: Sendable {
+        /// Serving, merging, repairing: exclusive lock, writable.
+        case exclusiveWrite
+        /// Serving read-only: exclusive lock (nobody else writes meanwhile), read-only descriptor.
+        case exclusiveRead
+        /// `check`: a shared lock, so it fails while a writer holds the store.
+        case sharedRead
+        /// `info`: no lock; shows what is on disk now.
+        case unlockedRead
+    }
+
+    public let path: FilePath
+    public let header: StoreHeader
+    public let isWritable: Bool
+    let descriptor: FileDescriptor
+    /// Guards the in-memory bitmap. Never held across I/O.
+    let bitmap: Mutex<ChunkBitmap>
+    /// Serialises flushes, so bitmap pages reach the disk in order.
+    private let flushLock = Mutex<Void>(())
+
+    /// Opens and validates an existing store. The base is not opened here.
+    public init(path: FilePath, access: Access) throws {
+        self.path = path
+        isWritable = access == .exclusiveWrite
+        do {
+            descriptor = try FileDescriptor.open(
+                path, isWritable ? .readWrite : .readOnly, options: [.closeOnExec])
+        } catch let errno as Errno {
+            throw StoreError.open(path: path, errno)
+        }
+        do {
+            switch access {
+            case .exclusiveWrite, .exclusiveRead:
+                guard try descriptor.tryLock(exclusive: true) else { throw StoreError.inUse(path: path) }
+            case .sharedRead:
+                guard try descriptor.tryLock(exclusive: false) else { throw StoreError.inUse(path: path) }
+            case .unlockedRead:
+                break
+            }
+            header = try Self.readHeader(descriptor, path: path)
+            let fileByteCount = try descriptor.byteCount()
+            guard fileByteCount >= header.dataByteOffset else {
+                throw StoreError.format(
+                    path: path,
+                    .truncated(expectedByteCount: Int(header.dataByteOffset), actualByteCount: Int(fileByteCount)))
+            }
+            bitmap = Mutex(try Self.readBitmap(descriptor, header: header, path: path))
+        } catch {
+            try? descriptor.close()
+            if let errno = error as? Errno { throw StoreError.io(path: path, operation: "open", byteOffset: 0, errno) }
+            throw error
+        }
+    }
+
+    deinit { try? descriptor.close() }
+
+    /// Chunks held by the store.
+    public var writtenChunkCount: UInt64 { bitmap.withLock { $0.setCount } }
+
+    /// Whether chunk `chunkIndex` is held by the store.
+    public func isWritten(_ chunkIndex: UInt64) -> Bool { bitmap.withLock { $0.isSet(chunkIndex) } }
+
+    /// Bytes the file occupies on disk (its allocated blocks).
+    public func allocatedByteCount() throws -> UInt64 {
+        var status = Glibc.stat()
+        guard fstat(descriptor.rawValue, &status) == 0 else {
+            throw StoreError.io(path: path, operation: "fstat", byteOffset: 0, Errno(rawValue: errno))
+        }
+        return UInt64(status.st_blocks) * 512
+    }
+
+    /// Bytes of the data region actually allocated: what the writes cost on disk.
+    public func allocatedDataByteCount() throws -> UInt64 {
+        var total: UInt64 = 0
+        var cursor = header.dataByteOffset
+        let end = header.dataByteOffset + header.virtualByteCount
+        do {
+            while cursor < end, let dataStart = try descriptor.nextData(from: cursor), dataStart < end {
+                let holeStart = min(end, try descriptor.nextHole(from: dataStart))
+                total += holeStart - dataStart
+                cursor = holeStart
+            }
+        } catch {
+            throw StoreError.io(path: path, operation: "lseek", byteOffset: cursor, error)
+        }
+        return total
+    }
+
+    /// Makes every acknowledged write durable, in the order docs/FORMAT.md ("Crash safety")
+    /// explains: chunk data first, then the bitmap pages that point at it.
+    public func flush() throws {
+        precondition(isWritable, "flush on a read-only store")
+        try flushLock.withLock { _ in
+            // 1. Snapshot the dirty pages now: every bit in the snapshot was set after its
+            //    chunk's data was written, so step 2 makes that data durable.
+            let pageByteCount = ChunkBitmap.pageByteCount
+            let (pageIndexes, pages) = bitmap.withLock { bitmap -> ([Int], UnsafeMutableRawBufferPointer) in
+                let indexes = bitmap.takeDirtyPages()
+                let pages = UnsafeMutableRawBufferPointer.allocate(
+                    byteCount: max(1, indexes.count) * pageByteCount, alignment: pageByteCount)
+                for (slot, pageIndex) in indexes.enumerated() {
+                    bitmap.copyPage(
+                        pageIndex,
+                        into: UnsafeMutableRawBufferPointer(
+                            rebasing: pages[(slot * pageByteCount)..<((slot + 1) * pageByteCount)]))
+                }
+                return (indexes, pages)
+            }
+            defer { pages.deallocate() }
+            do {
+                // 2. Data (and punched holes) durable.
+                try sync(operation: "fsync (data)") { () throws(Errno) in try descriptor.synchronizeAll() }
+                guard !pageIndexes.isEmpty else { return }
+                // 3. Then the bits.
+                for (slot, pageIndex) in pageIndexes.enumerated() {
+                    let byteOffset = header.bitmapByteOffset + UInt64(pageIndex * pageByteCount)
+                    let page = UnsafeRawBufferPointer(
+                        rebasing: pages[(slot * pageByteCount)..<((slot + 1) * pageByteCount)])
+                    do {
+                        try descriptor.writeFully(at: byteOffset, from: page)
+                    } catch let error as Errno {
+                        throw StoreError.io(path: path, operation: "write bitmap", byteOffset: byteOffset, error)
+                    }
+                }
+                try sync(operation: "fdatasync (bitmap)") { () throws(Errno) in try descriptor.synchronizeData() }
+            } catch {
+                bitmap.withLock { $0.markDirty(pageIndexes) }
+                throw error
+            }
+        }
+    }
+
+    private func sync(operation: String, _ call: () throws(Errno) -> Void) throws {
+        do { try call() } catch { throw StoreError.io(path: path, operation: operation, byteOffset: 0, error) }
+    }
+
+    static func readHeader(_ descriptor: FileDescriptor, path: FilePath) throws -> StoreHeader {
+        var bytes = [UInt8](repeating: 0, count: StoreHeader.byteCount)
+        let done = try bytes.withUnsafeMutableBytes { try descriptor.readUpToFully(at: 0, into: $0) }
+        do {
+            guard done == StoreHeader.byteCount else {
+                throw FormatError.truncated(expectedByteCount: StoreHeader.byteCount, actualByteCount: done)
+            }
+            return try bytes.withUnsafeBytes { bytes throws(FormatError) in try StoreHeader(parsing: bytes) }
+        } catch let error as FormatError {
+            throw StoreError.format(path: path, error)
+        }
+    }
+
+    /// Reads the bitmap region, skipping its holes, so a large empty bitmap costs nothing.
+    static func readBitmap(_ descriptor: FileDescriptor, header: StoreHeader, path: FilePath) throws -> ChunkBitmap {
+        let bitmap = ChunkBitmap(chunkCount: header.chunkCount)
+        let pageByteCount = UInt64(ChunkBitmap.pageByteCount)
+        let regionEnd = header.bitmapByteOffset + UInt64(bitmap.pageCount) * pageByteCount
+        let batchByteCount = 1 << 20
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: batchByteCount, alignment: 4096)
+        defer { buffer.deallocate() }
+        var cursor = header.bitmapByteOffset
+        while cursor < regionEnd {
+            // SEEK_DATA finds the written pages; where it is unsupported, read everything.
+            let dataStart: UInt64
+            do {
+                guard let found = try descriptor.nextData(from: cursor), found < regionEnd else { break }
+                dataStart = found
+            } catch {
+                dataStart = cursor
+            }
+            let pageStart = dataStart - (dataStart - header.bitmapByteOffset) % pageByteCount
+            let dataEnd = min(regionEnd, (try? descriptor.nextHole(from: dataStart)) ?? regionEnd)
+            let batchEnd = min(dataEnd, pageStart + UInt64(batchByteCount))
+            let batchByteCountRounded = Int(roundUp(batchEnd - pageStart, toMultipleOf: pageByteCount))
+            let batch = UnsafeMutableRawBufferPointer(rebasing: buffer[..<batchByteCountRounded])
+            let done = try descriptor.readUpToFully(at: pageStart, into: batch)
+            guard done == batch.count else {
+                throw StoreError.shortRead(
+                    path: path, byteOffset: pageStart, expectedByteCount: batch.count, actualByteCount: done)
+            }
+            for pageOffset in stride(from: 0, to: batch.count, by: Int(pageByteCount)) {
+                let pageIndex = Int((pageStart - header.bitmapByteOffset) / pageByteCount) + pageOffset / Int(pageByteCount)
+                do {
+                    try bitmap.loadPage(
+                        pageIndex,
+                        from: UnsafeRawBufferPointer(rebasing: batch[pageOffset..<(pageOffset + Int(pageByteCount))]))
+                } catch {
+                    throw StoreError.format(path: path, error)
+                }
+            }
+            cursor = pageStart + UInt64(batchByteCountRounded)
+        }
+        return bitmap
+    }
+}

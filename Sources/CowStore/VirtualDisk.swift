@@ -1,0 +1,129 @@
+// The disk a client sees: chunks held by the store come from its data region, the rest from
+// the read-only base, and the tail past the base reads as zeros. Byte offsets and lengths
+// may have any alignment. Safe to call from many threads at once.
+
+import CowFormat
+import Logging
+import SystemPackage
+
+/// A copy-on-write view of a base image through a store.
+public final class VirtualDisk: Sendable {
+    public let store: StoreFile
+    public let base: any BaseImage
+    public let geometry: ChunkGeometry
+    /// Size of the disk in bytes.
+    public let byteCount: UInt64
+    public var isReadOnly: Bool { !store.isWritable }
+    let copyUpLocks = StripedLocks()
+    let logger: Logger
+
+    /// Combines an open store with its (already verified) base.
+    public init(store: StoreFile, base: any BaseImage, logger: Logger) {
+        self.store = store
+        self.base = base
+        self.geometry = store.header.geometry
+        self.byteCount = store.header.virtualByteCount
+        self.logger = logger
+    }
+
+    /// Opens the store at `path`, finds its base and refuses a base that changed.
+    public static func open(
+        storePath: FilePath, readOnly: Bool = false, logger: Logger = Logger(label: "cowbd.disk")
+    ) throws -> VirtualDisk {
+        let store = try StoreFile(path: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite)
+        let base = try BaseLocator.openBase(for: store.header, storePath: storePath)
+        try BaseLocator.verify(base, against: store.header, storePath: storePath)
+        return VirtualDisk(store: store, base: base, logger: logger)
+    }
+
+    /// A buffer one chunk long, for copy-up. Each thread that writes owns one.
+    public func makeScratch() -> ChunkScratch { ChunkScratch(byteCount: Int(geometry.chunkByteCount)) }
+
+    // MARK: Read
+
+    /// Fills `buffer` with the disk's bytes at `virtualByteOffset`.
+    public func read(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        try checkRange(virtualByteOffset, UInt64(buffer.count))
+        var cursor = virtualByteOffset
+        let end = virtualByteOffset + UInt64(buffer.count)
+        while cursor < end {
+            let (isWritten, runEnd) = run(from: cursor, end: end)
+            let piece = UnsafeMutableRawBufferPointer(
+                rebasing: buffer[Int(cursor - virtualByteOffset)..<Int(runEnd - virtualByteOffset)])
+            if isWritten {
+                try readStore(at: cursor, into: piece)
+            } else {
+                try readBase(at: cursor, into: piece)
+            }
+            cursor = runEnd
+        }
+    }
+
+    /// The chunk state at `virtualByteOffset` and where the run of that state ends (at most `end`).
+    func run(from virtualByteOffset: UInt64, end: UInt64) -> (isWritten: Bool, end: UInt64) {
+        let firstChunk = geometry.chunkIndex(containing: virtualByteOffset)
+        let lastChunk = geometry.chunkIndex(containing: end - 1)
+        let run = store.bitmap.withLock { $0.run(from: firstChunk, limit: lastChunk - firstChunk + 1) }
+        return (run.isSet, min(end, geometry.byteOffset(ofChunk: firstChunk + run.chunkCount)))
+    }
+
+    func readStore(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        let storeByteOffset = store.header.dataByteOffset + virtualByteOffset
+        let done: Int
+        do {
+            done = try store.descriptor.readUpToFully(at: storeByteOffset, into: buffer)
+        } catch {
+            throw StoreError.io(path: store.path, operation: "read", byteOffset: storeByteOffset, error)
+        }
+        guard done == buffer.count else {
+            throw StoreError.shortRead(
+                path: store.path, byteOffset: storeByteOffset, expectedByteCount: buffer.count, actualByteCount: done)
+        }
+    }
+
+    /// Base bytes, with zeros past the end of the base (a disk grown with --size).
+    func readBase(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        let baseEnd = base.byteCount
+        let inBase = virtualByteOffset >= baseEnd ? 0 : Int(min(UInt64(buffer.count), baseEnd - virtualByteOffset))
+        if inBase > 0 {
+            try base.read(at: virtualByteOffset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<inBase]))
+        }
+        if inBase < buffer.count {
+            UnsafeMutableRawBufferPointer(rebasing: buffer[inBase...]).initializeMemory(as: UInt8.self, repeating: 0)
+        }
+    }
+
+    // MARK: Flush and cache
+
+    /// Makes every completed write durable (NBD_CMD_FLUSH).
+    public func flush() throws {
+        try store.flush()
+    }
+
+    /// Prefetches a range into the page cache (NBD_CMD_CACHE). Changes nothing.
+    public func prefetch(at virtualByteOffset: UInt64, byteCount: UInt64) throws {
+        try checkRange(virtualByteOffset, byteCount)
+        let inBase = virtualByteOffset < base.byteCount ? min(byteCount, base.byteCount - virtualByteOffset) : 0
+        if inBase > 0 { base.prefetch(at: virtualByteOffset, byteCount: inBase) }
+        store.descriptor.adviseWillNeed(at: store.header.dataByteOffset + virtualByteOffset, byteCount: byteCount)
+    }
+
+    func checkRange(_ virtualByteOffset: UInt64, _ count: UInt64) throws {
+        guard virtualByteOffset <= byteCount, count <= byteCount - virtualByteOffset else {
+            throw StoreError.outOfRange(byteOffset: virtualByteOffset, byteCount: count, diskByteCount: byteCount)
+        }
+    }
+}
+
+/// A chunk-sized buffer for copy-up, owned by one thread at a time.
+/// `@unchecked Sendable`: handed between threads, never used by two at once (its owner's rule).
+public final class ChunkScratch: @unchecked Sendable {
+    let buffer: UnsafeMutableRawBufferPointer
+
+    init(byteCount: Int) {
+        buffer = .allocate(byteCount: byteCount, alignment: 4096)
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+    }
+
+    deinit { buffer.deallocate() }
+}

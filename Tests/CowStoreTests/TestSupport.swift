@@ -1,0 +1,77 @@
+import CowFormat
+import CowStore
+import Foundation
+import SystemPackage
+
+/// A seeded generator, so a failing sequence reproduces from the printed seed.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// A fresh folder under the system temp dir, removed when the value goes away.
+final class Scratch {
+    let url: URL
+    init() throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("cowbd-test-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+    deinit { try? FileManager.default.removeItem(at: url) }
+    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
+}
+
+/// Writes a base image: random bytes, a zero stretch, and a sparse hole, of `byteCount` bytes.
+func makeBase(at path: String, byteCount: Int, seed: UInt64) throws -> [UInt8] {
+    var generator = SplitMix64(seed: seed)
+    var bytes = [UInt8](repeating: 0, count: byteCount)
+    for index in 0..<byteCount { bytes[index] = UInt8(truncatingIfNeeded: generator.next()) }
+    // A zero stretch that is written (allocated zeros) and one left as a hole.
+    let zeroStart = byteCount / 4
+    let zeroEnd = min(byteCount, zeroStart + 70_000)
+    for index in zeroStart..<zeroEnd { bytes[index] = 0 }
+    let holeStart = (byteCount / 2) & ~0xFFFF
+    let holeEnd = min(byteCount, holeStart + 3 * 65536)
+    for index in holeStart..<holeEnd { bytes[index] = 0 }
+    _ = FileManager.default.createFile(atPath: path, contents: nil)
+    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+    try handle.write(contentsOf: Data(bytes[..<holeStart]))
+    try handle.seek(toOffset: UInt64(holeEnd))
+    try handle.write(contentsOf: Data(bytes[holeEnd...]))
+    try handle.truncate(atOffset: UInt64(byteCount))
+    try handle.close()
+    return bytes
+}
+
+func createStore(
+    at path: String, base: String, chunkByteCount: UInt64 = 4096, virtualByteCount: UInt64? = nil
+) throws {
+    let image = try RawBaseImage(path: FilePath(base))
+    try StoreFile.create(
+        at: FilePath(path), base: image, basePathGiven: base,
+        options: .init(
+            geometry: try ChunkGeometry(chunkByteCount: chunkByteCount), virtualByteCount: virtualByteCount,
+            createdUnixSeconds: 0))
+}
+
+extension VirtualDisk {
+    func readBytes(at offset: UInt64, count: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0xA5, count: count)
+        try bytes.withUnsafeMutableBytes { try read(at: offset, into: $0) }
+        return bytes
+    }
+
+    func writeBytes(_ bytes: [UInt8], at offset: UInt64, scratch: ChunkScratch, fua: Bool = false) throws {
+        try bytes.withUnsafeBytes { try write(at: offset, from: $0, fua: fua, scratch: scratch) }
+    }
+}
+
+func fileBytes(_ path: String) throws -> [UInt8] {
+    [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+}

@@ -1,0 +1,6 @@
+import ArgumentParser
+
+struct CreateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "create")
+    func run() throws {}
+}

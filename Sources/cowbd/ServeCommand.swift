@@ -1,8 +1,143 @@
-// `cowbd serve`: placeholder until the server lands.
+// `cowbd serve`: opens the store (exclusively), verifies its base, serves it over NBD in the
+// foreground until SIGTERM or SIGINT, then finishes requests in flight, flushes and cleans up.
 
 import ArgumentParser
+import CowStore
+import Logging
+import NBDServer
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 struct ServeCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "serve", abstract: "Serve a COW store over NBD.")
-    func run() throws {}
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve a COW store as an NBD export, in the foreground.",
+        discussion: """
+            Listens on 127.0.0.1:10809 unless told otherwise; several --listen may be given.
+            A unix socket is created with mode 0600. Prints the NBD URI of each address on
+            standard output, logs to standard error. SIGTERM or SIGINT: stop accepting, finish
+            the requests in flight, flush, remove the pid file and socket, exit 0.
+
+            Attach it:
+              nbdinfo 'nbd+unix:///?socket=/tmp/disk.sock'
+              nbd-client -unix /tmp/disk.sock /dev/nbd0 -N NAME
+              nbdfuse /tmp/mnt/disk 'nbd+unix:///?socket=/tmp/disk.sock'
+              qemu-system-x86_64 -drive file=nbd://127.0.0.1:10809/NAME,format=raw,if=virtio
+            """)
+
+    @Argument(help: "The COW store to serve.")
+    var store: String
+
+    @Option(name: .customLong("listen"), help: "HOST:PORT, [V6]:PORT or unix:PATH (repeatable; default 127.0.0.1:10809).")
+    var listen: [String] = []
+
+    @Option(help: "The export's name (the empty name always selects it too).")
+    var exportName: String = ""
+
+    @Option(help: "A description clients may show.")
+    var description: String = ""
+
+    @Flag(help: "Refuse writes (EPERM); the store is not modified.")
+    var readOnly = false
+
+    @Option(help: "Write the server's pid to this file (removed on exit).")
+    var pidFile: String?
+
+    @Option(help: "Connections served at once; more are closed at accept.")
+    var maxConnections: Int = 64
+
+    @Option(help: "Seconds a client has to finish the handshake.")
+    var handshakeTimeout: Double = 120
+
+    @Option(help: "Requests of one connection executed at once.")
+    var threads: Int = 4
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        for address in listen { _ = try parseAddress(address) }
+        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
+        guard threads >= 1 && threads <= 64 else { throw ValidationError("--threads must be 1 to 64") }
+        guard handshakeTimeout > 0 else { throw ValidationError("--handshake-timeout must be positive") }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level '\(logLevel)'") }
+        guard exportName.utf8.count <= 4096, description.utf8.count <= 4096 else {
+            throw ValidationError("--export-name and --description are limited to 4096 bytes")
+        }
+    }
+
+    func run() throws {
+        let logger = makeLogger(level: Logger.Level(rawValue: logLevel) ?? .info)
+        // Signals are taken by sigwait below, so every thread started from here must block them.
+        var signals = sigset_t()
+        sigemptyset(&signals)
+        sigaddset(&signals, SIGTERM)
+        sigaddset(&signals, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
+        signal(SIGPIPE, SIG_IGN)
+
+        try exitingOnError {
+            let disk = try VirtualDisk.open(storePath: FilePath(store), readOnly: readOnly, logger: logger)
+            var configuration = NBDServer.Configuration()
+            configuration.listenAddresses = listen.isEmpty ? [.defaultAddress] : try listen.map(parseAddress)
+            configuration.exportName = exportName
+            configuration.description = description
+            configuration.maxConnections = maxConnections
+            configuration.handshakeTimeoutSeconds = handshakeTimeout
+            configuration.workersPerConnection = threads
+            let server = try NBDServer(disk: disk, configuration: configuration, logger: logger)
+            if let pidFile { try writePidFile(pidFile) }
+            defer { if let pidFile { _ = unlink(pidFile) } }
+            server.start()
+            logger.info(
+                "serving",
+                metadata: [
+                    "store": "\(store)", "base": "\(disk.base.path)", "size": "\(disk.byteCount)",
+                    "readOnly": "\(readOnly)",
+                ])
+            for uri in server.uris { print(uri) }
+            fflushStandardOutput()
+            var received: Int32 = 0
+            sigwait(&signals, &received)
+            logger.info("stopping on signal \(received)")
+            try server.stop()
+            logger.info("stopped; store flushed")
+        }
+    }
+
+    private func parseAddress(_ text: String) throws -> ListenAddress {
+        do { return try ListenAddress(parsing: text) } catch { throw ValidationError("\(error)") }
+    }
+
+    private func writePidFile(_ path: String) throws {
+        let text = "\(getpid())\n"
+        let temporary = path + ".tmp"
+        let descriptor = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else {
+            throw CommandFailure("\(path): cannot write pid file: \(Errno(rawValue: errno))")
+        }
+        _ = text.withCString { write(descriptor, $0, strlen($0)) }
+        fsync(descriptor)
+        close(descriptor)
+        guard rename(temporary, path) == 0 else {
+            throw CommandFailure("\(path): cannot write pid file: \(Errno(rawValue: errno))")
+        }
+    }
+}
+
+private func makeLogger(level: Logger.Level) -> Logger {
+    var logger = Logger(label: "cowbd") { label in StreamLogHandler.standardError(label: label) }
+    logger.logLevel = level
+    return logger
+}
+
+/// Flushes standard output so a supervisor reading the URI sees it at once.
+private func fflushStandardOutput() { fflush(nil) }  // nil flushes every stream, stdout included
+
+private struct CommandFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
 }

@@ -1,0 +1,117 @@
+// The server: listeners, the registry of connections, and graceful shutdown. Accept loops and
+// connections run on their own threads; this type only holds what they share.
+
+import CowStore
+import Dispatch
+import Logging
+import NBDProtocol
+import Synchronization
+
+/// An NBD server over one virtual disk.
+public final class NBDServer: Sendable {
+    /// What `cowbd serve` configures.
+    public struct Configuration: Sendable {
+        public var listenAddresses: [ListenAddress] = [.defaultAddress]
+        public var exportName = ""
+        public var description = ""
+        /// Connections served at once; more are closed as soon as they are accepted.
+        public var maxConnections = 64
+        /// A client must finish the handshake within this many seconds.
+        public var handshakeTimeoutSeconds: Double = 120
+        /// A reply that cannot be sent for this long ends the connection.
+        public var sendTimeoutSeconds: Double = 120
+        /// Requests of one connection executed at once.
+        public var workersPerConnection = 4
+        /// Largest READ or WRITE payload (NBD_INFO_BLOCK_SIZE maximum).
+        public var maximumPayloadByteCount: UInt32 = 32 << 20
+
+        public init() {}
+    }
+
+    private struct Registry {
+        var connections: [Int: Connection] = [:]
+        var nextID = 1
+        var stopping = false
+    }
+
+    let disk: VirtualDisk
+    let configuration: Configuration
+    let logger: Logger
+    let exportDescription: ExportDescription
+    private let listeners: [Listener]
+    private let registry = Mutex(Registry())
+    private let running = DispatchGroup()
+
+    /// Binds every listen address; throws (and binds nothing) if one fails.
+    public init(disk: VirtualDisk, configuration: Configuration, logger: Logger) throws {
+        self.disk = disk
+        self.configuration = configuration
+        self.logger = logger
+        exportDescription = ExportDescription(
+            name: configuration.exportName, description: configuration.description, byteCount: disk.byteCount,
+            isReadOnly: disk.isReadOnly, minimumBlockByteCount: 1,
+            preferredBlockByteCount: UInt32(max(4096, min(disk.geometry.chunkByteCount, 1 << 20))),
+            maximumPayloadByteCount: configuration.maximumPayloadByteCount)
+        var bound: [Listener] = []
+        do {
+            for address in configuration.listenAddresses { bound.append(try Listener(address: address)) }
+        } catch {
+            for listener in bound { listener.shutdownAndRemove() }
+            throw error
+        }
+        listeners = bound
+    }
+
+    /// Starts accepting on every address.
+    public func start() {
+        for listener in listeners {
+            running.enter()
+            startThread { [self] in
+                defer { running.leave() }
+                while let socket = listener.accept() { admit(socket) }
+            }
+        }
+    }
+
+    private func admit(_ socket: Socket) {
+        let connection: Connection? = registry.withLock { registry in
+            guard !registry.stopping, registry.connections.count < configuration.maxConnections else { return nil }
+            let connection = Connection(id: registry.nextID, socket: socket, server: self)
+            registry.nextID += 1
+            registry.connections[connection.id] = connection
+            return connection
+        }
+        guard let connection else {
+            logger.warning("refusing a connection: \(configuration.maxConnections) already open (--max-connections)", metadata: ["peer": "\(socket.peer)"])
+            return
+        }
+        socket.setNoDelay()  // fails harmlessly on unix sockets
+        running.enter()
+        startThread { [self] in
+            defer {
+                _ = registry.withLock { $0.connections.removeValue(forKey: connection.id) }
+                connection.socket.shutdownBoth()
+                running.leave()
+            }
+            connection.run()
+        }
+    }
+
+    /// Stops accepting, lets each connection finish the requests it has read, then flushes.
+    /// Waits at most `timeoutSeconds` for connections to end.
+    public func stop(timeoutSeconds: Double = 30) throws {
+        let connections = registry.withLock { registry -> [Connection] in
+            registry.stopping = true
+            return Array(registry.connections.values)
+        }
+        for listener in listeners { listener.shutdownAndRemove() }
+        for connection in connections { connection.socket.shutdownReceiving() }
+        if running.wait(timeout: .now() + timeoutSeconds) == .timedOut {
+            logger.warning("connections still busy after \(timeoutSeconds) s; flushing anyway")
+        }
+        if !disk.isReadOnly { try disk.flush() }
+    }
+
+    /// The URIs clients can use, one per listen address.
+    public var uris: [String] { configuration.listenAddresses.map { $0.uri(exportName: configuration.exportName) } }
+}

@@ -1,0 +1,101 @@
+// The per-connection pool of request threads. Each worker owns a payload buffer and a copy-up
+// scratch allocated once, so the data path allocates nothing per request. The reader hands a
+// request to a free worker; with none free it waits, which bounds memory and requests in flight.
+
+import CowStore
+import Dispatch
+import NBDProtocol
+import Synchronization
+
+/// One request thread and its buffers. `@unchecked Sendable`: `job` and `buffer` are written by
+/// the reader only while the worker is idle (taken from the free list), and read by the worker
+/// only after `wake` is signalled; the semaphore orders the two.
+final class RequestWorker: @unchecked Sendable {
+    enum Job {
+        case execute(Request)
+        case reject(RequestHeader, RequestRejection)
+        case stop
+    }
+
+    let index: Int
+    /// Payload in (WRITE) and out (READ, BLOCK_STATUS): `maxPayloadByteCount` bytes.
+    let buffer: UnsafeMutableRawBufferPointer
+    /// Reply headers and fixed payload prefixes.
+    let header: UnsafeMutableRawBufferPointer
+    let scratch: ChunkScratch
+    var job: Job = .stop
+    let wake = DispatchSemaphore(value: 0)
+
+    init(index: Int, payloadByteCount: Int, scratch: ChunkScratch) {
+        self.index = index
+        // Large allocations are mapped lazily by the kernel: untouched pages cost no memory.
+        buffer = .allocate(byteCount: payloadByteCount, alignment: 4096)
+        header = .allocate(byteCount: Reply.maxHeaderByteCount + 4200, alignment: 64)
+        self.scratch = scratch
+    }
+
+    deinit {
+        buffer.deallocate()
+        header.deallocate()
+    }
+}
+
+/// A fixed set of workers with a free list.
+final class WorkerPool: Sendable {
+    let workers: [RequestWorker]
+    private let free: Mutex<[Int]>
+    private let available: DispatchSemaphore
+
+    init(count: Int, payloadByteCount: Int, makeScratch: () -> ChunkScratch) {
+        workers = (0..<count).map { RequestWorker(index: $0, payloadByteCount: payloadByteCount, scratch: makeScratch()) }
+        free = Mutex(Array((0..<count).reversed()))
+        available = DispatchSemaphore(value: count)
+    }
+
+    /// Starts every worker's thread, running `execute` for each job until `.stop`.
+    func start(_ execute: @escaping @Sendable (RequestWorker) -> Void) {
+        for worker in workers {
+            startThread { [self] in
+                while true {
+                    worker.wake.wait()
+                    if case .stop = worker.job { return }
+                    execute(worker)
+                    release(worker)
+                }
+            }
+        }
+    }
+
+    /// Waits for an idle worker and takes it.
+    func acquire() -> RequestWorker {
+        available.wait()
+        let index = free.withLock { free -> Int in
+            guard let index = free.popLast() else { preconditionFailure("semaphore and free list disagree") }
+            return index
+        }
+        return workers[index]
+    }
+
+    /// Hands `worker` its job and wakes it.
+    func submit(_ worker: RequestWorker, _ job: RequestWorker.Job) {
+        worker.job = job
+        worker.wake.signal()
+    }
+
+    /// Returns a worker to the free list (also used when the reader took one it did not need).
+    func release(_ worker: RequestWorker) {
+        free.withLock { $0.append(worker.index) }
+        available.signal()
+    }
+
+    /// Waits until every request in flight has been answered, then stops the threads.
+    func drainAndStop() {
+        for _ in workers { available.wait() }
+        for worker in workers {
+            worker.job = .stop
+            worker.wake.signal()
+        }
+        // libdispatch traps if a semaphore is freed below its initial value.
+        for _ in workers { available.signal() }
+    }
+}

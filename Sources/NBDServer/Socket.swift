@@ -1,0 +1,123 @@
+// A connected stream socket: whole-buffer receives with an optional deadline, and gathered
+// sends that never raise SIGPIPE. Short reads and writes loop here and nowhere else.
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+import SystemPackage
+
+/// One connected socket. `@unchecked Sendable`: the descriptor is immutable; receives happen on
+/// the connection's reader thread only, sends under the connection's send lock.
+final class Socket: @unchecked Sendable {
+    let descriptor: Int32
+    let peer: String
+
+    init(descriptor: Int32, peer: String) {
+        self.descriptor = descriptor
+        self.peer = peer
+    }
+
+    deinit { close(descriptor) }
+
+    /// Fills `buffer` completely. With a `deadline` (monotonic seconds, see `monotonicSeconds`)
+    /// gives up when it passes. The corresponding C functions are `poll` and `recv`.
+    func receive(into buffer: UnsafeMutableRawBufferPointer, deadline: Double? = nil) throws(ServerError) {
+        var done = 0
+        while done < buffer.count {
+            if let deadline {
+                let remaining = deadline - monotonicSeconds()
+                guard remaining > 0 else { throw .timedOut("waiting for the client's handshake") }
+                var pollDescriptor = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&pollDescriptor, 1, Int32(min(remaining * 1000 + 1, 60_000)))
+                if ready == 0 { continue }
+                if ready < 0 {
+                    if errno == EINTR { continue }
+                    throw .socket(address: peer, call: "poll", Errno(rawValue: errno))
+                }
+            }
+            let result = recv(descriptor, buffer.baseAddress! + done, buffer.count - done, 0)
+            if result > 0 {
+                done += result
+            } else if result == 0 {
+                throw .peerClosed
+            } else if errno != EINTR {
+                throw .socket(address: peer, call: "recv", Errno(rawValue: errno))
+            }
+        }
+    }
+
+    /// Receives whatever is available, up to `buffer.count` bytes (at least one).
+    /// The corresponding C function is `recv`.
+    func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws(ServerError) -> Int {
+        while true {
+            let result = recv(descriptor, buffer.baseAddress!, buffer.count, 0)
+            if result > 0 { return result }
+            if result == 0 { throw .peerClosed }
+            if errno != EINTR { throw .socket(address: peer, call: "recv", Errno(rawValue: errno)) }
+        }
+    }
+
+    /// Sends all of `first` then all of `second` with as few calls as possible.
+    /// The corresponding C function is `sendmsg(MSG_NOSIGNAL)`.
+    func send(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0))
+        throws(ServerError)
+    {
+        var parts = (first, second)
+        while parts.0.count + parts.1.count > 0 {
+            var vectors = (
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: parts.0.baseAddress), iov_len: parts.0.count),
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: parts.1.baseAddress), iov_len: parts.1.count)
+            )
+            let result = withUnsafeMutablePointer(to: &vectors) { pointer -> Int in
+                pointer.withMemoryRebound(to: iovec.self, capacity: 2) { iov in
+                    var message = msghdr()
+                    message.msg_iov = parts.0.count == 0 ? iov + 1 : iov
+                    message.msg_iovlen = parts.0.count == 0 ? 1 : 2
+                    return sendmsg(descriptor, &message, Int32(MSG_NOSIGNAL))
+                }
+            }
+            if result < 0 {
+                if errno == EINTR { continue }
+                if errno == EAGAIN || errno == EWOULDBLOCK { throw .timedOut("sending to a client that does not read") }
+                throw .socket(address: peer, call: "sendmsg", Errno(rawValue: errno))
+            }
+            var sent = result
+            let fromFirst = min(sent, parts.0.count)
+            parts.0 = UnsafeRawBufferPointer(rebasing: parts.0[fromFirst...])
+            sent -= fromFirst
+            parts.1 = UnsafeRawBufferPointer(rebasing: parts.1[sent...])
+        }
+    }
+
+    /// Sends a byte array (handshake replies).
+    func send(_ bytes: [UInt8]) throws(ServerError) {
+        let outcome = bytes.withUnsafeBytes { buffer in Result { () throws(ServerError) in try send(buffer) } }
+        try outcome.get()
+    }
+
+    /// Bounds how long a send may block (a client that never reads its replies).
+    /// The corresponding C function is `setsockopt(SO_SNDTIMEO)`.
+    func setSendTimeout(seconds: Int) {
+        var value = timeval(tv_sec: seconds, tv_usec: 0)
+        _ = setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+    }
+
+    /// Disables Nagle's algorithm, as the protocol recommends for TCP.
+    func setNoDelay() {
+        var one: Int32 = 1
+        _ = setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
+    /// Stops further receives, waking a reader blocked in `recv` (graceful shutdown).
+    func shutdownReceiving() { _ = shutdown(descriptor, Int32(SHUT_RD)) }
+
+    /// Stops both directions: the peer sees the connection end.
+    func shutdownBoth() { _ = shutdown(descriptor, Int32(SHUT_RDWR)) }
+}
+
+/// Seconds on the monotonic clock. The corresponding C function is `clock_gettime(CLOCK_MONOTONIC)`.
+func monotonicSeconds() -> Double {
+    var time = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &time)
+    return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+}

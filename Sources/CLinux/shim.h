@@ -9,3 +9,7 @@ extern int fallocate(int fd, int mode, off_t offset, off_t len);
 #define COWBD_FALLOC_FL_ZERO_RANGE 0x10
 #define COWBD_SEEK_DATA 3
 #define COWBD_SEEK_HOLE 4
+
+struct iovec;
+extern ssize_t preadv2(int fd, const struct iovec *iov, int count, off_t offset, int flags);
+#define COWBD_RWF_NOWAIT 0x00000008

@@ -28,6 +28,9 @@ public protocol BaseImage: AnyObject, Sendable {
     /// Fills `buffer` with the bytes at `byteOffset`; the range must lie within `byteCount`.
     /// Throws rather than return bytes it cannot vouch for.
     func read(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
+    /// Like `read`, but only if the bytes are at hand without waiting for a device; false
+    /// means "not now" (the caller retries with `read` on a thread that may block).
+    func readIfCached(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool
     /// The extent that starts at `byteOffset` (within `byteCount`), at most `maxByteCount` long.
     func extent(at byteOffset: UInt64, maxByteCount: UInt64) throws -> ImageExtent
     /// A hint that a range will be read soon (NBD_CMD_CACHE).
@@ -91,6 +94,11 @@ public final class RawBaseImage: BaseImage {
             throw StoreError.shortRead(
                 path: path, byteOffset: byteOffset, expectedByteCount: buffer.count, actualByteCount: done)
         }
+    }
+
+    public func readIfCached(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        precondition(byteOffset + UInt64(buffer.count) <= byteCount, "base read past its end")
+        return descriptor.readIfCached(at: byteOffset, into: buffer)
     }
 
     public func extent(at byteOffset: UInt64, maxByteCount: UInt64) throws -> ImageExtent {

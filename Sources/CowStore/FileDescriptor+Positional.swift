@@ -27,6 +27,19 @@ extension FileDescriptor {
         return done
     }
 
+    /// Reads all of `buffer` at `byteOffset` only if that needs no waiting for the device (the
+    /// bytes are in the page cache); false otherwise, or where the kernel cannot tell.
+    /// The corresponding C function is `preadv2(RWF_NOWAIT)`.
+    func readIfCached(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        var vector = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        while true {
+            let result = preadv2(rawValue, &vector, 1, off_t(byteOffset), COWBD_RWF_NOWAIT)
+            if result == buffer.count { return true }
+            if result < 0 && Glibc.errno == EINTR { continue }
+            return false
+        }
+    }
+
     /// Writes all of `buffer` at `byteOffset`, looping over short writes.
     /// The corresponding C function is `pwrite`.
     func writeFully(at byteOffset: UInt64, from buffer: UnsafeRawBufferPointer) throws(Errno) {

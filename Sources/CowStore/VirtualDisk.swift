@@ -59,6 +59,36 @@ public final class VirtualDisk: Sendable {
         }
     }
 
+    /// Fills `buffer` like `read`, but only if every byte is in memory already (page cache);
+    /// returns false, having possibly filled part of `buffer`, if any part would wait on a device.
+    /// Lets a server answer cached reads inline and send the rest to threads that may block.
+    public func readIfCached(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
+        try checkRange(virtualByteOffset, UInt64(buffer.count))
+        var cursor = virtualByteOffset
+        let end = virtualByteOffset + UInt64(buffer.count)
+        while cursor < end {
+            let (isWritten, runEnd) = run(from: cursor, end: end)
+            let piece = UnsafeMutableRawBufferPointer(
+                rebasing: buffer[Int(cursor - virtualByteOffset)..<Int(runEnd - virtualByteOffset)])
+            if isWritten {
+                guard store.descriptor.readIfCached(at: store.header.dataByteOffset + cursor, into: piece) else {
+                    return false
+                }
+            } else {
+                let inBase = cursor >= base.byteCount ? 0 : Int(min(UInt64(piece.count), base.byteCount - cursor))
+                if inBase > 0 {
+                    guard base.readIfCached(at: cursor, into: UnsafeMutableRawBufferPointer(rebasing: piece[..<inBase]))
+                    else { return false }
+                }
+                if inBase < piece.count {
+                    UnsafeMutableRawBufferPointer(rebasing: piece[inBase...]).initializeMemory(as: UInt8.self, repeating: 0)
+                }
+            }
+            cursor = runEnd
+        }
+        return true
+    }
+
     /// The chunk state at `virtualByteOffset` and where the run of that state ends (at most `end`).
     func run(from virtualByteOffset: UInt64, end: UInt64) -> (isWritten: Bool, end: UInt64) {
         let firstChunk = geometry.chunkIndex(containing: virtualByteOffset)

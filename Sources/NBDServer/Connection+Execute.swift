@@ -9,8 +9,8 @@ extension Connection {
     /// Most extents one block status chunk lists; clients ask again for the rest.
     static let maxExtentCount = 16384
 
-    func execute(_ worker: RequestWorker) {
-        switch worker.job {
+    func execute(_ job: RequestWorker.Job, _ worker: RequestWorker) {
+        switch job {
         case .execute(let request):
             do {
                 try perform(request, worker)
@@ -75,7 +75,7 @@ extension Connection {
         sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), UnsafeRawBufferPointer(start: nil, count: 0))
     }
 
-    private func replyRead(_ request: Request, _ data: UnsafeRawBufferPointer, _ worker: RequestWorker) {
+    func replyRead(_ request: Request, _ data: UnsafeRawBufferPointer, _ worker: RequestWorker) {
         guard session.structuredReplies else {
             let count = Reply.encodeSimple(error: 0, cookie: request.cookie, into: worker.header)
             sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), data)

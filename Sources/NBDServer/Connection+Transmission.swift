@@ -1,6 +1,8 @@
-// The transmission phase's reader: parses request headers from a buffered stream, reads write
-// payloads straight into a worker's buffer, and hands requests to workers, which reply out of
-// order as they finish.
+// The transmission phase. One reader thread per connection parses requests from a buffered
+// stream and answers the ones that cannot block on the spot: reads whose bytes are in the page
+// cache, writes, trims, zeroes, block status. Reads that must wait for a device, FLUSH and FUA
+// requests go to a small pool of threads, which reply out of order as they finish.
+// docs/ARCHITECTURE.md gives the measurements behind this split.
 
 import CowStore
 import Logging
@@ -12,20 +14,22 @@ extension Connection {
 
     func transmit() throws {
         socket.setSendTimeout(seconds: Int(server.configuration.sendTimeoutSeconds))
+        let payloadByteCount = Int(session.export.maximumPayloadByteCount)
         let pool = WorkerPool(
-            count: server.configuration.workersPerConnection,
-            payloadByteCount: Int(server.exportDescription.maximumPayloadByteCount),
+            count: server.configuration.workersPerConnection, payloadByteCount: payloadByteCount,
             makeScratch: { server.disk.makeScratch() })
-        pool.start { [self] worker in execute(worker) }
+        pool.start { [self] job, worker in execute(job, worker) }
         defer { pool.drainAndStop() }
+        let inline = RequestWorker(index: -1, payloadByteCount: payloadByteCount, scratch: server.disk.makeScratch())
         let input = InputStream(socket: socket, byteCount: Self.inputByteCount)
-        let headerByteCount = session.extendedHeaders ? RequestHeader.extendedByteCount : RequestHeader.compactByteCount
+        let extended = session.extendedHeaders
+        let headerByteCount = extended ? RequestHeader.extendedByteCount : RequestHeader.compactByteCount
         let maxPayload = UInt64(session.export.maximumPayloadByteCount)
         while !broken.load(ordering: .relaxed) {
             let header: RequestHeader
             do {
                 header = try input.withBytes(headerByteCount) { bytes throws(ProtocolViolation) in
-                    try RequestHeader(parsing: bytes, extended: session.extendedHeaders)
+                    try RequestHeader(parsing: bytes, extended: extended)
                 }
             } catch let violation as ProtocolViolation {
                 throw ServerError.protocolViolation(violation.description)
@@ -35,18 +39,41 @@ extension Connection {
                 throw ServerError.protocolViolation("write payload of \(payloadByteCount) bytes exceeds \(maxPayload)")
             }
             if header.type == Command.disconnect.rawValue { return }
-            let worker = pool.acquire()
+            let mayBlock = header.flags.contains(.fua) || header.type == Command.flush.rawValue
+            // A request that may block takes a pool worker before its payload is read, so the
+            // payload lands in the buffer of the thread that will use it.
+            let worker = mayBlock ? pool.acquire() : inline
             do {
                 try input.read(into: UnsafeMutableRawBufferPointer(rebasing: worker.buffer[..<Int(payloadByteCount)]))
             } catch {
-                pool.release(worker)
+                if mayBlock { pool.release(worker) }
                 throw error
             }
+            let job: RequestWorker.Job
             switch session.validate(header) {
-            case .success(let request): pool.submit(worker, .execute(request))
-            case .failure(let rejection): pool.submit(worker, .reject(header, rejection))
+            case .success(let request): job = .execute(request)
+            case .failure(let rejection): job = .reject(header, rejection)
+            }
+            if mayBlock {
+                pool.submit(worker, job)
+            } else if case .execute(let request) = job, request.command == .read {
+                if !readIfCached(request, inline) { pool.submit(pool.acquire(), job) }
+            } else {
+                execute(job, inline)
             }
         }
+    }
+
+    /// Answers a read from memory if every byte is cached; false means "send it to the pool".
+    private func readIfCached(_ request: Request, _ worker: RequestWorker) -> Bool {
+        let data = UnsafeMutableRawBufferPointer(rebasing: worker.buffer[..<Int(request.length)])
+        do {
+            guard try server.disk.readIfCached(at: request.offset, into: data) else { return false }
+        } catch {
+            return false  // the pool's blocking read reports the error properly
+        }
+        replyRead(request, UnsafeRawBufferPointer(data), worker)
+        return true
     }
 }
 
@@ -70,7 +97,7 @@ final class InputStream {
     ) throws -> Result {
         while end - start < byteCount {
             if start > 0 {
-                // Move the partial message to the front; it is at most one header.
+                // Move the partial message to the front; it is shorter than one header.
                 storage.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: end - start)
                 end -= start
                 start = 0

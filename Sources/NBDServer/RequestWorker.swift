@@ -1,16 +1,17 @@
-// The per-connection pool of request threads. Each worker owns a payload buffer and a copy-up
-// scratch allocated once, so the data path allocates nothing per request. The reader hands a
-// request to a free worker; with none free it waits, which bounds memory and requests in flight.
+// Request buffers and the per-connection pool of threads for requests that may block. Every
+// buffer is allocated once, so the data path allocates nothing per request.
 
 import CowStore
 import Dispatch
 import NBDProtocol
 import Synchronization
 
-/// One request thread and its buffers. `@unchecked Sendable`: `job` and `buffer` are written by
-/// the reader only while the worker is idle (taken from the free list), and read by the worker
-/// only after `wake` is signalled; the semaphore orders the two.
+/// One set of request buffers: the reader's own, or a pool thread's.
+/// `@unchecked Sendable`: a pool worker's `job` and buffers are written by the reader only while
+/// the worker is idle (taken from the free list) and read by the worker only after `wake` is
+/// signalled; the semaphore orders the two.
 final class RequestWorker: @unchecked Sendable {
+    /// What a worker is asked to do.
     enum Job {
         case execute(Request)
         case reject(RequestHeader, RequestRejection)
@@ -18,7 +19,7 @@ final class RequestWorker: @unchecked Sendable {
     }
 
     let index: Int
-    /// Payload in (WRITE) and out (READ, BLOCK_STATUS): `maxPayloadByteCount` bytes.
+    /// Payload in (WRITE) and out (READ, BLOCK_STATUS): the export's maximum payload.
     let buffer: UnsafeMutableRawBufferPointer
     /// Reply headers and fixed payload prefixes.
     let header: UnsafeMutableRawBufferPointer
@@ -40,26 +41,29 @@ final class RequestWorker: @unchecked Sendable {
     }
 }
 
-/// A fixed set of workers with a free list.
+/// A fixed set of threads with a free list. The reader takes an idle worker (waiting if none
+/// is idle, which bounds requests in flight and memory), fills its buffer, and wakes it.
 final class WorkerPool: Sendable {
     let workers: [RequestWorker]
     private let free: Mutex<[Int]>
     private let available: DispatchSemaphore
 
     init(count: Int, payloadByteCount: Int, makeScratch: () -> ChunkScratch) {
-        workers = (0..<count).map { RequestWorker(index: $0, payloadByteCount: payloadByteCount, scratch: makeScratch()) }
+        workers = (0..<count).map {
+            RequestWorker(index: $0, payloadByteCount: payloadByteCount, scratch: makeScratch())
+        }
         free = Mutex(Array((0..<count).reversed()))
         available = DispatchSemaphore(value: count)
     }
 
     /// Starts every worker's thread, running `execute` for each job until `.stop`.
-    func start(_ execute: @escaping @Sendable (RequestWorker) -> Void) {
+    func start(_ execute: @escaping @Sendable (RequestWorker.Job, RequestWorker) -> Void) {
         for worker in workers {
             startThread { [self] in
                 while true {
                     worker.wake.wait()
                     if case .stop = worker.job { return }
-                    execute(worker)
+                    execute(worker.job, worker)
                     release(worker)
                 }
             }
@@ -82,13 +86,13 @@ final class WorkerPool: Sendable {
         worker.wake.signal()
     }
 
-    /// Returns a worker to the free list (also used when the reader took one it did not need).
+    /// Returns a worker to the free list (also when the reader took one it did not use).
     func release(_ worker: RequestWorker) {
         free.withLock { $0.append(worker.index) }
         available.signal()
     }
 
-    /// Waits until every request in flight has been answered, then stops the threads.
+    /// Waits until every job handed out has been answered, then stops the threads.
     func drainAndStop() {
         for _ in workers { available.wait() }
         for worker in workers {

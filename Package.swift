@@ -45,8 +45,9 @@ let package = Package(
         .executableTarget(
             name: "cowbd",
             dependencies: [
-                "NBDServer", "CowStore",
+                "NBDServer", "CowStore", "CowFormat",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),

@@ -36,7 +36,7 @@ extension StoreError: CustomStringConvertible {
         case .exists(let path):
             return "\(path): already exists (refusing to overwrite)"
         case .inUse(let path):
-            return "\(path): in use by another cowbd process (serve, merge or check --repair)"
+            return "\(path): in use by another cowbd process (serve, check or merge)"
         case .baseMismatch(let path, let base, let detail):
             return "\(path): base \(base) has changed since the store was created: \(detail); refusing to use it"
         case .baseMissing(let path, let tried):

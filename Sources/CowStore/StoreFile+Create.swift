@@ -77,7 +77,8 @@ extension StoreFile {
                 temporaryPath, .readWrite, options: [.create, .exclusiveCreate, .closeOnExec],
                 permissions: [.ownerReadWrite, .groupRead, .otherRead])
         } catch let errno as Errno {
-            throw StoreError.open(path: temporaryPath, errno)
+            // Name the file the user asked for: the temporary name means nothing to them.
+            throw StoreError.open(path: path, errno)
         }
         var linked = false
         defer {

@@ -1,12 +1,13 @@
 // How cowbd's commands fail: one line on stderr naming the file and the problem, then a
 // non-zero exit status. Nothing here decides what counts as an error; commands do.
 
-#if canImport(Glibc)
-    import Glibc
-#endif
 import ArgumentParser
 import CowFormat
 import CowStore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// Exit statuses shared by the subcommands (each command's help lists the ones it uses).
 enum ExitStatus {
@@ -24,10 +25,13 @@ enum ExitStatus {
 /// the message stays one line. The corresponding C function is `write(2)`.
 func printErrorLine(_ message: String) {
     let line = "cowbd: " + message.replacing("\n", with: " ") + "\n"
-    var bytes = Array(line.utf8)
+    let bytes = Array(line.utf8)
     var done = 0
     while done < bytes.count {
-        let result = bytes.withUnsafeMutableBytes { write(STDERR_FILENO, $0.baseAddress! + done, $0.count - done) }
+        let result = bytes.withUnsafeBytes { buffer in
+            guard let start = buffer.baseAddress else { return 0 }
+            return write(STDERR_FILENO, start + done, buffer.count - done)
+        }
         if result > 0 {
             done += result
         } else if result < 0 && errno == EINTR {
@@ -50,7 +54,9 @@ func errorLine(_ error: any Error) -> String {
 
 /// Runs `body`; if it throws, prints the error as one line on stderr and exits with `status`.
 /// `ExitCode` passes through untouched: whoever threw it has already said why.
-func exitingOnError<Result>(status: ExitCode = ExitStatus.failure, _ body: () throws -> Result) throws -> Result {
+func exitingOnError<Result>(status: ExitCode = ExitStatus.failure, _ body: () throws -> Result)
+    throws -> Result
+{
     do {
         return try body()
     } catch let exitCode as ExitCode {

@@ -16,11 +16,15 @@ struct SplitMix64: RandomNumberGenerator {
     }
 }
 
-/// A fresh folder under the system temp dir, removed when the value goes away.
+/// A fresh folder, removed when the value goes away. On tmpfs (/dev/shm) by default, where
+/// fsync costs nothing, so flush-heavy model runs stay fast; `onDisk` uses the system temp
+/// folder (a real filesystem) instead.
 final class Scratch {
     let url: URL
-    init() throws {
-        url = FileManager.default.temporaryDirectory.appendingPathComponent("cowbd-test-\(UUID().uuidString)")
+    init(onDisk: Bool = false) throws {
+        let useMemory = !onDisk && FileManager.default.fileExists(atPath: "/dev/shm")
+        let parent = useMemory ? URL(fileURLWithPath: "/dev/shm") : FileManager.default.temporaryDirectory
+        url = parent.appendingPathComponent("cowbd-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     }
     deinit { try? FileManager.default.removeItem(at: url) }
@@ -30,15 +34,14 @@ final class Scratch {
 /// Writes a base image: random bytes, a zero stretch, and a sparse hole, of `byteCount` bytes.
 func makeBase(at path: String, byteCount: Int, seed: UInt64) throws -> [UInt8] {
     var generator = SplitMix64(seed: seed)
-    var bytes = [UInt8](repeating: 0, count: byteCount)
-    for index in 0..<byteCount { bytes[index] = UInt8(truncatingIfNeeded: generator.next()) }
+    var bytes = randomBytes(byteCount, &generator)
     // A zero stretch that is written (allocated zeros) and one left as a hole.
     let zeroStart = byteCount / 4
     let zeroEnd = min(byteCount, zeroStart + 70_000)
-    for index in zeroStart..<zeroEnd { bytes[index] = 0 }
+    bytes.replaceSubrange(zeroStart..<zeroEnd, with: repeatElement(0, count: zeroEnd - zeroStart))
     let holeStart = (byteCount / 2) & ~0xFFFF
     let holeEnd = min(byteCount, holeStart + 3 * 65536)
-    for index in holeStart..<holeEnd { bytes[index] = 0 }
+    bytes.replaceSubrange(holeStart..<holeEnd, with: repeatElement(0, count: holeEnd - holeStart))
     _ = FileManager.default.createFile(atPath: path, contents: nil)
     let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
     try handle.write(contentsOf: Data(bytes[..<holeStart]))

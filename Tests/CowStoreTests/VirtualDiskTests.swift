@@ -13,7 +13,7 @@ import Testing
 }
 
 @Test func alignedWriteAllocatesExactlyItsOwnBytes() throws {
-    let scratch = try Scratch()
+    let scratch = try Scratch(onDisk: true)
     _ = try makeBase(at: scratch.path("base"), byteCount: 64 << 20, seed: 12)
     try createStore(at: scratch.path("cow"), base: scratch.path("base"))
     let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
@@ -52,7 +52,7 @@ import Testing
 }
 
 @Test func extentsTellStoreBaseHolesAndTheGrownTail() throws {
-    let scratch = try Scratch()
+    let scratch = try Scratch(onDisk: true)
     _ = try makeBase(at: scratch.path("base"), byteCount: 4 << 20, seed: 14)
     try createStore(at: scratch.path("cow"), base: scratch.path("base"), virtualByteCount: 5 << 20)
     let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))

@@ -1,0 +1,45 @@
+// Options and output helpers more than one subcommand uses: --json, aligned "key: value"
+// lines, sizes shown both ways, dates.
+
+import ArgumentParser
+import CowFormat
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// `--json`: machine-readable output on stdout instead of text.
+struct OutputOptions: ParsableArguments {
+    @Flag(help: "Print JSON (snake_case keys, stable across versions) instead of text.")
+    var json = false
+}
+
+/// Prints `rows` as "key: value" lines with the values lined up.
+func printAligned(_ rows: [(String, String)]) {
+    let width = rows.map { $0.0.count }.max() ?? 0
+    for (key, value) in rows {
+        print(key + ":" + String(repeating: " ", count: width - key.count + 1) + value)
+    }
+}
+
+/// "4 KiB (4096 bytes)"; just "512 bytes" below 1 KiB.
+func describeSize(_ byteCount: UInt64) -> String {
+    byteCount < 1024
+        ? ByteSize.describe(byteCount) : "\(ByteSize.describe(byteCount)) (\(byteCount) bytes)"
+}
+
+/// Seconds since 1970 as "2025-11-25T16:35:00Z" (ISO 8601, UTC).
+/// The corresponding C function is `gmtime_r`.
+func iso8601(unixSeconds: UInt64) -> String {
+    var seconds = time_t(clamping: unixSeconds)
+    var parts = tm()
+    guard gmtime_r(&seconds, &parts) != nil else { return String(unixSeconds) }
+    func padded(_ value: Int32, _ width: Int) -> String {
+        let digits = String(value)
+        return String(repeating: "0", count: max(0, width - digits.count)) + digits
+    }
+    return padded(parts.tm_year + 1900, 4) + "-" + padded(parts.tm_mon + 1, 2) + "-"
+        + padded(parts.tm_mday, 2)
+        + "T" + padded(parts.tm_hour, 2) + ":" + padded(parts.tm_min, 2) + ":"
+        + padded(parts.tm_sec, 2) + "Z"
+}

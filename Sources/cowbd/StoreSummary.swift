@@ -1,0 +1,85 @@
+// What `info` shows about a store, and `create --json` about the store it made: as text
+// rows and as JSON with stable snake_case keys. Loading takes no lock and survives a
+// missing or changed base (it reports it).
+
+import CowFormat
+import CowStore
+import SystemPackage
+
+/// A store's vital numbers and the state of its base.
+struct StoreSummary {
+    /// The store's path as the user gave it.
+    var path: String
+    var header: StoreHeader
+    /// Chunks whose bit is set on disk (a running server's as of its last flush).
+    var writtenChunkCount: UInt64
+    /// Bytes allocated in the data region (`StoreFile.allocatedDataByteCount`).
+    var allocatedByteCount: UInt64
+    var base: BaseStatus
+
+    /// Reads the store at `path` without locking it, so it works while a server runs.
+    init(storePath path: String) throws {
+        let store = try StoreFile(path: FilePath(path), access: .unlockedRead)
+        self.init(
+            path: path, header: store.header, writtenChunkCount: store.writtenChunkCount,
+            allocatedByteCount: try store.allocatedDataByteCount(),
+            base: BaseStatus(header: store.header, storePath: FilePath(path)))
+    }
+
+    init(
+        path: String, header: StoreHeader, writtenChunkCount: UInt64, allocatedByteCount: UInt64,
+        base: BaseStatus
+    ) {
+        self.path = path
+        self.header = header
+        self.writtenChunkCount = writtenChunkCount
+        self.allocatedByteCount = allocatedByteCount
+        self.base = base
+    }
+
+    /// The JSON `info --json` prints; keys are documented in `cowbd info --help`.
+    var json: JSONValue {
+        .object([
+            ("size", .integer(header.virtualByteCount)),
+            ("chunk_size", .integer(header.geometry.chunkByteCount)),
+            ("chunks_total", .integer(header.chunkCount)),
+            ("chunks_written", .integer(writtenChunkCount)),
+            ("allocated_bytes", .integer(allocatedByteCount)),
+            ("base", .optional(base.image?.path.string)),
+            ("base_given", .string(header.basePathGiven)),
+            ("base_resolved", .string(header.basePathResolved)),
+            ("base_kind", .optional(base.image?.kindName)),
+            ("base_size", .integer(header.baseByteCount)),
+            ("base_fingerprint", .string(header.baseFingerprint.description)),
+            ("fingerprint_status", .string(base.summary)),
+            ("format_version", .integer(UInt64(header.version))),
+            ("created", .string(iso8601(unixSeconds: header.createdUnixSeconds))),
+        ])
+    }
+
+    /// The "key: value" rows `info` prints.
+    var rows: [(String, String)] {
+        let basePath: String
+        switch base {
+        case .missing(let tried): basePath = "not found (tried \(tried.joined(separator: ", ")))"
+        case .unreadable: basePath = "unreadable"
+        case .ok(let image), .changed(let image, _): basePath = image.path.string
+        }
+        return [
+            ("store", path),
+            ("size", describeSize(header.virtualByteCount)),
+            ("chunk size", describeSize(header.geometry.chunkByteCount)),
+            ("chunks", "\(header.chunkCount) total, \(writtenChunkCount) written"),
+            ("allocated", describeSize(allocatedByteCount)),
+            ("base", basePath),
+            ("base given", header.basePathGiven),
+            ("base resolved", header.basePathResolved),
+            ("base kind", base.image?.kindName ?? "unknown"),
+            ("base size", describeSize(header.baseByteCount)),
+            ("base fingerprint", header.baseFingerprint.description),
+            ("fingerprint status", base.summary),
+            ("format version", String(header.version)),
+            ("created", iso8601(unixSeconds: header.createdUnixSeconds)),
+        ]
+    }
+}

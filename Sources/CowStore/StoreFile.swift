@@ -30,6 +30,8 @@ public final class StoreFile: Sendable {
     let bitmap: Mutex<ChunkBitmap>
     /// Serialises flushes, so bitmap pages reach the disk in order.
     private let flushLock = Mutex<Void>(())
+    /// Set by `close`, so the descriptor is closed exactly once.
+    private let isClosed = Atomic<Bool>(false)
 
     /// Opens and validates an existing store. The base is not opened here.
     public init(path: FilePath, access: Access) throws {
@@ -65,7 +67,13 @@ public final class StoreFile: Sendable {
         }
     }
 
-    deinit { try? descriptor.close() }
+    deinit { close() }
+
+    /// Closes the file and releases its lock now, rather than whenever the last reference goes
+    /// (which the optimizer may delay). Nothing may use the store afterwards.
+    public func close() {
+        if !isClosed.exchange(true, ordering: .acquiringAndReleasing) { try? descriptor.close() }
+    }
 
     /// Chunks held by the store.
     public var writtenChunkCount: UInt64 { bitmap.withLock { $0.setCount } }

@@ -36,6 +36,9 @@ public final class VirtualDisk: Sendable {
         return VirtualDisk(store: store, base: base, logger: logger)
     }
 
+    /// Closes the store and releases its lock (see `StoreFile.close`).
+    public func close() { store.close() }
+
     /// A buffer one chunk long, for copy-up. Each thread that writes owns one.
     public func makeScratch() -> ChunkScratch { ChunkScratch(byteCount: Int(geometry.chunkByteCount)) }
 
@@ -125,8 +128,10 @@ public final class VirtualDisk: Sendable {
 
     // MARK: Flush and cache
 
-    /// Makes every completed write durable (NBD_CMD_FLUSH).
+    /// Makes every completed write durable (NBD_CMD_FLUSH). A read-only disk has nothing to
+    /// flush: it succeeds at once.
     public func flush() throws {
+        guard !isReadOnly else { return }
         try store.flush()
     }
 

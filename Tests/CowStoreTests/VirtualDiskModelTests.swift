@@ -44,7 +44,7 @@ struct ModelRun {
         try createStore(
             at: storePath, base: basePath, chunkByteCount: chunkByteCount, virtualByteCount: UInt64(virtualByteCount))
         var model = DiskModel(base: baseBytes, virtualByteCount: virtualByteCount)
-        var disk: VirtualDisk! = try VirtualDisk.open(storePath: FilePath(storePath))
+        var disk = try VirtualDisk.open(storePath: FilePath(storePath))
         let chunkScratch = disk.makeScratch()
         var generator = SplitMix64(seed: seed)
 
@@ -83,8 +83,8 @@ struct ModelRun {
             case 5:
                 try disk.flush()
                 if generator.next() % 3 == 0 {
-                    disk = nil  // releases the lock before the reopen
-                    disk = try VirtualDisk.open(storePath: FilePath(storePath))
+                    disk.close()  // releases the lock before the reopen
+                    disk = try reopen(storePath)
                 }
             default:
                 let (offset, length) = randomRange(maxLength: 5 * Int(chunkByteCount))
@@ -96,14 +96,28 @@ struct ModelRun {
             }
         }
         try disk.flush()
-        disk = nil
-        disk = try VirtualDisk.open(storePath: FilePath(storePath))
+        disk.close()
+        disk = try reopen(storePath)
         let whole = try disk.readBytes(at: 0, count: virtualByteCount)
         if let mismatch = model.firstMismatch(whole, at: 0) {
             Issue.record("seed \(seed): after reopen, byte \(mismatch) differs from the model")
         }
         #expect(try fileBytes(basePath) == baseBytes, "the base must be byte-identical, seed \(seed)")
     }
+}
+
+/// Opens the store again. Other tests in this process spawn `cowbd` children; between fork and
+/// exec a child briefly shares every open file description, flock included, so a reopen right
+/// after close can find the old lock for a moment. Retry for up to a second.
+func reopen(_ storePath: String) throws -> VirtualDisk {
+    for _ in 0..<100 {
+        do {
+            return try VirtualDisk.open(storePath: FilePath(storePath))
+        } catch StoreError.inUse {
+            usleep(10_000)
+        }
+    }
+    return try VirtualDisk.open(storePath: FilePath(storePath))
 }
 
 @Test(arguments: [1, 2, 3, 4, 5, 6] as [UInt64])

@@ -103,7 +103,7 @@ import Testing
     try createStore(at: scratch.path("cow"), base: scratch.path("base"))
     let first = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
     #expect(throws: StoreError.self) { try VirtualDisk.open(storePath: FilePath(scratch.path("cow"))) }
-    _ = first
+    first.close()  // keeps `first` (and its lock) alive until here
 }
 
 @Test func createRefusesAnExistingFileAndLeavesItAlone() throws {

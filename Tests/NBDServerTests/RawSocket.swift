@@ -1,0 +1,122 @@
+// A plain blocking Unix-socket client for tests that must send bytes libnbd never would.
+// Every number is written out from the spec here, not taken from NBDProtocol, so a wrong
+// constant in the server cannot hide behind the same wrong constant in the test.
+
+import Foundation
+
+/// Spec numbers used by the raw tests (nbd-protocol.md, "Values").
+enum Wire {
+    static let initPassword: UInt64 = 0x4e42_444d_4147_4943  // "NBDMAGIC"
+    static let optionMagic: UInt64 = 0x4948_4156_454f_5054  // "IHAVEOPT"
+    static let optionReplyMagic: UInt64 = 0x0003_e889_0455_65a9
+    static let requestMagic: UInt32 = 0x2560_9513
+    static let extendedRequestMagic: UInt32 = 0x21e4_1c71
+    static let simpleReplyMagic: UInt32 = 0x6744_6698
+    static let structuredReplyMagic: UInt32 = 0x668e_33ef
+    static let extendedReplyMagic: UInt32 = 0x6e8a_278c
+    static let flagFixedNewstyle: UInt16 = 1
+    static let flagNoZeroes: UInt16 = 2
+    static let optExportName: UInt32 = 1
+    static let optAbort: UInt32 = 2
+    static let optGo: UInt32 = 7
+    static let optExtendedHeaders: UInt32 = 11
+    static let repAck: UInt32 = 1
+    static let repInfo: UInt32 = 3
+    static let repErrUnsup: UInt32 = 0x8000_0001
+    static let cmdRead: UInt16 = 0
+    static let cmdDisc: UInt16 = 2
+    static let replyTypeNone: UInt16 = 0
+    static let replyTypeOffsetData: UInt16 = 1
+    static let replyFlagDone: UInt16 = 1
+}
+
+/// One blocking connection with a receive timeout, so a silent server fails the test.
+final class RawSocket {
+    static let receiveTimeoutSeconds = 5
+    private let descriptor: Int32
+
+    init(unixSocketPath path: String) throws {
+        descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard descriptor >= 0 else { throw TestFailure("socket: errno \(errno)") }
+        var timeout = timeval(tv_sec: Self.receiveTimeoutSeconds, tv_usec: 0)
+        setsockopt(
+            descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let pathBytes = Array(path.utf8)
+        guard pathBytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            close(descriptor)
+            throw TestFailure("socket path too long: \(path)")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: pathBytes + [0]) }
+        let result = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
+        }
+        guard result == 0 else {
+            let code = errno
+            close(descriptor)
+            throw TestFailure("connect \(path): errno \(code)")
+        }
+    }
+
+    deinit { close(descriptor) }
+
+    func send(_ bytes: [UInt8]) throws {
+        var sentCount = 0
+        while sentCount < bytes.count {
+            let result = bytes[sentCount...].withUnsafeBytes {
+                Foundation.send(descriptor, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL))
+            }
+            guard result > 0 else { throw TestFailure("send: errno \(errno)") }
+            sentCount += result
+        }
+    }
+
+    /// Exactly `count` bytes; throws on end of stream or after the receive timeout.
+    func receive(_ count: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var receivedCount = 0
+        while receivedCount < count {
+            let result = bytes[receivedCount...].withUnsafeMutableBytes {
+                recv(descriptor, $0.baseAddress, $0.count, 0)
+            }
+            if result == 0 {
+                throw TestFailure("connection closed after \(receivedCount) of \(count) bytes")
+            }
+            guard result > 0 else {
+                throw TestFailure("recv: errno \(errno) after \(receivedCount) of \(count) bytes")
+            }
+            receivedCount += result
+        }
+        return bytes
+    }
+
+    /// Whether the peer closes the connection (EOF or reset) within the receive timeout,
+    /// discarding anything it sends first.
+    func peerCloses() -> Bool {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        for _ in 0..<1000 {
+            let result = buffer.withUnsafeMutableBytes {
+                recv(descriptor, $0.baseAddress, $0.count, 0)
+            }
+            if result == 0 || (result < 0 && errno == ECONNRESET) { return true }
+            if result < 0 { return false }  // timeout: still open
+        }
+        return false
+    }
+
+    func receiveUInt16() throws -> UInt16 { UInt16(try receiveInteger(2)) }
+    func receiveUInt32() throws -> UInt32 { UInt32(try receiveInteger(4)) }
+    func receiveUInt64() throws -> UInt64 { try receiveInteger(8) }
+
+    private func receiveInteger(_ byteCount: Int) throws -> UInt64 {
+        try receive(byteCount).reduce(0) { $0 << 8 | UInt64($1) }
+    }
+}
+
+/// Big-endian encoding, as the protocol sends every integer.
+func bigEndian<Value: FixedWidthInteger>(_ value: Value) -> [UInt8] {
+    withUnsafeBytes(of: value.bigEndian) { Array($0) }
+}

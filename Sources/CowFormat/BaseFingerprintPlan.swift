@@ -36,8 +36,11 @@ public enum BaseFingerprintPlan {
     }
 
     /// XXH3-128 of the sampled bytes laid end to end, seeded with the base size.
-    public static func fingerprint(sampledBytes: UnsafeRawBufferPointer, baseByteCount: UInt64) -> BaseFingerprint {
-        let hash = XXH3_128bits_withSeed(sampledBytes.baseAddress, sampledBytes.count, baseByteCount)
+    public static func fingerprint(sampledBytes: UnsafeRawBufferPointer, baseByteCount: UInt64)
+        -> BaseFingerprint
+    {
+        let hash = XXH3_128bits_withSeed(
+            sampledBytes.baseAddress, sampledBytes.count, baseByteCount)
         return BaseFingerprint(low: hash.low64, high: hash.high64)
     }
 }

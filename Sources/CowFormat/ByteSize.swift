@@ -47,7 +47,9 @@ public enum ByteSize {
 extension String {
     fileprivate func trimmingWhitespace() -> String {
         var scalars = Substring(self)
-        while let first = scalars.first, first == " " || first == "\t" { scalars = scalars.dropFirst() }
+        while let first = scalars.first, first == " " || first == "\t" {
+            scalars = scalars.dropFirst()
+        }
         while let last = scalars.last, last == " " || last == "\t" { scalars = scalars.dropLast() }
         return String(scalars)
     }

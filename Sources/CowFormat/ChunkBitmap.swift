@@ -102,8 +102,10 @@ public final class ChunkBitmap {
                 let firstBit = UInt64(wordIndex) * 64
                 let validBitsInWord = validBitCount > firstBit ? validBitCount - firstBit : 0
                 let validMask: UInt64 = validBitsInWord >= 64 ? ~0 : (1 << validBitsInWord) - 1
-                guard bytes.loadLittleEndian(at: wordIndex * 8, as: UInt64.self) & ~validMask == 0 else {
-                    throw .invalidField(name: "bitmap bit past the last chunk in page", value: UInt64(pageIndex))
+                guard bytes.loadLittleEndian(at: wordIndex * 8, as: UInt64.self) & ~validMask == 0
+                else {
+                    throw .invalidField(
+                        name: "bitmap bit past the last chunk in page", value: UInt64(pageIndex))
                 }
             }
         }

@@ -36,7 +36,8 @@ extension FormatError: CustomStringConvertible {
         case .invalidField(let name, let value):
             return "invalid \(name): \(value)"
         case .invalidSize(let text):
-            return "invalid size '\(text)' (use bytes, or a number with K, M, G, T, KiB, MiB, GiB, TiB)"
+            return
+                "invalid size '\(text)' (use bytes, or a number with K, M, G, T, KiB, MiB, GiB, TiB)"
         }
     }
 }

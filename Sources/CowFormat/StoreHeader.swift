@@ -97,7 +97,8 @@ public struct StoreHeader: Equatable, Sendable {
             basePathResolved.utf8.count <= Self.maxBasePathByteCount
         else {
             throw .invalidField(
-                name: "base path length", value: UInt64(max(basePathGiven.utf8.count, basePathResolved.utf8.count)))
+                name: "base path length",
+                value: UInt64(max(basePathGiven.utf8.count, basePathResolved.utf8.count)))
         }
         self.version = Self.currentVersion
         self.geometry = geometry
@@ -124,7 +125,8 @@ public struct StoreHeader: Equatable, Sendable {
         let chunkCount = geometry.chunkCount(covering: virtualByteCount)
         let bitmapByteCount = roundUp((chunkCount + 7) / 8, toMultipleOf: bitmapAlignment)
         let bitmapByteOffset = UInt64(byteCount)
-        let dataByteOffset = roundUp(bitmapByteOffset + bitmapByteCount, toMultipleOf: dataAlignment)
+        let dataByteOffset = roundUp(
+            bitmapByteOffset + bitmapByteCount, toMultipleOf: dataAlignment)
         return (bitmapByteOffset, bitmapByteCount, dataByteOffset)
     }
 
@@ -138,15 +140,19 @@ public struct StoreHeader: Equatable, Sendable {
         }
         let stored = bytes.loadLittleEndian(at: Field.checksum, as: UInt64.self)
         let computed = Self.checksum(of: bytes)
-        guard stored == computed else { throw .checksumMismatch(stored: stored, computed: computed) }
+        guard stored == computed else {
+            throw .checksumMismatch(stored: stored, computed: computed)
+        }
         version = bytes.loadLittleEndian(at: Field.version, as: UInt32.self)
         guard version == Self.currentVersion else { throw .unsupportedVersion(version) }
         let headerByteCount = bytes.loadLittleEndian(at: Field.headerByteCount, as: UInt32.self)
         guard headerByteCount == UInt32(Self.byteCount) else {
             throw .invalidField(name: "header size", value: UInt64(headerByteCount))
         }
-        geometry = try ChunkGeometry(shift: bytes.loadLittleEndian(at: Field.chunkShift, as: UInt32.self))
-        incompatibleFeatures = bytes.loadLittleEndian(at: Field.incompatibleFeatures, as: UInt32.self)
+        geometry = try ChunkGeometry(
+            shift: bytes.loadLittleEndian(at: Field.chunkShift, as: UInt32.self))
+        incompatibleFeatures = bytes.loadLittleEndian(
+            at: Field.incompatibleFeatures, as: UInt32.self)
         compatibleFeatures = bytes.loadLittleEndian(at: Field.compatibleFeatures, as: UInt32.self)
         virtualByteCount = bytes.loadLittleEndian(at: Field.virtualByteCount, as: UInt64.self)
         baseByteCount = bytes.loadLittleEndian(at: Field.baseByteCount, as: UInt64.self)
@@ -159,9 +165,11 @@ public struct StoreHeader: Equatable, Sendable {
         dataByteOffset = bytes.loadLittleEndian(at: Field.dataByteOffset, as: UInt64.self)
         createdUnixSeconds = bytes.loadLittleEndian(at: Field.createdUnixSeconds, as: UInt64.self)
         basePathGiven = try Self.parsePath(bytes, at: Field.basePathGiven, name: "base path")
-        basePathResolved = try Self.parsePath(bytes, at: Field.basePathResolved, name: "resolved base path")
+        basePathResolved = try Self.parsePath(
+            bytes, at: Field.basePathResolved, name: "resolved base path")
         for byteOffset in Field.reservedStart..<Field.basePathGiven where bytes[byteOffset] != 0 {
-            throw .invalidField(name: "reserved byte at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
+            throw .invalidField(
+                name: "reserved byte at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
         }
         try validate()
     }
@@ -214,7 +222,8 @@ public struct StoreHeader: Equatable, Sendable {
         header.storeLittleEndian(createdUnixSeconds, at: Field.createdUnixSeconds)
         Self.encodePath(basePathGiven, into: header, at: Field.basePathGiven)
         Self.encodePath(basePathResolved, into: header, at: Field.basePathResolved)
-        header.storeLittleEndian(Self.checksum(of: UnsafeRawBufferPointer(header)), at: Field.checksum)
+        header.storeLittleEndian(
+            Self.checksum(of: UnsafeRawBufferPointer(header)), at: Field.checksum)
     }
 
     /// The encoded header as a byte array (for tests and one-off writes).
@@ -233,7 +242,9 @@ public struct StoreHeader: Equatable, Sendable {
         _ bytes: UnsafeRawBufferPointer, at byteOffset: Int, name: String
     ) throws(FormatError) -> String {
         let length = Int(bytes.loadLittleEndian(at: byteOffset, as: UInt16.self))
-        guard length <= maxBasePathByteCount else { throw .invalidField(name: name + " length", value: UInt64(length)) }
+        guard length <= maxBasePathByteCount else {
+            throw .invalidField(name: name + " length", value: UInt64(length))
+        }
         let pathBytes = bytes[(byteOffset + 2)..<(byteOffset + 2 + length)]
         guard !pathBytes.contains(0), let path = String(validating: pathBytes, as: UTF8.self) else {
             throw .invalidField(name: name + " (not UTF-8)", value: UInt64(length))
@@ -241,7 +252,9 @@ public struct StoreHeader: Equatable, Sendable {
         return path
     }
 
-    private static func encodePath(_ path: String, into bytes: UnsafeMutableRawBufferPointer, at byteOffset: Int) {
+    private static func encodePath(
+        _ path: String, into bytes: UnsafeMutableRawBufferPointer, at byteOffset: Int
+    ) {
         let utf8 = Array(path.utf8)
         precondition(utf8.count <= maxBasePathByteCount, "path length checked at init")
         bytes.storeLittleEndian(UInt16(utf8.count), at: byteOffset)

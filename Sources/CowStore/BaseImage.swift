@@ -42,16 +42,20 @@ extension BaseImage {
     public func fingerprint() throws -> BaseFingerprint {
         let ranges = BaseFingerprintPlan.ranges(baseByteCount: byteCount)
         let total = Int(BaseFingerprintPlan.sampledByteCount(baseByteCount: byteCount))
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 4096)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: max(total, 1), alignment: 4096)
         defer { buffer.deallocate() }
         var filled = 0
         for range in ranges {
             let length = Int(range.count)
-            try read(at: range.lowerBound, into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + length)]))
+            try read(
+                at: range.lowerBound,
+                into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + length)]))
             filled += length
         }
         return BaseFingerprintPlan.fingerprint(
-            sampledBytes: UnsafeRawBufferPointer(rebasing: buffer[..<total]), baseByteCount: byteCount)
+            sampledBytes: UnsafeRawBufferPointer(rebasing: buffer[..<total]),
+            baseByteCount: byteCount)
     }
 }
 
@@ -92,11 +96,14 @@ public final class RawBaseImage: BaseImage {
         // A base that shrank underneath us must not turn into zeros: that would be wrong bytes.
         guard done == buffer.count else {
             throw StoreError.shortRead(
-                path: path, byteOffset: byteOffset, expectedByteCount: buffer.count, actualByteCount: done)
+                path: path, byteOffset: byteOffset, expectedByteCount: buffer.count,
+                actualByteCount: done)
         }
     }
 
-    public func readIfCached(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+    public func readIfCached(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
+        -> Bool
+    {
         precondition(byteOffset + UInt64(buffer.count) <= byteCount, "base read past its end")
         return descriptor.readIfCached(at: byteOffset, into: buffer)
     }
@@ -112,7 +119,8 @@ public final class RawBaseImage: BaseImage {
                 return ImageExtent(byteCount: min(limit, dataStart - byteOffset), isHole: true)
             }
             let holeStart = try descriptor.nextHole(from: byteOffset)
-            return ImageExtent(byteCount: min(limit, max(holeStart, byteOffset + 1) - byteOffset), isHole: false)
+            return ImageExtent(
+                byteCount: min(limit, max(holeStart, byteOffset + 1) - byteOffset), isHole: false)
         } catch {
             // Block devices and some filesystems cannot tell: everything is data.
             return ImageExtent(byteCount: limit, isHole: false)

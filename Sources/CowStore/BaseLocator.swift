@@ -12,11 +12,14 @@ public enum BaseLocator {
 
     /// Opens the base `header` names: the resolved path, or else the given path taken relative
     /// to the store's folder (so a store and base moved together still pair up).
-    public static func openBase(for header: StoreHeader, storePath: FilePath) throws -> any BaseImage {
+    public static func openBase(for header: StoreHeader, storePath: FilePath) throws
+        -> any BaseImage
+    {
         var candidates = [header.basePathResolved]
         let given = FilePath(header.basePathGiven)
         if !given.isAbsolute {
-            let beside = absolutePath(storePath.removingLastComponent().pushing(given).string).string
+            let beside = absolutePath(storePath.removingLastComponent().pushing(given).string)
+                .string
             if !candidates.contains(beside) { candidates.append(beside) }
         }
         for candidate in candidates {
@@ -30,17 +33,23 @@ public enum BaseLocator {
     }
 
     /// Refuses a base whose size or sampled content differs from what the store recorded.
-    public static func verify(_ base: any BaseImage, against header: StoreHeader, storePath: FilePath) throws {
+    public static func verify(
+        _ base: any BaseImage, against header: StoreHeader, storePath: FilePath
+    ) throws {
         guard base.byteCount == header.baseByteCount else {
             throw StoreError.baseMismatch(
                 path: storePath, base: base.path,
-                detail: "its size is \(base.byteCount) bytes, the store expects \(header.baseByteCount)")
+                detail:
+                    "its size is \(base.byteCount) bytes, the store expects \(header.baseByteCount)"
+            )
         }
         let fingerprint = try base.fingerprint()
         guard fingerprint == header.baseFingerprint else {
             throw StoreError.baseMismatch(
                 path: storePath, base: base.path,
-                detail: "its content fingerprint is \(fingerprint), the store expects \(header.baseFingerprint)")
+                detail:
+                    "its content fingerprint is \(fingerprint), the store expects \(header.baseFingerprint)"
+            )
         }
     }
 }

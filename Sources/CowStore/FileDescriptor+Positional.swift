@@ -1,21 +1,25 @@
 // Positional I/O on file descriptors: whole-buffer pread/pwrite loops, hole punching,
 // SEEK_DATA/SEEK_HOLE and syncs. Thin wrappers: each names the syscall it makes.
 
+import CLinux
+import SystemPackage
+
 #if canImport(Glibc)
     import Glibc
 #endif
-import CLinux
-import SystemPackage
 
 extension FileDescriptor {
     /// Reads exactly `buffer.count` bytes at `byteOffset`, looping over short reads.
     /// Returns the bytes read, less than `buffer.count` only at end of file.
     /// The corresponding C function is `pread`.
-    func readUpToFully(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(Errno) -> Int {
+    func readUpToFully(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
+        throws(Errno) -> Int
+    {
         var done = 0
         while done < buffer.count {
             let result = Glibc.pread(
-                rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(byteOffset) + off_t(done))
+                rawValue, buffer.baseAddress! + done, buffer.count - done,
+                off_t(byteOffset) + off_t(done))
             if result > 0 {
                 done += result
             } else if result == 0 {
@@ -46,7 +50,8 @@ extension FileDescriptor {
         var done = 0
         while done < buffer.count {
             let result = Glibc.pwrite(
-                rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(byteOffset) + off_t(done))
+                rawValue, buffer.baseAddress! + done, buffer.count - done,
+                off_t(byteOffset) + off_t(done))
             if result >= 0 {
                 done += result
             } else if Glibc.errno != EINTR {
@@ -59,7 +64,9 @@ extension FileDescriptor {
     /// The corresponding C function is `fallocate(COWBD_FALLOC_FL_PUNCH_HOLE | COWBD_FALLOC_FL_KEEP_SIZE)`.
     func punchHole(at byteOffset: UInt64, byteCount: UInt64) throws(Errno) {
         try retryingInterrupts {
-            fallocate(rawValue, COWBD_FALLOC_FL_PUNCH_HOLE | COWBD_FALLOC_FL_KEEP_SIZE, off_t(byteOffset), off_t(byteCount))
+            fallocate(
+                rawValue, COWBD_FALLOC_FL_PUNCH_HOLE | COWBD_FALLOC_FL_KEEP_SIZE, off_t(byteOffset),
+                off_t(byteCount))
         }
     }
 
@@ -75,7 +82,8 @@ extension FileDescriptor {
             case EOPNOTSUPP:
                 try punchHole(at: byteOffset, byteCount: byteCount)
                 try retryingInterrupts {
-                    fallocate(rawValue, COWBD_FALLOC_FL_KEEP_SIZE, off_t(byteOffset), off_t(byteCount))
+                    fallocate(
+                        rawValue, COWBD_FALLOC_FL_KEEP_SIZE, off_t(byteOffset), off_t(byteCount))
                 }
                 return
             default:
@@ -123,7 +131,9 @@ extension FileDescriptor {
         if status.st_mode & S_IFMT == S_IFBLK {
             var size: UInt64 = 0
             // BLKGETSIZE64 = _IOR(0x12, 114, size_t)
-            guard ioctl(rawValue, 0x8008_1272, &size) == 0 else { throw Errno(rawValue: Glibc.errno) }
+            guard ioctl(rawValue, 0x8008_1272, &size) == 0 else {
+                throw Errno(rawValue: Glibc.errno)
+            }
             return size
         }
         return UInt64(status.st_size)

@@ -30,7 +30,8 @@ extension StoreError: CustomStringConvertible {
         case .io(let path, let operation, let byteOffset, let errno):
             return "\(path): \(operation) at byte \(byteOffset) failed: \(errno)"
         case .shortRead(let path, let byteOffset, let expected, let actual):
-            return "\(path): short read at byte \(byteOffset): expected \(expected) bytes, got \(actual)"
+            return
+                "\(path): short read at byte \(byteOffset): expected \(expected) bytes, got \(actual)"
         case .format(let path, let error):
             return "\(path): \(error)"
         case .exists(let path):
@@ -38,7 +39,8 @@ extension StoreError: CustomStringConvertible {
         case .inUse(let path):
             return "\(path): in use by another cowbd process (serve, check or merge)"
         case .baseMismatch(let path, let base, let detail):
-            return "\(path): base \(base) has changed since the store was created: \(detail); refusing to use it"
+            return
+                "\(path): base \(base) has changed since the store was created: \(detail); refusing to use it"
         case .baseMissing(let path, let tried):
             return "\(path): base image not found (tried \(tried.joined(separator: ", ")))"
         case .invalidArgument(let text):
@@ -47,7 +49,8 @@ extension StoreError: CustomStringConvertible {
             return
                 "\(path): the filesystem cannot punch holes (\(errno)); a COW store needs sparse files with hole punching (ext4, xfs, btrfs, tmpfs)"
         case .outOfRange(let byteOffset, let byteCount, let diskByteCount):
-            return "request of \(byteCount) bytes at \(byteOffset) is outside the disk (\(diskByteCount) bytes)"
+            return
+                "request of \(byteCount) bytes at \(byteOffset) is outside the disk (\(diskByteCount) bytes)"
         case .notFast:
             return "zeroing this range is not faster than writing it"
         case .readOnly:
@@ -58,7 +61,8 @@ extension StoreError: CustomStringConvertible {
     /// The errno behind the failure, when there is one (used for NBD error mapping).
     public var errno: Errno? {
         switch self {
-        case .open(_, let errno), .io(_, _, _, let errno), .holePunchingUnsupported(_, let errno): return errno
+        case .open(_, let errno), .io(_, _, _, let errno), .holePunchingUnsupported(_, let errno):
+            return errno
         default: return nil
         }
     }

@@ -1,11 +1,12 @@
 // Creating a store: written under a temporary name, synced, then linked into place so a
 // crash never leaves a half-made store under the real name, and an existing file is never replaced.
 
+import CowFormat
+import SystemPackage
+
 #if canImport(Glibc)
     import Glibc
 #endif
-import CowFormat
-import SystemPackage
 
 extension StoreFile {
     /// What `create` needs to know.
@@ -16,7 +17,9 @@ extension StoreFile {
         /// Seconds since 1970, recorded in the header.
         public var createdUnixSeconds: UInt64
 
-        public init(geometry: ChunkGeometry, virtualByteCount: UInt64? = nil, createdUnixSeconds: UInt64) {
+        public init(
+            geometry: ChunkGeometry, virtualByteCount: UInt64? = nil, createdUnixSeconds: UInt64
+        ) {
             self.geometry = geometry
             self.virtualByteCount = virtualByteCount
             self.createdUnixSeconds = createdUnixSeconds
@@ -32,16 +35,20 @@ extension StoreFile {
         let virtualByteCount = options.virtualByteCount ?? base.byteCount
         guard virtualByteCount >= base.byteCount else {
             throw StoreError.invalidArgument(
-                "\(path): --size \(virtualByteCount) is smaller than the base (\(base.byteCount) bytes); a disk can grow, not shrink")
+                "\(path): --size \(virtualByteCount) is smaller than the base (\(base.byteCount) bytes); a disk can grow, not shrink"
+            )
         }
         guard virtualByteCount > 0 else {
-            throw StoreError.invalidArgument("\(base.path): the base is empty; give --size to make a blank disk")
+            throw StoreError.invalidArgument(
+                "\(base.path): the base is empty; give --size to make a blank disk")
         }
         let header: StoreHeader
         do {
             header = try StoreHeader(
-                geometry: options.geometry, virtualByteCount: virtualByteCount, baseByteCount: base.byteCount,
-                baseFingerprint: try base.fingerprint(), fingerprintScheme: BaseFingerprintPlan.scheme,
+                geometry: options.geometry, virtualByteCount: virtualByteCount,
+                baseByteCount: base.byteCount,
+                baseFingerprint: try base.fingerprint(),
+                fingerprintScheme: BaseFingerprintPlan.scheme,
                 basePathGiven: basePathGiven, basePathResolved: absolutePath(basePathGiven).string,
                 createdUnixSeconds: options.createdUnixSeconds)
         } catch let error as FormatError {
@@ -52,12 +59,15 @@ extension StoreFile {
         try writeAtomically(to: path, noReplace: true) { descriptor, temporaryPath in
             try descriptor.setByteCount(header.dataByteOffset + header.virtualByteCount)
             do {
-                try descriptor.punchHole(at: header.dataByteOffset, byteCount: header.geometry.chunkByteCount)
+                try descriptor.punchHole(
+                    at: header.dataByteOffset, byteCount: header.geometry.chunkByteCount)
             } catch let error as Errno {
                 throw StoreError.holePunchingUnsupported(path: path, error)
             }
             var bytes = header.encoded()
-            try bytes.withUnsafeMutableBytes { try descriptor.writeFully(at: 0, from: UnsafeRawBufferPointer($0)) }
+            try bytes.withUnsafeMutableBytes {
+                try descriptor.writeFully(at: 0, from: UnsafeRawBufferPointer($0))
+            }
         }
         return header
     }
@@ -102,7 +112,8 @@ extension StoreFile {
             _ = unlink(temporaryPath.string)
         } else {
             guard rename(temporaryPath.string, path.string) == 0 else {
-                throw StoreError.io(path: path, operation: "rename", byteOffset: 0, Errno(rawValue: errno))
+                throw StoreError.io(
+                    path: path, operation: "rename", byteOffset: 0, Errno(rawValue: errno))
             }
             linked = true
         }
@@ -112,7 +123,9 @@ extension StoreFile {
     /// Makes a rename or link in `folder` durable. The corresponding C function is `fsync`.
     static func syncFolder(_ folder: FilePath) {
         let folderPath = folder.isEmpty ? FilePath(".") : folder
-        if let descriptor = try? FileDescriptor.open(folderPath, .readOnly, options: [.directory, .closeOnExec]) {
+        if let descriptor = try? FileDescriptor.open(
+            folderPath, .readOnly, options: [.directory, .closeOnExec])
+        {
             try? descriptor.synchronizeAll()
             try? descriptor.close()
         }
@@ -126,7 +139,8 @@ func absolutePath(_ path: String) -> FilePath {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
         if getcwd(&buffer, buffer.count) != nil {
             let length = buffer.firstIndex(of: 0) ?? buffer.count
-            let cwd = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            let cwd = String(
+                decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
             filePath = FilePath(cwd).pushing(filePath)
         }
     }

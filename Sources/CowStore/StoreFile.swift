@@ -1,12 +1,13 @@
 // A COW store file: header, chunk bitmap and identity-mapped data region (docs/FORMAT.md).
 // Owns the descriptor, the lock and the flush ordering; knows nothing of the base's bytes.
 
-#if canImport(Glibc)
-    import Glibc
-#endif
 import CowFormat
 import Synchronization
 import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// An open COW store.
 public final class StoreFile: Sendable {
@@ -46,9 +47,13 @@ public final class StoreFile: Sendable {
         do {
             switch access {
             case .exclusiveWrite, .exclusiveRead:
-                guard try descriptor.tryLock(exclusive: true) else { throw StoreError.inUse(path: path) }
+                guard try descriptor.tryLock(exclusive: true) else {
+                    throw StoreError.inUse(path: path)
+                }
             case .sharedRead:
-                guard try descriptor.tryLock(exclusive: false) else { throw StoreError.inUse(path: path) }
+                guard try descriptor.tryLock(exclusive: false) else {
+                    throw StoreError.inUse(path: path)
+                }
             case .unlockedRead:
                 break
             }
@@ -57,12 +62,16 @@ public final class StoreFile: Sendable {
             guard fileByteCount >= header.dataByteOffset else {
                 throw StoreError.format(
                     path: path,
-                    .truncated(expectedByteCount: Int(header.dataByteOffset), actualByteCount: Int(fileByteCount)))
+                    .truncated(
+                        expectedByteCount: Int(header.dataByteOffset),
+                        actualByteCount: Int(fileByteCount)))
             }
             bitmap = Mutex(try Self.readBitmap(descriptor, header: header, path: path))
         } catch {
             try? descriptor.close()
-            if let errno = error as? Errno { throw StoreError.io(path: path, operation: "open", byteOffset: 0, errno) }
+            if let errno = error as? Errno {
+                throw StoreError.io(path: path, operation: "open", byteOffset: 0, errno)
+            }
             throw error
         }
     }
@@ -85,7 +94,8 @@ public final class StoreFile: Sendable {
     public func allocatedByteCount() throws -> UInt64 {
         var status = Glibc.stat()
         guard fstat(descriptor.rawValue, &status) == 0 else {
-            throw StoreError.io(path: path, operation: "fstat", byteOffset: 0, Errno(rawValue: errno))
+            throw StoreError.io(
+                path: path, operation: "fstat", byteOffset: 0, Errno(rawValue: errno))
         }
         return UInt64(status.st_blocks) * 512
     }
@@ -96,7 +106,9 @@ public final class StoreFile: Sendable {
         var cursor = header.dataByteOffset
         let end = header.dataByteOffset + header.virtualByteCount
         do {
-            while cursor < end, let dataStart = try descriptor.nextData(from: cursor), dataStart < end {
+            while cursor < end, let dataStart = try descriptor.nextData(from: cursor),
+                dataStart < end
+            {
                 let holeStart = min(end, try descriptor.nextHole(from: dataStart))
                 total += holeStart - dataStart
                 cursor = holeStart
@@ -115,7 +127,8 @@ public final class StoreFile: Sendable {
             // 1. Snapshot the dirty pages now: every bit in the snapshot was set after its
             //    chunk's data was written, so step 2 makes that data durable.
             let pageByteCount = ChunkBitmap.pageByteCount
-            let (pageIndexes, pages) = bitmap.withLock { bitmap -> ([Int], UnsafeMutableRawBufferPointer) in
+            let (pageIndexes, pages) = bitmap.withLock {
+                bitmap -> ([Int], UnsafeMutableRawBufferPointer) in
                 let indexes = bitmap.takeDirtyPages()
                 let pages = UnsafeMutableRawBufferPointer.allocate(
                     byteCount: max(1, indexes.count) * pageByteCount, alignment: pageByteCount)
@@ -130,7 +143,9 @@ public final class StoreFile: Sendable {
             defer { pages.deallocate() }
             do {
                 // 2. Data (and punched holes) durable.
-                try sync(operation: "fsync (data)") { () throws(Errno) in try descriptor.synchronizeAll() }
+                try sync(operation: "fsync (data)") { () throws(Errno) in
+                    try descriptor.synchronizeAll()
+                }
                 guard !pageIndexes.isEmpty else { return }
                 // 3. Then the bits.
                 for (slot, pageIndex) in pageIndexes.enumerated() {
@@ -140,10 +155,13 @@ public final class StoreFile: Sendable {
                     do {
                         try descriptor.writeFully(at: byteOffset, from: page)
                     } catch let error as Errno {
-                        throw StoreError.io(path: path, operation: "write bitmap", byteOffset: byteOffset, error)
+                        throw StoreError.io(
+                            path: path, operation: "write bitmap", byteOffset: byteOffset, error)
                     }
                 }
-                try sync(operation: "fdatasync (bitmap)") { () throws(Errno) in try descriptor.synchronizeData() }
+                try sync(operation: "fdatasync (bitmap)") { () throws(Errno) in
+                    try descriptor.synchronizeData()
+                }
             } catch {
                 bitmap.withLock { $0.markDirty(pageIndexes) }
                 throw error
@@ -152,36 +170,48 @@ public final class StoreFile: Sendable {
     }
 
     private func sync(operation: String, _ call: () throws(Errno) -> Void) throws {
-        do { try call() } catch { throw StoreError.io(path: path, operation: operation, byteOffset: 0, error) }
+        do { try call() } catch {
+            throw StoreError.io(path: path, operation: operation, byteOffset: 0, error)
+        }
     }
 
     static func readHeader(_ descriptor: FileDescriptor, path: FilePath) throws -> StoreHeader {
         var bytes = [UInt8](repeating: 0, count: StoreHeader.byteCount)
-        let done = try bytes.withUnsafeMutableBytes { try descriptor.readUpToFully(at: 0, into: $0) }
+        let done = try bytes.withUnsafeMutableBytes {
+            try descriptor.readUpToFully(at: 0, into: $0)
+        }
         do {
             guard done == StoreHeader.byteCount else {
-                throw FormatError.truncated(expectedByteCount: StoreHeader.byteCount, actualByteCount: done)
+                throw FormatError.truncated(
+                    expectedByteCount: StoreHeader.byteCount, actualByteCount: done)
             }
-            return try bytes.withUnsafeBytes { bytes throws(FormatError) in try StoreHeader(parsing: bytes) }
+            return try bytes.withUnsafeBytes { bytes throws(FormatError) in
+                try StoreHeader(parsing: bytes)
+            }
         } catch let error as FormatError {
             throw StoreError.format(path: path, error)
         }
     }
 
     /// Reads the bitmap region, skipping its holes, so a large empty bitmap costs nothing.
-    static func readBitmap(_ descriptor: FileDescriptor, header: StoreHeader, path: FilePath) throws -> ChunkBitmap {
+    static func readBitmap(_ descriptor: FileDescriptor, header: StoreHeader, path: FilePath) throws
+        -> ChunkBitmap
+    {
         let bitmap = ChunkBitmap(chunkCount: header.chunkCount)
         let pageByteCount = UInt64(ChunkBitmap.pageByteCount)
         let regionEnd = header.bitmapByteOffset + UInt64(bitmap.pageCount) * pageByteCount
         let batchByteCount = 1 << 20
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: batchByteCount, alignment: 4096)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: batchByteCount, alignment: 4096)
         defer { buffer.deallocate() }
         var cursor = header.bitmapByteOffset
         while cursor < regionEnd {
             // SEEK_DATA finds the written pages; where it is unsupported, read everything.
             let dataStart: UInt64
             do {
-                guard let found = try descriptor.nextData(from: cursor), found < regionEnd else { break }
+                guard let found = try descriptor.nextData(from: cursor), found < regionEnd else {
+                    break
+                }
                 dataStart = found
             } catch {
                 dataStart = cursor
@@ -189,19 +219,24 @@ public final class StoreFile: Sendable {
             let pageStart = dataStart - (dataStart - header.bitmapByteOffset) % pageByteCount
             let dataEnd = min(regionEnd, (try? descriptor.nextHole(from: dataStart)) ?? regionEnd)
             let batchEnd = min(dataEnd, pageStart + UInt64(batchByteCount))
-            let batchByteCountRounded = Int(roundUp(batchEnd - pageStart, toMultipleOf: pageByteCount))
+            let batchByteCountRounded = Int(
+                roundUp(batchEnd - pageStart, toMultipleOf: pageByteCount))
             let batch = UnsafeMutableRawBufferPointer(rebasing: buffer[..<batchByteCountRounded])
             let done = try descriptor.readUpToFully(at: pageStart, into: batch)
             guard done == batch.count else {
                 throw StoreError.shortRead(
-                    path: path, byteOffset: pageStart, expectedByteCount: batch.count, actualByteCount: done)
+                    path: path, byteOffset: pageStart, expectedByteCount: batch.count,
+                    actualByteCount: done)
             }
             for pageOffset in stride(from: 0, to: batch.count, by: Int(pageByteCount)) {
-                let pageIndex = Int((pageStart - header.bitmapByteOffset) / pageByteCount) + pageOffset / Int(pageByteCount)
+                let pageIndex =
+                    Int((pageStart - header.bitmapByteOffset) / pageByteCount) + pageOffset
+                    / Int(pageByteCount)
                 do {
                     try bitmap.loadPage(
                         pageIndex,
-                        from: UnsafeRawBufferPointer(rebasing: batch[pageOffset..<(pageOffset + Int(pageByteCount))]))
+                        from: UnsafeRawBufferPointer(
+                            rebasing: batch[pageOffset..<(pageOffset + Int(pageByteCount))]))
                 } catch {
                     throw StoreError.format(path: path, error)
                 }

@@ -26,7 +26,9 @@ final class StripedLocks: @unchecked Sendable {
     }
 
     /// Runs `body` holding the stripes of every chunk in `chunks`.
-    func withLocks<Result>(chunks: ClosedRange<UInt64>, _ body: () throws -> Result) rethrows -> Result {
+    func withLocks<Result>(chunks: ClosedRange<UInt64>, _ body: () throws -> Result) rethrows
+        -> Result
+    {
         let (low, high) = stripeRanges(for: chunks)
         for index in low { pthread_mutex_lock(mutexes + index) }
         for index in high { pthread_mutex_lock(mutexes + index) }

@@ -31,7 +31,9 @@ public struct DiskExtent: Equatable, Sendable {
 extension VirtualDisk {
     /// Consecutive extents from `virtualByteOffset`, covering at most `byteCount` bytes and at
     /// most `maxExtentCount` extents (at least one). Adjacent extents with equal status merge.
-    public func extents(at virtualByteOffset: UInt64, byteCount requested: UInt64, maxExtentCount: Int) throws
+    public func extents(
+        at virtualByteOffset: UInt64, byteCount requested: UInt64, maxExtentCount: Int
+    ) throws
         -> [DiskExtent]
     {
         try checkRange(virtualByteOffset, requested)
@@ -41,7 +43,9 @@ extension VirtualDisk {
         let end = virtualByteOffset + requested
         while cursor < end {
             let (isWritten, runEnd) = run(from: cursor, end: end)
-            let next = isWritten ? try storeExtent(at: cursor, end: runEnd) : try baseExtent(at: cursor, end: runEnd)
+            let next =
+                isWritten
+                ? try storeExtent(at: cursor, end: runEnd) : try baseExtent(at: cursor, end: runEnd)
             if let last = extents.last, last.isHole == next.isHole, last.isZero == next.isZero,
                 last.source == next.source
             {
@@ -64,11 +68,14 @@ extension VirtualDisk {
                 return DiskExtent(byteCount: limit, isHole: true, isZero: true, source: .store)
             }
             if dataStart > storeByteOffset {
-                return DiskExtent(byteCount: min(limit, dataStart - storeByteOffset), isHole: true, isZero: true, source: .store)
+                return DiskExtent(
+                    byteCount: min(limit, dataStart - storeByteOffset), isHole: true, isZero: true,
+                    source: .store)
             }
             let holeStart = try store.descriptor.nextHole(from: storeByteOffset)
             return DiskExtent(
-                byteCount: min(limit, max(holeStart, storeByteOffset + 1) - storeByteOffset), isHole: false,
+                byteCount: min(limit, max(holeStart, storeByteOffset + 1) - storeByteOffset),
+                isHole: false,
                 isZero: false, source: .store)
         } catch {
             return DiskExtent(byteCount: limit, isHole: false, isZero: false, source: .store)
@@ -77,9 +84,11 @@ extension VirtualDisk {
 
     private func baseExtent(at virtualByteOffset: UInt64, end: UInt64) throws -> DiskExtent {
         guard virtualByteOffset < base.byteCount else {
-            return DiskExtent(byteCount: end - virtualByteOffset, isHole: true, isZero: true, source: .none)
+            return DiskExtent(
+                byteCount: end - virtualByteOffset, isHole: true, isZero: true, source: .none)
         }
-        let extent = try base.extent(at: virtualByteOffset, maxByteCount: min(end, base.byteCount) - virtualByteOffset)
+        let extent = try base.extent(
+            at: virtualByteOffset, maxByteCount: min(end, base.byteCount) - virtualByteOffset)
         return DiskExtent(
             byteCount: extent.byteCount, isHole: extent.isHole, isZero: extent.isHole,
             source: extent.isHole ? .none : .base)

@@ -16,12 +16,14 @@ extension VirtualDisk {
 
     /// Writes `data` at `virtualByteOffset` (NBD_CMD_WRITE); with `fua`, durable on return.
     public func write(
-        at virtualByteOffset: UInt64, from data: UnsafeRawBufferPointer, fua: Bool = false, scratch: ChunkScratch
+        at virtualByteOffset: UInt64, from data: UnsafeRawBufferPointer, fua: Bool = false,
+        scratch: ChunkScratch
     ) throws {
         try checkWritable(virtualByteOffset, UInt64(data.count))
         try apply(
             .data(data, requestByteOffset: virtualByteOffset), from: virtualByteOffset,
-            to: virtualByteOffset + UInt64(data.count), skipPartialUnwritten: false, scratch: scratch)
+            to: virtualByteOffset + UInt64(data.count), skipPartialUnwritten: false,
+            scratch: scratch)
         if fua { try flush() }
     }
 
@@ -36,7 +38,9 @@ extension VirtualDisk {
         guard byteCount > 0 else { return }
         let end = virtualByteOffset + byteCount
         if fast && needsCopyUp(from: virtualByteOffset, to: end) { throw StoreError.notFast }
-        try apply(.zeros(mayPunch: mayPunch), from: virtualByteOffset, to: end, skipPartialUnwritten: false, scratch: scratch)
+        try apply(
+            .zeros(mayPunch: mayPunch), from: virtualByteOffset, to: end,
+            skipPartialUnwritten: false, scratch: scratch)
         if fua { try flush() }
     }
 
@@ -67,7 +71,10 @@ extension VirtualDisk {
             || partlyCovered(geometry.chunkIndex(containing: end - 1))
     }
 
-    func apply(_ fill: Fill, from start: UInt64, to end: UInt64, skipPartialUnwritten: Bool, scratch: ChunkScratch?)
+    func apply(
+        _ fill: Fill, from start: UInt64, to end: UInt64, skipPartialUnwritten: Bool,
+        scratch: ChunkScratch?
+    )
         throws
     {
         var cursor = start
@@ -76,10 +83,13 @@ extension VirtualDisk {
             if isWritten {
                 try fillStore(fill, from: cursor, to: runEnd)
             } else {
-                let chunks = geometry.chunkIndex(containing: cursor)...geometry.chunkIndex(containing: runEnd - 1)
+                let chunks =
+                    geometry.chunkIndex(
+                        containing: cursor)...geometry.chunkIndex(containing: runEnd - 1)
                 try copyUpLocks.withLocks(chunks: chunks) {
                     try fillUnwritten(
-                        fill, from: cursor, to: runEnd, skipPartialUnwritten: skipPartialUnwritten, scratch: scratch)
+                        fill, from: cursor, to: runEnd, skipPartialUnwritten: skipPartialUnwritten,
+                        scratch: scratch)
                 }
             }
             cursor = runEnd
@@ -89,7 +99,8 @@ extension VirtualDisk {
     /// Called holding the copy-up locks of every chunk in the range. A chunk's bit goes from
     /// clear to set only under its lock, so the states seen here stay true until we set them.
     private func fillUnwritten(
-        _ fill: Fill, from start: UInt64, to end: UInt64, skipPartialUnwritten: Bool, scratch: ChunkScratch?
+        _ fill: Fill, from start: UInt64, to end: UInt64, skipPartialUnwritten: Bool,
+        scratch: ChunkScratch?
     ) throws {
         var cursor = start
         while cursor < end {
@@ -102,7 +113,9 @@ extension VirtualDisk {
             }
             // Whole chunks are written (or punched) in one call; partial ones are copied up.
             var wholeChunks: ClosedRange<UInt64>? = nil
-            for chunkIndex in geometry.chunkIndex(containing: cursor)...geometry.chunkIndex(containing: runEnd - 1) {
+            for chunkIndex in geometry.chunkIndex(
+                containing: cursor)...geometry.chunkIndex(containing: runEnd - 1)
+            {
                 let chunkStart = geometry.byteOffset(ofChunk: chunkIndex)
                 let chunkEnd = min(chunkStart + geometry.chunkByteCount, byteCount)
                 if cursor <= chunkStart && runEnd >= chunkEnd {
@@ -117,7 +130,8 @@ extension VirtualDisk {
                 guard let scratch else { preconditionFailure("copy-up needs a scratch buffer") }
                 try copyUp(
                     chunkIndex, chunkStart: chunkStart, chunkEnd: chunkEnd, fill: fill,
-                    coveredStart: max(chunkStart, cursor), coveredEnd: min(chunkEnd, runEnd), scratch: scratch)
+                    coveredStart: max(chunkStart, cursor), coveredEnd: min(chunkEnd, runEnd),
+                    scratch: scratch)
                 markWritten(chunkIndex...chunkIndex)
             }
             if let pending = wholeChunks { try fillWholeChunks(fill, pending) }
@@ -139,14 +153,16 @@ extension VirtualDisk {
         _ chunkIndex: UInt64, chunkStart: UInt64, chunkEnd: UInt64, fill: Fill,
         coveredStart: UInt64, coveredEnd: UInt64, scratch: ChunkScratch
     ) throws {
-        let chunk = UnsafeMutableRawBufferPointer(rebasing: scratch.buffer[..<Int(chunkEnd - chunkStart)])
+        let chunk = UnsafeMutableRawBufferPointer(
+            rebasing: scratch.buffer[..<Int(chunkEnd - chunkStart)])
         try readBase(at: chunkStart, into: chunk)
         let covered = UnsafeMutableRawBufferPointer(
             rebasing: chunk[Int(coveredStart - chunkStart)..<Int(coveredEnd - chunkStart)])
         switch fill {
         case .data(let data, let requestByteOffset):
             let source = UnsafeRawBufferPointer(
-                rebasing: data[Int(coveredStart - requestByteOffset)..<Int(coveredEnd - requestByteOffset)])
+                rebasing: data[
+                    Int(coveredStart - requestByteOffset)..<Int(coveredEnd - requestByteOffset)])
             covered.copyMemory(from: source)
         case .zeros:
             covered.initializeMemory(as: UInt8.self, repeating: 0)
@@ -166,7 +182,8 @@ extension VirtualDisk {
         case .data(let data, let requestByteOffset):
             try writeStore(
                 at: start,
-                from: UnsafeRawBufferPointer(rebasing: data[Int(start - requestByteOffset)..<Int(end - requestByteOffset)]))
+                from: UnsafeRawBufferPointer(
+                    rebasing: data[Int(start - requestByteOffset)..<Int(end - requestByteOffset)]))
         case .zeros(let mayPunch):
             let storeByteOffset = store.header.dataByteOffset + start
             do {
@@ -177,18 +194,21 @@ extension VirtualDisk {
                 }
             } catch {
                 throw StoreError.io(
-                    path: store.path, operation: mayPunch ? "punch hole" : "zero range", byteOffset: storeByteOffset,
+                    path: store.path, operation: mayPunch ? "punch hole" : "zero range",
+                    byteOffset: storeByteOffset,
                     error)
             }
         }
     }
 
-    private func writeStore(at virtualByteOffset: UInt64, from data: UnsafeRawBufferPointer) throws {
+    private func writeStore(at virtualByteOffset: UInt64, from data: UnsafeRawBufferPointer) throws
+    {
         let storeByteOffset = store.header.dataByteOffset + virtualByteOffset
         do {
             try store.descriptor.writeFully(at: storeByteOffset, from: data)
         } catch {
-            throw StoreError.io(path: store.path, operation: "write", byteOffset: storeByteOffset, error)
+            throw StoreError.io(
+                path: store.path, operation: "write", byteOffset: storeByteOffset, error)
         }
     }
 }

@@ -30,7 +30,8 @@ public final class VirtualDisk: Sendable {
     public static func open(
         storePath: FilePath, readOnly: Bool = false, logger: Logger = Logger(label: "cowbd.disk")
     ) throws -> VirtualDisk {
-        let store = try StoreFile(path: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite)
+        let store = try StoreFile(
+            path: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite)
         let base = try BaseLocator.openBase(for: store.header, storePath: storePath)
         try BaseLocator.verify(base, against: store.header, storePath: storePath)
         return VirtualDisk(store: store, base: base, logger: logger)
@@ -40,12 +41,16 @@ public final class VirtualDisk: Sendable {
     public func close() { store.close() }
 
     /// A buffer one chunk long, for copy-up. Each thread that writes owns one.
-    public func makeScratch() -> ChunkScratch { ChunkScratch(byteCount: Int(geometry.chunkByteCount)) }
+    public func makeScratch() -> ChunkScratch {
+        ChunkScratch(byteCount: Int(geometry.chunkByteCount))
+    }
 
     // MARK: Read
 
     /// Fills `buffer` with the disk's bytes at `virtualByteOffset`.
-    public func read(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+    public func read(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
+        throws
+    {
         try checkRange(virtualByteOffset, UInt64(buffer.count))
         var cursor = virtualByteOffset
         let end = virtualByteOffset + UInt64(buffer.count)
@@ -65,7 +70,9 @@ public final class VirtualDisk: Sendable {
     /// Fills `buffer` like `read`, but only if every byte is in memory already (page cache);
     /// returns false, having possibly filled part of `buffer`, if any part would wait on a device.
     /// Lets a server answer cached reads inline and send the rest to threads that may block.
-    public func readIfCached(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
+    public func readIfCached(
+        at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer
+    ) throws -> Bool {
         try checkRange(virtualByteOffset, UInt64(buffer.count))
         var cursor = virtualByteOffset
         let end = virtualByteOffset + UInt64(buffer.count)
@@ -74,17 +81,26 @@ public final class VirtualDisk: Sendable {
             let piece = UnsafeMutableRawBufferPointer(
                 rebasing: buffer[Int(cursor - virtualByteOffset)..<Int(runEnd - virtualByteOffset)])
             if isWritten {
-                guard store.descriptor.readIfCached(at: store.header.dataByteOffset + cursor, into: piece) else {
+                guard
+                    store.descriptor.readIfCached(
+                        at: store.header.dataByteOffset + cursor, into: piece)
+                else {
                     return false
                 }
             } else {
-                let inBase = cursor >= base.byteCount ? 0 : Int(min(UInt64(piece.count), base.byteCount - cursor))
+                let inBase =
+                    cursor >= base.byteCount
+                    ? 0 : Int(min(UInt64(piece.count), base.byteCount - cursor))
                 if inBase > 0 {
-                    guard base.readIfCached(at: cursor, into: UnsafeMutableRawBufferPointer(rebasing: piece[..<inBase]))
+                    guard
+                        base.readIfCached(
+                            at: cursor,
+                            into: UnsafeMutableRawBufferPointer(rebasing: piece[..<inBase]))
                     else { return false }
                 }
                 if inBase < piece.count {
-                    UnsafeMutableRawBufferPointer(rebasing: piece[inBase...]).initializeMemory(as: UInt8.self, repeating: 0)
+                    UnsafeMutableRawBufferPointer(rebasing: piece[inBase...]).initializeMemory(
+                        as: UInt8.self, repeating: 0)
                 }
             }
             cursor = runEnd
@@ -96,33 +112,43 @@ public final class VirtualDisk: Sendable {
     func run(from virtualByteOffset: UInt64, end: UInt64) -> (isWritten: Bool, end: UInt64) {
         let firstChunk = geometry.chunkIndex(containing: virtualByteOffset)
         let lastChunk = geometry.chunkIndex(containing: end - 1)
-        let run = store.bitmap.withLock { $0.run(from: firstChunk, limit: lastChunk - firstChunk + 1) }
+        let run = store.bitmap.withLock {
+            $0.run(from: firstChunk, limit: lastChunk - firstChunk + 1)
+        }
         return (run.isSet, min(end, geometry.byteOffset(ofChunk: firstChunk + run.chunkCount)))
     }
 
-    func readStore(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+    func readStore(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
+    {
         let storeByteOffset = store.header.dataByteOffset + virtualByteOffset
         let done: Int
         do {
             done = try store.descriptor.readUpToFully(at: storeByteOffset, into: buffer)
         } catch {
-            throw StoreError.io(path: store.path, operation: "read", byteOffset: storeByteOffset, error)
+            throw StoreError.io(
+                path: store.path, operation: "read", byteOffset: storeByteOffset, error)
         }
         guard done == buffer.count else {
             throw StoreError.shortRead(
-                path: store.path, byteOffset: storeByteOffset, expectedByteCount: buffer.count, actualByteCount: done)
+                path: store.path, byteOffset: storeByteOffset, expectedByteCount: buffer.count,
+                actualByteCount: done)
         }
     }
 
     /// Base bytes, with zeros past the end of the base (a disk grown with --size).
     func readBase(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         let baseEnd = base.byteCount
-        let inBase = virtualByteOffset >= baseEnd ? 0 : Int(min(UInt64(buffer.count), baseEnd - virtualByteOffset))
+        let inBase =
+            virtualByteOffset >= baseEnd
+            ? 0 : Int(min(UInt64(buffer.count), baseEnd - virtualByteOffset))
         if inBase > 0 {
-            try base.read(at: virtualByteOffset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<inBase]))
+            try base.read(
+                at: virtualByteOffset,
+                into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<inBase]))
         }
         if inBase < buffer.count {
-            UnsafeMutableRawBufferPointer(rebasing: buffer[inBase...]).initializeMemory(as: UInt8.self, repeating: 0)
+            UnsafeMutableRawBufferPointer(rebasing: buffer[inBase...]).initializeMemory(
+                as: UInt8.self, repeating: 0)
         }
     }
 
@@ -138,14 +164,18 @@ public final class VirtualDisk: Sendable {
     /// Prefetches a range into the page cache (NBD_CMD_CACHE). Changes nothing.
     public func prefetch(at virtualByteOffset: UInt64, byteCount: UInt64) throws {
         try checkRange(virtualByteOffset, byteCount)
-        let inBase = virtualByteOffset < base.byteCount ? min(byteCount, base.byteCount - virtualByteOffset) : 0
+        let inBase =
+            virtualByteOffset < base.byteCount
+            ? min(byteCount, base.byteCount - virtualByteOffset) : 0
         if inBase > 0 { base.prefetch(at: virtualByteOffset, byteCount: inBase) }
-        store.descriptor.adviseWillNeed(at: store.header.dataByteOffset + virtualByteOffset, byteCount: byteCount)
+        store.descriptor.adviseWillNeed(
+            at: store.header.dataByteOffset + virtualByteOffset, byteCount: byteCount)
     }
 
     func checkRange(_ virtualByteOffset: UInt64, _ count: UInt64) throws {
         guard virtualByteOffset <= byteCount, count <= byteCount - virtualByteOffset else {
-            throw StoreError.outOfRange(byteOffset: virtualByteOffset, byteCount: count, diskByteCount: byteCount)
+            throw StoreError.outOfRange(
+                byteOffset: virtualByteOffset, byteCount: count, diskByteCount: byteCount)
         }
     }
 }

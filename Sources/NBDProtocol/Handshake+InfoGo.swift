@@ -9,7 +9,10 @@ extension Handshake {
             let requestCount = reader.read(UInt16.self),
             reader.remainingByteCount == Int(requestCount) * 2
         else {
-            return .reply(Self.reply(raw, .errInvalid, message: "malformed \(option == .go ? "NBD_OPT_GO" : "NBD_OPT_INFO")"))
+            return .reply(
+                Self.reply(
+                    raw, .errInvalid,
+                    message: "malformed \(option == .go ? "NBD_OPT_GO" : "NBD_OPT_INFO")"))
         }
         var requested: Set<UInt16> = []
         for _ in 0..<requestCount {

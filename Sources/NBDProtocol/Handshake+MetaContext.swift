@@ -10,13 +10,17 @@ extension Handshake {
             return Self.reply(raw, .errInvalid, message: "negotiate structured replies first")
         }
         var reader = ByteReader(data)
-        guard let nameLength = reader.read(UInt32.self), let nameBytes = reader.read(byteCount: Int(nameLength)),
+        guard let nameLength = reader.read(UInt32.self),
+            let nameBytes = reader.read(byteCount: Int(nameLength)),
             let queryCount = reader.read(UInt32.self)
         else { return Self.reply(raw, .errInvalid, message: "malformed meta context option") }
         var queries: [String] = []
         for _ in 0..<min(queryCount, UInt32(Self.maxOptionByteCount / 4)) {
-            guard let length = reader.read(UInt32.self), let query = reader.read(byteCount: Int(length)) else {
-                return Self.reply(raw, .errInvalid, message: "meta context query runs past the option")
+            guard let length = reader.read(UInt32.self),
+                let query = reader.read(byteCount: Int(length))
+            else {
+                return Self.reply(
+                    raw, .errInvalid, message: "meta context query runs past the option")
             }
             queries.append(String(decoding: query, as: UTF8.self))
         }
@@ -45,7 +49,8 @@ extension Handshake {
         if queries.isEmpty { return MetaContext.allCases }
         return MetaContext.allCases.filter { context in
             queries.contains { query in
-                query == context.rawValue || (query.hasSuffix(":") && context.rawValue.hasPrefix(query))
+                query == context.rawValue
+                    || (query.hasSuffix(":") && context.rawValue.hasPrefix(query))
             }
         }
     }

@@ -53,7 +53,8 @@ public struct NegotiatedSession: Sendable {
     public var transmissionFlags: TransmissionFlags
 
     public init(
-        export: ExportDescription, structuredReplies: Bool, extendedHeaders: Bool, metaContexts: [MetaContext],
+        export: ExportDescription, structuredReplies: Bool, extendedHeaders: Bool,
+        metaContexts: [MetaContext],
         transmissionFlags: TransmissionFlags
     ) {
         self.export = export
@@ -126,13 +127,15 @@ public struct Handshake {
             return .replyAndClose([], reason: "more than \(Self.maxOptionCount) options")
         }
         guard let option = Option(rawValue: rawOption) else {
-            return .reply(Self.reply(rawOption, .errUnsup, message: "option \(rawOption) is not supported"))
+            return .reply(
+                Self.reply(rawOption, .errUnsup, message: "option \(rawOption) is not supported"))
         }
         switch option {
         case .exportName:
             return exportName(data)
         case .abort:
-            return .replyAndClose(Self.reply(rawOption, .ack), reason: "client aborted the handshake")
+            return .replyAndClose(
+                Self.reply(rawOption, .ack), reason: "client aborted the handshake")
         case .list:
             return .reply(list(data))
         case .info, .go:
@@ -144,7 +147,8 @@ public struct Handshake {
         case .listMetaContext, .setMetaContext:
             return .reply(metaContext(option, data))
         case .startTLS, .peekExport:
-            return .reply(Self.reply(rawOption, .errUnsup, message: "TLS is not supported by this server"))
+            return .reply(
+                Self.reply(rawOption, .errUnsup, message: "TLS is not supported by this server"))
         }
     }
 
@@ -171,14 +175,16 @@ public struct Handshake {
         let contextsApply = structuredReplies && selectedContextsExportName == name
         session = NegotiatedSession(
             export: export, structuredReplies: structuredReplies, extendedHeaders: extendedHeaders,
-            metaContexts: contextsApply ? selectedContexts : [], transmissionFlags: transmissionFlags(for: export))
+            metaContexts: contextsApply ? selectedContexts : [],
+            transmissionFlags: transmissionFlags(for: export))
     }
 
     private mutating func exportName(_ data: [UInt8]) -> HandshakeAction {
         let name = String(decoding: data, as: UTF8.self)
         guard let export = export(named: name) else {
             // The protocol gives EXPORT_NAME no error reply: the only answer is to hang up.
-            return .replyAndClose([], reason: "unknown export '\(name)' requested with NBD_OPT_EXPORT_NAME")
+            return .replyAndClose(
+                [], reason: "unknown export '\(name)' requested with NBD_OPT_EXPORT_NAME")
         }
         choose(export, name: name)
         var bytes: [UInt8] = []
@@ -190,7 +196,8 @@ public struct Handshake {
 
     private func list(_ data: [UInt8]) -> [UInt8] {
         guard data.isEmpty else {
-            return Self.reply(Option.list.rawValue, .errInvalid, message: "NBD_OPT_LIST takes no data")
+            return Self.reply(
+                Option.list.rawValue, .errInvalid, message: "NBD_OPT_LIST takes no data")
         }
         var bytes: [UInt8] = []
         for export in exports {
@@ -205,9 +212,12 @@ public struct Handshake {
 
     private mutating func structuredReply(_ data: [UInt8]) -> [UInt8] {
         let option = Option.structuredReply.rawValue
-        guard data.isEmpty else { return Self.reply(option, .errInvalid, message: "option takes no data") }
+        guard data.isEmpty else {
+            return Self.reply(option, .errInvalid, message: "option takes no data")
+        }
         if extendedHeaders {
-            return Self.reply(option, .errExtendedHeaderRequired, message: "extended headers already negotiated")
+            return Self.reply(
+                option, .errExtendedHeaderRequired, message: "extended headers already negotiated")
         }
         if structuredReplies {
             return Self.reply(option, .errInvalid, message: "structured replies already negotiated")
@@ -218,7 +228,9 @@ public struct Handshake {
 
     private mutating func extendedHeadersReply(_ data: [UInt8]) -> [UInt8] {
         let option = Option.extendedHeaders.rawValue
-        guard data.isEmpty else { return Self.reply(option, .errInvalid, message: "option takes no data") }
+        guard data.isEmpty else {
+            return Self.reply(option, .errInvalid, message: "option takes no data")
+        }
         if extendedHeaders {
             return Self.reply(option, .errInvalid, message: "extended headers already negotiated")
         }

@@ -13,7 +13,9 @@ public enum Reply {
     public static let maxHeaderByteCount = 64
 
     /// A simple reply: magic, error, cookie. Returns the byte count.
-    public static func encodeSimple(error: UInt32, cookie: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+    public static func encodeSimple(
+        error: UInt32, cookie: UInt64, into buffer: UnsafeMutableRawBufferPointer
+    ) -> Int {
         buffer.storeBigEndian(Magic.simpleReply, at: 0)
         buffer.storeBigEndian(error, at: 4)
         buffer.storeBigEndian(cookie, at: 8)
@@ -23,7 +25,8 @@ public enum Reply {
     /// A structured chunk header (20 bytes), or with `extended` an extended header (32 bytes,
     /// whose offset field echoes the request's offset). Returns the byte count.
     public static func encodeChunk(
-        flags: UInt16, type: ReplyType, cookie: UInt64, requestOffset: UInt64, payloadByteCount: UInt64,
+        flags: UInt16, type: ReplyType, cookie: UInt64, requestOffset: UInt64,
+        payloadByteCount: UInt64,
         extended: Bool, into buffer: UnsafeMutableRawBufferPointer
     ) -> Int {
         if extended {
@@ -35,7 +38,9 @@ public enum Reply {
             buffer.storeBigEndian(payloadByteCount, at: 24)
             return extendedByteCount
         }
-        precondition(payloadByteCount <= UInt64(UInt32.max), "chunk payload over 4 GiB without extended headers")
+        precondition(
+            payloadByteCount <= UInt64(UInt32.max),
+            "chunk payload over 4 GiB without extended headers")
         buffer.storeBigEndian(Magic.structuredReply, at: 0)
         buffer.storeBigEndian(flags, at: 4)
         buffer.storeBigEndian(type.rawValue, at: 6)

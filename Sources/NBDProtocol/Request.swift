@@ -43,7 +43,8 @@ public struct RequestHeader: Equatable, Sendable {
         offset = bytes.loadBigEndian(at: 16, as: UInt64.self)
         length =
             extended
-            ? bytes.loadBigEndian(at: 24, as: UInt64.self) : UInt64(bytes.loadBigEndian(at: 24, as: UInt32.self))
+            ? bytes.loadBigEndian(at: 24, as: UInt64.self)
+            : UInt64(bytes.loadBigEndian(at: 24, as: UInt32.self))
     }
 
     /// Encodes the header (for tests and clients).
@@ -54,7 +55,11 @@ public struct RequestHeader: Equatable, Sendable {
         bytes.appendBigEndian(type)
         bytes.appendBigEndian(cookie)
         bytes.appendBigEndian(offset)
-        if extended { bytes.appendBigEndian(length) } else { bytes.appendBigEndian(UInt32(truncatingIfNeeded: length)) }
+        if extended {
+            bytes.appendBigEndian(length)
+        } else {
+            bytes.appendBigEndian(UInt32(truncatingIfNeeded: length))
+        }
         return bytes
     }
 
@@ -100,29 +105,36 @@ extension NegotiatedSession {
         default: break
         }
         guard header.flags.subtracting(allowed).isEmpty else {
-            return reject(.invalid, "flags 0x\(String(header.flags.rawValue, radix: 16)) are not valid for \(command)")
+            return reject(
+                .invalid,
+                "flags 0x\(String(header.flags.rawValue, radix: 16)) are not valid for \(command)")
         }
         let request = Request(
-            command: command, flags: header.flags, cookie: header.cookie, offset: header.offset, length: header.length)
+            command: command, flags: header.flags, cookie: header.cookie, offset: header.offset,
+            length: header.length)
         switch command {
         case .disconnect, .flush:
             return .success(request)
         case .write, .trim, .writeZeroes:
             if export.isReadOnly { return reject(.perm, "the export is read-only") }
         case .blockStatus:
-            if metaContexts.isEmpty { return reject(.invalid, "no metadata context was negotiated") }
+            if metaContexts.isEmpty {
+                return reject(.invalid, "no metadata context was negotiated")
+            }
         case .read, .cache:
             break
         }
         if command == .read && header.length > UInt64(export.maximumPayloadByteCount) {
             return reject(.overflow, "read of \(header.length) bytes exceeds the maximum payload")
         }
-        guard header.offset <= export.byteCount, header.length <= export.byteCount - header.offset else {
+        guard header.offset <= export.byteCount, header.length <= export.byteCount - header.offset
+        else {
             // The spec asks for ENOSPC on writes past the end, EINVAL for the rest.
             let isWrite = command == .write || command == .writeZeroes
             return reject(
                 isWrite ? .noSpace : .invalid,
-                "\(header.length) bytes at \(header.offset) lie beyond the export (\(export.byteCount) bytes)")
+                "\(header.length) bytes at \(header.offset) lie beyond the export (\(export.byteCount) bytes)"
+            )
         }
         return .success(request)
     }

@@ -18,13 +18,20 @@ extension Connection {
                 let code = ErrorMapping.nbdError(for: error)
                 logger.warning(
                     "request failed: \(error)",
-                    metadata: ["command": "\(request.command)", "offset": "\(request.offset)", "length": "\(request.length)", "nbdError": "\(code)"])
-                replyError(code, message: "\(error)", cookie: request.cookie, offset: request.offset, isRead: request.command == .read, worker)
+                    metadata: [
+                        "command": "\(request.command)", "offset": "\(request.offset)",
+                        "length": "\(request.length)", "nbdError": "\(code)",
+                    ])
+                replyError(
+                    code, message: "\(error)", cookie: request.cookie, offset: request.offset,
+                    isRead: request.command == .read, worker)
             }
         case .reject(let header, let rejection):
-            logger.info("request refused: \(rejection.message)", metadata: ["type": "\(header.type)"])
+            logger.info(
+                "request refused: \(rejection.message)", metadata: ["type": "\(header.type)"])
             replyError(
-                rejection.error, message: rejection.message, cookie: header.cookie, offset: header.offset,
+                rejection.error, message: rejection.message, cookie: header.cookie,
+                offset: header.offset,
                 isRead: header.type == Command.read.rawValue, worker)
         case .stop:
             break
@@ -34,10 +41,16 @@ extension Connection {
     private func perform(_ request: Request, _ worker: RequestWorker) throws {
         let disk = server.disk
         let fua = request.flags.contains(.fua)
-        logger.trace("request", metadata: ["command": "\(request.command)", "offset": "\(request.offset)", "length": "\(request.length)"])
+        logger.trace(
+            "request",
+            metadata: [
+                "command": "\(request.command)", "offset": "\(request.offset)",
+                "length": "\(request.length)",
+            ])
         switch request.command {
         case .read:
-            let data = UnsafeMutableRawBufferPointer(rebasing: worker.buffer[..<Int(request.length)])
+            let data = UnsafeMutableRawBufferPointer(
+                rebasing: worker.buffer[..<Int(request.length)])
             try disk.read(at: request.offset, into: data)
             replyRead(request, UnsafeRawBufferPointer(data), worker)
             return
@@ -50,7 +63,8 @@ extension Connection {
             try disk.trim(at: request.offset, byteCount: request.length, fua: fua)
         case .writeZeroes:
             try disk.writeZeroes(
-                at: request.offset, byteCount: request.length, mayPunch: !request.flags.contains(.noHole),
+                at: request.offset, byteCount: request.length,
+                mayPunch: !request.flags.contains(.noHole),
                 fast: request.flags.contains(.fastZero), fua: fua, scratch: worker.scratch)
         case .cache:
             try disk.prefetch(at: request.offset, byteCount: request.length)
@@ -67,12 +81,15 @@ extension Connection {
         let count: Int
         if session.extendedHeaders {
             count = Reply.encodeChunk(
-                flags: replyFlagDone, type: .none, cookie: cookie, requestOffset: offset, payloadByteCount: 0,
+                flags: replyFlagDone, type: .none, cookie: cookie, requestOffset: offset,
+                payloadByteCount: 0,
                 extended: true, into: worker.header)
         } else {
             count = Reply.encodeSimple(error: 0, cookie: cookie, into: worker.header)
         }
-        sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), UnsafeRawBufferPointer(start: nil, count: 0))
+        sendReply(
+            UnsafeRawBufferPointer(rebasing: worker.header[..<count]),
+            UnsafeRawBufferPointer(start: nil, count: 0))
     }
 
     func replyRead(_ request: Request, _ data: UnsafeRawBufferPointer, _ worker: RequestWorker) {
@@ -84,43 +101,60 @@ extension Connection {
         guard data.count > 0 else {
             // OFFSET_DATA must carry at least one byte: an empty read is just "done".
             let count = Reply.encodeChunk(
-                flags: replyFlagDone, type: .none, cookie: request.cookie, requestOffset: request.offset,
+                flags: replyFlagDone, type: .none, cookie: request.cookie,
+                requestOffset: request.offset,
                 payloadByteCount: 0, extended: session.extendedHeaders, into: worker.header)
-            sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), UnsafeRawBufferPointer(start: nil, count: 0))
+            sendReply(
+                UnsafeRawBufferPointer(rebasing: worker.header[..<count]),
+                UnsafeRawBufferPointer(start: nil, count: 0))
             return
         }
         var count = Reply.encodeChunk(
-            flags: replyFlagDone, type: .offsetData, cookie: request.cookie, requestOffset: request.offset,
-            payloadByteCount: 8 + UInt64(data.count), extended: session.extendedHeaders, into: worker.header)
+            flags: replyFlagDone, type: .offsetData, cookie: request.cookie,
+            requestOffset: request.offset,
+            payloadByteCount: 8 + UInt64(data.count), extended: session.extendedHeaders,
+            into: worker.header)
         worker.header.storeBigEndian(request.offset, at: count)
         count += 8
         sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), data)
     }
 
     func replyError(
-        _ code: ErrorCode, message: String, cookie: UInt64, offset: UInt64, isRead: Bool, _ worker: RequestWorker
+        _ code: ErrorCode, message: String, cookie: UInt64, offset: UInt64, isRead: Bool,
+        _ worker: RequestWorker
     ) {
         guard session.structuredReplies else {
-            let count = Reply.encodeSimple(error: code.rawValue, cookie: cookie, into: worker.header)
-            sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), UnsafeRawBufferPointer(start: nil, count: 0))
+            let count = Reply.encodeSimple(
+                error: code.rawValue, cookie: cookie, into: worker.header)
+            sendReply(
+                UnsafeRawBufferPointer(rebasing: worker.header[..<count]),
+                UnsafeRawBufferPointer(start: nil, count: 0))
             return
         }
         let headerRoom = Reply.extendedByteCount
         let payloadCount = Reply.encodeErrorPayload(
-            code, message: message, into: UnsafeMutableRawBufferPointer(rebasing: worker.header[headerRoom..<(headerRoom + 512)]))
+            code, message: message,
+            into: UnsafeMutableRawBufferPointer(
+                rebasing: worker.header[headerRoom..<(headerRoom + 512)]))
         let count = Reply.encodeChunk(
             flags: replyFlagDone, type: .error, cookie: cookie, requestOffset: offset,
-            payloadByteCount: UInt64(payloadCount), extended: session.extendedHeaders, into: worker.header)
+            payloadByteCount: UInt64(payloadCount), extended: session.extendedHeaders,
+            into: worker.header)
         // Close the gap between the header and the payload encoded after the widest header.
         if count < headerRoom {
-            (worker.header.baseAddress! + count).copyMemory(from: worker.header.baseAddress! + headerRoom, byteCount: payloadCount)
+            (worker.header.baseAddress! + count).copyMemory(
+                from: worker.header.baseAddress! + headerRoom, byteCount: payloadCount)
         }
-        sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<(count + payloadCount)]), UnsafeRawBufferPointer(start: nil, count: 0))
+        sendReply(
+            UnsafeRawBufferPointer(rebasing: worker.header[..<(count + payloadCount)]),
+            UnsafeRawBufferPointer(start: nil, count: 0))
     }
 
     /// One chunk per negotiated context, the last marked done.
     private func replyBlockStatus(_ request: Request, _ worker: RequestWorker) throws {
-        guard request.length > 0 else { throw StoreError.invalidArgument("block status of zero bytes") }
+        guard request.length > 0 else {
+            throw StoreError.invalidArgument("block status of zero bytes")
+        }
         let extents = try server.disk.extents(
             at: request.offset, byteCount: request.length,
             maxExtentCount: request.flags.contains(.requestOne) ? 1 : Self.maxExtentCount)
@@ -137,7 +171,9 @@ extension Connection {
                 let status: UInt32
                 switch context {
                 case .baseAllocation:
-                    status = (extent.isHole ? AllocationState.hole : 0) | (extent.isZero ? AllocationState.zero : 0)
+                    status =
+                        (extent.isHole ? AllocationState.hole : 0)
+                        | (extent.isZero ? AllocationState.zero : 0)
                 case .allocationDepth:
                     status = extent.source.rawValue
                 }
@@ -153,10 +189,14 @@ extension Connection {
             }
             let isLast = position == session.metaContexts.count - 1
             let count = Reply.encodeChunk(
-                flags: isLast ? replyFlagDone : 0, type: extended ? .blockStatusExtended : .blockStatus,
-                cookie: request.cookie, requestOffset: request.offset, payloadByteCount: UInt64(used),
+                flags: isLast ? replyFlagDone : 0,
+                type: extended ? .blockStatusExtended : .blockStatus,
+                cookie: request.cookie, requestOffset: request.offset,
+                payloadByteCount: UInt64(used),
                 extended: extended, into: worker.header)
-            sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), UnsafeRawBufferPointer(rebasing: payload[..<used]))
+            sendReply(
+                UnsafeRawBufferPointer(rebasing: worker.header[..<count]),
+                UnsafeRawBufferPointer(rebasing: payload[..<used]))
         }
     }
 }

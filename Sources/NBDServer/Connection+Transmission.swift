@@ -20,10 +20,12 @@ extension Connection {
             makeScratch: { server.disk.makeScratch() })
         pool.start { [self] job, worker in execute(job, worker) }
         defer { pool.drainAndStop() }
-        let inline = RequestWorker(index: -1, payloadByteCount: payloadByteCount, scratch: server.disk.makeScratch())
+        let inline = RequestWorker(
+            index: -1, payloadByteCount: payloadByteCount, scratch: server.disk.makeScratch())
         let input = InputStream(socket: socket, byteCount: Self.inputByteCount)
         let extended = session.extendedHeaders
-        let headerByteCount = extended ? RequestHeader.extendedByteCount : RequestHeader.compactByteCount
+        let headerByteCount =
+            extended ? RequestHeader.extendedByteCount : RequestHeader.compactByteCount
         let maxPayload = UInt64(session.export.maximumPayloadByteCount)
         while !broken.load(ordering: .relaxed) {
             let header: RequestHeader
@@ -36,7 +38,8 @@ extension Connection {
             }
             let payloadByteCount = header.payloadByteCount
             guard payloadByteCount <= maxPayload else {
-                throw ServerError.protocolViolation("write payload of \(payloadByteCount) bytes exceeds \(maxPayload)")
+                throw ServerError.protocolViolation(
+                    "write payload of \(payloadByteCount) bytes exceeds \(maxPayload)")
             }
             if header.type == Command.disconnect.rawValue { return }
             let mayBlock = header.flags.contains(.fua) || header.type == Command.flush.rawValue
@@ -44,7 +47,9 @@ extension Connection {
             // payload lands in the buffer of the thread that will use it.
             let worker = mayBlock ? pool.acquire() : inline
             do {
-                try input.read(into: UnsafeMutableRawBufferPointer(rebasing: worker.buffer[..<Int(payloadByteCount)]))
+                try input.read(
+                    into: UnsafeMutableRawBufferPointer(
+                        rebasing: worker.buffer[..<Int(payloadByteCount)]))
             } catch {
                 if mayBlock { pool.release(worker) }
                 throw error
@@ -98,11 +103,13 @@ final class InputStream {
         while end - start < byteCount {
             if start > 0 {
                 // Move the partial message to the front; it is shorter than one header.
-                storage.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: end - start)
+                storage.baseAddress!.copyMemory(
+                    from: storage.baseAddress! + start, byteCount: end - start)
                 end -= start
                 start = 0
             }
-            end += try socket.receiveSome(into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]))
+            end += try socket.receiveSome(
+                into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]))
         }
         defer { start += byteCount }
         return try body(UnsafeRawBufferPointer(rebasing: storage[start..<(start + byteCount)]))
@@ -112,11 +119,13 @@ final class InputStream {
     func read(into destination: UnsafeMutableRawBufferPointer) throws {
         let buffered = min(end - start, destination.count)
         if buffered > 0 {
-            destination.baseAddress!.copyMemory(from: storage.baseAddress! + start, byteCount: buffered)
+            destination.baseAddress!.copyMemory(
+                from: storage.baseAddress! + start, byteCount: buffered)
             start += buffered
         }
         if buffered < destination.count {
-            try socket.receive(into: UnsafeMutableRawBufferPointer(rebasing: destination[buffered...]))
+            try socket.receive(
+                into: UnsafeMutableRawBufferPointer(rebasing: destination[buffered...]))
         }
     }
 }

@@ -36,7 +36,8 @@ final class Connection: @unchecked Sendable {
             logger.info(
                 "client attached",
                 metadata: [
-                    "export": "\(session.export.name)", "structured": "\(session.structuredReplies)",
+                    "export": "\(session.export.name)",
+                    "structured": "\(session.structuredReplies)",
                     "extended": "\(session.extendedHeaders)",
                     "contexts": "\(session.metaContexts.map(\.rawValue).joined(separator: ","))",
                 ])
@@ -67,7 +68,9 @@ final class Connection: @unchecked Sendable {
             let option = UInt32(bigEndianBytes: word[8..<12])
             let length = UInt32(bigEndianBytes: word[12..<16])
             guard length <= Handshake.maxOptionByteCount else {
-                throw .protocolViolation("option \(option) has \(length) bytes of data (limit \(Handshake.maxOptionByteCount))")
+                throw .protocolViolation(
+                    "option \(option) has \(length) bytes of data (limit \(Handshake.maxOptionByteCount))"
+                )
             }
             var data = [UInt8](repeating: 0, count: Int(length))
             try receive(&data, byteCount: Int(length), deadline: deadline)
@@ -76,7 +79,9 @@ final class Connection: @unchecked Sendable {
                 try socket.send(bytes)
             case .replyAndTransmit(let bytes):
                 try socket.send(bytes)
-                guard let chosen = handshake.session else { preconditionFailure("transmission without a session") }
+                guard let chosen = handshake.session else {
+                    preconditionFailure("transmission without a session")
+                }
                 session = chosen
                 return true
             case .replyAndClose(let bytes, let reason):
@@ -87,10 +92,14 @@ final class Connection: @unchecked Sendable {
         }
     }
 
-    private func receive(_ bytes: inout [UInt8], byteCount: Int, deadline: Double) throws(ServerError) {
+    private func receive(_ bytes: inout [UInt8], byteCount: Int, deadline: Double)
+        throws(ServerError)
+    {
         let outcome = bytes.withUnsafeMutableBytes { buffer in
             Result { () throws(ServerError) in
-                try socket.receive(into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<byteCount]), deadline: deadline)
+                try socket.receive(
+                    into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<byteCount]),
+                    deadline: deadline)
             }
         }
         try outcome.get()
@@ -98,7 +107,9 @@ final class Connection: @unchecked Sendable {
 
     /// Sends one reply: `header` then `payload`, as one unit on the wire.
     func sendReply(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) {
-        let outcome = sendLock.withLock { _ in Result { () throws(ServerError) in try socket.send(header, payload) } }
+        let outcome = sendLock.withLock { _ in
+            Result { () throws(ServerError) in try socket.send(header, payload) }
+        }
         if case .failure(let error) = outcome {
             if !broken.exchange(true, ordering: .relaxed) {
                 logger.warning("cannot send a reply: \(error)")

@@ -20,24 +20,31 @@ public enum ListenAddress: Equatable, Sendable, CustomStringConvertible {
         let host: Substring
         let portText: Substring
         if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+            guard let close = text.firstIndex(of: "]"),
+                text[text.index(after: close)...].hasPrefix(":")
+            else {
                 throw .invalidAddress(text, "use [V6]:PORT")
             }
             host = text[text.index(after: text.startIndex)..<close]
             portText = text[text.index(close, offsetBy: 2)...]
         } else {
-            guard let colon = text.lastIndex(of: ":") else { throw .invalidAddress(text, "use HOST:PORT") }
+            guard let colon = text.lastIndex(of: ":") else {
+                throw .invalidAddress(text, "use HOST:PORT")
+            }
             host = text[..<colon]
             portText = text[text.index(after: colon)...]
         }
         guard !host.isEmpty else { throw .invalidAddress(text, "missing host") }
-        guard let port = UInt16(portText), port > 0 else { throw .invalidAddress(text, "bad port '\(portText)'") }
+        guard let port = UInt16(portText), port > 0 else {
+            throw .invalidAddress(text, "bad port '\(portText)'")
+        }
         self = .tcp(host: String(host), port: port)
     }
 
     public var description: String {
         switch self {
-        case .tcp(let host, let port): return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case .tcp(let host, let port):
+            return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         case .unix(let path): return "unix:\(path)"
         }
     }
@@ -60,7 +67,9 @@ extension String {
         var result = ""
         for byte in utf8 {
             let character = Character(UnicodeScalar(byte))
-            if character.isLetter && byte < 128 || character.isNumber && byte < 128 || "-._~".contains(character) {
+            if character.isLetter && byte < 128 || character.isNumber && byte < 128
+                || "-._~".contains(character)
+            {
                 result.append(character)
             } else {
                 result += "%" + String(byte, radix: 16, uppercase: true).leftPadded(to: 2)

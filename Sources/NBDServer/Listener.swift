@@ -1,10 +1,11 @@
 // A listening socket for one `--listen` address: TCP (IPv4 or IPv6) or a unix socket made
 // with mode 0600. Stale unix socket files are replaced; a live one is refused.
 
+import SystemPackage
+
 #if canImport(Glibc)
     import Glibc
 #endif
-import SystemPackage
 
 /// A bound, listening socket. `@unchecked Sendable`: the descriptor is immutable; `accept`
 /// runs on one thread and `close` wakes it from another, which the kernel allows.
@@ -36,7 +37,9 @@ final class Listener: @unchecked Sendable {
             var storage = sockaddr_storage()
             var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
             let client = withUnsafeMutablePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.accept(descriptor, $0, &length) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    Glibc.accept(descriptor, $0, &length)
+                }
             }
             if client >= 0 {
                 _ = fcntl(client, F_SETFD, FD_CLOEXEC)
@@ -59,7 +62,9 @@ final class Listener: @unchecked Sendable {
         if case .unix(let path) = address { _ = unlink(path) }
     }
 
-    private static func bindTCP(host: String, port: UInt16, address: String) throws(ServerError) -> Int32 {
+    private static func bindTCP(host: String, port: UInt16, address: String) throws(ServerError)
+        -> Int32
+    {
         var hints = addrinfo()
         hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
         hints.ai_family = AF_UNSPEC
@@ -70,12 +75,18 @@ final class Listener: @unchecked Sendable {
             throw .invalidAddress(address, "cannot resolve host (getaddrinfo error \(status))")
         }
         defer { freeaddrinfo(results) }
-        let descriptor = socket(first.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else { throw .socket(address: address, call: "socket", Errno(rawValue: errno)) }
+        let descriptor = socket(
+            first.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else {
+            throw .socket(address: address, call: "socket", Errno(rawValue: errno))
+        }
         var one: Int32 = 1
-        _ = setsockopt(descriptor, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(
+            descriptor, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
         if first.pointee.ai_family == AF_INET6 {
-            _ = setsockopt(descriptor, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one, socklen_t(MemoryLayout<Int32>.size))
+            _ = setsockopt(
+                descriptor, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &one,
+                socklen_t(MemoryLayout<Int32>.size))
         }
         guard bind(descriptor, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0 else {
             let failure = Errno(rawValue: errno)
@@ -91,13 +102,18 @@ final class Listener: @unchecked Sendable {
         socketAddress.sun_family = sa_family_t(AF_UNIX)
         let pathBytes = Array(path.utf8)
         let capacity = MemoryLayout.size(ofValue: socketAddress.sun_path)
-        guard pathBytes.count < capacity else { throw .invalidAddress(address, "path longer than \(capacity - 1) bytes") }
+        guard pathBytes.count < capacity else {
+            throw .invalidAddress(address, "path longer than \(capacity - 1) bytes")
+        }
         withUnsafeMutableBytes(of: &socketAddress.sun_path) { raw in
             for (index, byte) in pathBytes.enumerated() { raw[index] = byte }
         }
         try removeStaleSocket(path: path, address: address, socketAddress: socketAddress)
-        let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard descriptor >= 0 else { throw .socket(address: address, call: "socket", Errno(rawValue: errno)) }
+        let descriptor = socket(
+            AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard descriptor >= 0 else {
+            throw .socket(address: address, call: "socket", Errno(rawValue: errno))
+        }
         // umask makes the socket 0600 from the moment it exists: no window where others could connect.
         let previousMask = umask(0o177)
         let result = withUnsafePointer(to: &socketAddress) {
@@ -116,7 +132,9 @@ final class Listener: @unchecked Sendable {
 
     /// A socket file nobody answers on is left over from a killed server: remove it. Anything
     /// else at the path (a live server, a regular file) is refused.
-    private static func removeStaleSocket(path: String, address: String, socketAddress: sockaddr_un) throws(ServerError) {
+    private static func removeStaleSocket(path: String, address: String, socketAddress: sockaddr_un)
+        throws(ServerError)
+    {
         var status = stat()
         guard lstat(path, &status) == 0 else { return }
         guard status.st_mode & S_IFMT == S_IFSOCK else {
@@ -140,10 +158,13 @@ final class Listener: @unchecked Sendable {
         var service = [CChar](repeating: 0, count: Int(NI_MAXSERV))
         let family = Int32(storage.ss_family)
         guard family == AF_INET || family == AF_INET6 else { return fallback.description }
-        let length = socklen_t(family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
+        let length = socklen_t(
+            family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
         let status = withUnsafePointer(to: &storage) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                getnameinfo($0, length, &host, socklen_t(host.count), &service, socklen_t(service.count), NI_NUMERICHOST | NI_NUMERICSERV)
+                getnameinfo(
+                    $0, length, &host, socklen_t(host.count), &service, socklen_t(service.count),
+                    NI_NUMERICHOST | NI_NUMERICSERV)
             }
         }
         guard status == 0 else { return fallback.description }

@@ -48,13 +48,16 @@ public final class NBDServer: Sendable {
         self.configuration = configuration
         self.logger = logger
         exportDescription = ExportDescription(
-            name: configuration.exportName, description: configuration.description, byteCount: disk.byteCount,
+            name: configuration.exportName, description: configuration.description,
+            byteCount: disk.byteCount,
             isReadOnly: disk.isReadOnly, minimumBlockByteCount: 1,
             preferredBlockByteCount: UInt32(max(4096, min(disk.geometry.chunkByteCount, 1 << 20))),
             maximumPayloadByteCount: configuration.maximumPayloadByteCount)
         var bound: [Listener] = []
         do {
-            for address in configuration.listenAddresses { bound.append(try Listener(address: address)) }
+            for address in configuration.listenAddresses {
+                bound.append(try Listener(address: address))
+            }
         } catch {
             for listener in bound { listener.shutdownAndRemove() }
             throw error
@@ -75,14 +78,17 @@ public final class NBDServer: Sendable {
 
     private func admit(_ socket: Socket) {
         let connection: Connection? = registry.withLock { registry in
-            guard !registry.stopping, registry.connections.count < configuration.maxConnections else { return nil }
+            guard !registry.stopping, registry.connections.count < configuration.maxConnections
+            else { return nil }
             let connection = Connection(id: registry.nextID, socket: socket, server: self)
             registry.nextID += 1
             registry.connections[connection.id] = connection
             return connection
         }
         guard let connection else {
-            logger.warning("refusing a connection: \(configuration.maxConnections) already open (--max-connections)", metadata: ["peer": "\(socket.peer)"])
+            logger.warning(
+                "refusing a connection: \(configuration.maxConnections) already open (--max-connections)",
+                metadata: ["peer": "\(socket.peer)"])
             return
         }
         socket.setNoDelay()  // fails harmlessly on unix sockets
@@ -113,5 +119,7 @@ public final class NBDServer: Sendable {
     }
 
     /// The URIs clients can use, one per listen address.
-    public var uris: [String] { configuration.listenAddresses.map { $0.uri(exportName: configuration.exportName) } }
+    public var uris: [String] {
+        configuration.listenAddresses.map { $0.uri(exportName: configuration.exportName) }
+    }
 }

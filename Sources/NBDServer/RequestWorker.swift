@@ -74,7 +74,9 @@ final class WorkerPool: Sendable {
     func acquire() -> RequestWorker {
         available.wait()
         let index = free.withLock { free -> Int in
-            guard let index = free.popLast() else { preconditionFailure("semaphore and free list disagree") }
+            guard let index = free.popLast() else {
+                preconditionFailure("semaphore and free list disagree")
+            }
             return index
         }
         return workers[index]

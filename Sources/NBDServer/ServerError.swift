@@ -15,7 +15,8 @@ public enum ServerError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .invalidAddress(let text, let why): return "invalid listen address '\(text)': \(why)"
-        case .socket(let address, let call, let errno): return "\(address): \(call) failed: \(errno)"
+        case .socket(let address, let call, let errno):
+            return "\(address): \(call) failed: \(errno)"
         case .addressInUse(let address): return "\(address): already in use by a running server"
         case .peerClosed: return "the client closed the connection"
         case .timedOut(let what): return "timed out \(what)"

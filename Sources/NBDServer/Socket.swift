@@ -1,10 +1,11 @@
 // A connected stream socket: whole-buffer receives with an optional deadline, and gathered
 // sends that never raise SIGPIPE. Short reads and writes loop here and nowhere else.
 
+import SystemPackage
+
 #if canImport(Glibc)
     import Glibc
 #endif
-import SystemPackage
 
 /// One connected socket. `@unchecked Sendable`: the descriptor is immutable; receives happen on
 /// the connection's reader thread only, sends under the connection's send lock.
@@ -21,7 +22,9 @@ final class Socket: @unchecked Sendable {
 
     /// Fills `buffer` completely. With a `deadline` (monotonic seconds, see `monotonicSeconds`)
     /// gives up when it passes. The corresponding C functions are `poll` and `recv`.
-    func receive(into buffer: UnsafeMutableRawBufferPointer, deadline: Double? = nil) throws(ServerError) {
+    func receive(into buffer: UnsafeMutableRawBufferPointer, deadline: Double? = nil)
+        throws(ServerError)
+    {
         var done = 0
         while done < buffer.count {
             if let deadline {
@@ -59,14 +62,21 @@ final class Socket: @unchecked Sendable {
 
     /// Sends all of `first` then all of `second` with as few calls as possible.
     /// The corresponding C function is `sendmsg(MSG_NOSIGNAL)`.
-    func send(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0))
+    func send(
+        _ first: UnsafeRawBufferPointer,
+        _ second: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)
+    )
         throws(ServerError)
     {
         var parts = (first, second)
         while parts.0.count + parts.1.count > 0 {
             var vectors = (
-                iovec(iov_base: UnsafeMutableRawPointer(mutating: parts.0.baseAddress), iov_len: parts.0.count),
-                iovec(iov_base: UnsafeMutableRawPointer(mutating: parts.1.baseAddress), iov_len: parts.1.count)
+                iovec(
+                    iov_base: UnsafeMutableRawPointer(mutating: parts.0.baseAddress),
+                    iov_len: parts.0.count),
+                iovec(
+                    iov_base: UnsafeMutableRawPointer(mutating: parts.1.baseAddress),
+                    iov_len: parts.1.count)
             )
             let result = withUnsafeMutablePointer(to: &vectors) { pointer -> Int in
                 pointer.withMemoryRebound(to: iovec.self, capacity: 2) { iov in
@@ -78,7 +88,9 @@ final class Socket: @unchecked Sendable {
             }
             if result < 0 {
                 if errno == EINTR { continue }
-                if errno == EAGAIN || errno == EWOULDBLOCK { throw .timedOut("sending to a client that does not read") }
+                if errno == EAGAIN || errno == EWOULDBLOCK {
+                    throw .timedOut("sending to a client that does not read")
+                }
                 throw .socket(address: peer, call: "sendmsg", Errno(rawValue: errno))
             }
             var sent = result
@@ -91,7 +103,9 @@ final class Socket: @unchecked Sendable {
 
     /// Sends a byte array (handshake replies).
     func send(_ bytes: [UInt8]) throws(ServerError) {
-        let outcome = bytes.withUnsafeBytes { buffer in Result { () throws(ServerError) in try send(buffer) } }
+        let outcome = bytes.withUnsafeBytes { buffer in
+            Result { () throws(ServerError) in try send(buffer) }
+        }
         try outcome.get()
     }
 
@@ -99,13 +113,15 @@ final class Socket: @unchecked Sendable {
     /// The corresponding C function is `setsockopt(SO_SNDTIMEO)`.
     func setSendTimeout(seconds: Int) {
         var value = timeval(tv_sec: seconds, tv_usec: 0)
-        _ = setsockopt(descriptor, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+        _ = setsockopt(
+            descriptor, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
     }
 
     /// Disables Nagle's algorithm, as the protocol recommends for TCP.
     func setNoDelay() {
         var one: Int32 = 1
-        _ = setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        _ = setsockopt(
+            descriptor, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
 
     /// Stops further receives, waking a reader blocked in `recv` (graceful shutdown).

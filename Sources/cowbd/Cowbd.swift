@@ -6,7 +6,8 @@ import ArgumentParser
 struct Cowbd: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cowbd",
-        abstract: "A copy-on-write block device: a read-only base image plus a sparse store of changes, served over NBD.",
+        abstract:
+            "A copy-on-write block device: a read-only base image plus a sparse store of changes, served over NBD.",
         discussion: """
             Typical session:
               cowbd create disk.cow --base golden.img

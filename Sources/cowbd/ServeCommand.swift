@@ -31,7 +31,9 @@ struct ServeCommand: ParsableCommand {
     @Argument(help: "The COW store to serve.")
     var store: String
 
-    @Option(name: .customLong("listen"), help: "HOST:PORT, [V6]:PORT or unix:PATH (repeatable; default 127.0.0.1:10809).")
+    @Option(
+        name: .customLong("listen"),
+        help: "HOST:PORT, [V6]:PORT or unix:PATH (repeatable; default 127.0.0.1:10809).")
     var listen: [String] = []
 
     @Option(help: "The export's name (the empty name always selects it too).")
@@ -60,10 +62,18 @@ struct ServeCommand: ParsableCommand {
 
     func validate() throws {
         for address in listen { _ = try parseAddress(address) }
-        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
-        guard threads >= 1 && threads <= 64 else { throw ValidationError("--threads must be 1 to 64") }
-        guard handshakeTimeout > 0 else { throw ValidationError("--handshake-timeout must be positive") }
-        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown --log-level '\(logLevel)'") }
+        guard maxConnections >= 1 else {
+            throw ValidationError("--max-connections must be at least 1")
+        }
+        guard threads >= 1 && threads <= 64 else {
+            throw ValidationError("--threads must be 1 to 64")
+        }
+        guard handshakeTimeout > 0 else {
+            throw ValidationError("--handshake-timeout must be positive")
+        }
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("unknown --log-level '\(logLevel)'")
+        }
         guard exportName.utf8.count <= 4096, description.utf8.count <= 4096 else {
             throw ValidationError("--export-name and --description are limited to 4096 bytes")
         }
@@ -80,9 +90,11 @@ struct ServeCommand: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
 
         try exitingOnError {
-            let disk = try VirtualDisk.open(storePath: FilePath(store), readOnly: readOnly, logger: logger)
+            let disk = try VirtualDisk.open(
+                storePath: FilePath(store), readOnly: readOnly, logger: logger)
             var configuration = NBDServer.Configuration()
-            configuration.listenAddresses = listen.isEmpty ? [.defaultAddress] : try listen.map(parseAddress)
+            configuration.listenAddresses =
+                listen.isEmpty ? [.defaultAddress] : try listen.map(parseAddress)
             configuration.exportName = exportName
             configuration.description = description
             configuration.maxConnections = maxConnections

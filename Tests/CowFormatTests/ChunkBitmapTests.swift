@@ -49,7 +49,9 @@ import Testing
     let bitmap = ChunkBitmap(chunkCount: 100)
     var page = [UInt8](repeating: 0, count: 4096)
     page[12] = 0b0001_0000  // chunk 100
-    #expect(throws: FormatError.self) { try page.withUnsafeBytes { try bitmap.loadPage(0, from: $0) } }
+    #expect(throws: FormatError.self) {
+        try page.withUnsafeBytes { try bitmap.loadPage(0, from: $0) }
+    }
     page[12] = 0b0000_1000  // chunk 99, the last
     #expect((try? page.withUnsafeBytes { try bitmap.loadPage(0, from: $0) }) != nil)
 }

@@ -3,7 +3,8 @@ import Testing
 
 private func sampleHeader() throws -> StoreHeader {
     try StoreHeader(
-        geometry: ChunkGeometry(shift: 16), virtualByteCount: 10 << 30 + 123, baseByteCount: 8 << 30,
+        geometry: ChunkGeometry(shift: 16), virtualByteCount: 10 << 30 + 123,
+        baseByteCount: 8 << 30,
         baseFingerprint: BaseFingerprint(low: 0x0123_4567_89ab_cdef, high: 0xfedc_ba98_7654_3210),
         fingerprintScheme: BaseFingerprintPlan.scheme, basePathGiven: "../golden.img",
         basePathResolved: "/srv/images/golden.img", createdUnixSeconds: 1_790_000_000)
@@ -20,8 +21,12 @@ private func sampleHeader() throws -> StoreHeader {
 
 @Test func headerFieldsSitAtTheDocumentedOffsets() throws {
     let bytes = try sampleHeader().encoded()
-    func le64(_ at: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(bytes[at + $1]) << (8 * UInt64($1)) } }
-    func le32(_ at: Int) -> UInt32 { (0..<4).reduce(0) { $0 | UInt32(bytes[at + $1]) << (8 * UInt32($1)) } }
+    func le64(_ at: Int) -> UInt64 {
+        (0..<8).reduce(0) { $0 | UInt64(bytes[at + $1]) << (8 * UInt64($1)) }
+    }
+    func le32(_ at: Int) -> UInt32 {
+        (0..<4).reduce(0) { $0 | UInt32(bytes[at + $1]) << (8 * UInt32($1)) }
+    }
     #expect(le32(8) == 1)
     #expect(le32(12) == 4096)
     #expect(le32(16) == 16)
@@ -51,7 +56,9 @@ private func sampleHeader() throws -> StoreHeader {
     for offset in stride(from: 0, to: 4096, by: 37) {
         var bytes = original
         bytes[offset] ^= 0x40
-        #expect(throws: FormatError.self) { try bytes.withUnsafeBytes { try StoreHeader(parsing: $0) } }
+        #expect(throws: FormatError.self) {
+            try bytes.withUnsafeBytes { try StoreHeader(parsing: $0) }
+        }
     }
 }
 
@@ -90,7 +97,9 @@ private func sampleHeader() throws -> StoreHeader {
     #expect(BaseFingerprintPlan.sampledByteCount(baseByteCount: 1 << 40) == 64 * 4096 + 2 * 65536)
     #expect(BaseFingerprintPlan.ranges(baseByteCount: 1000) == [0..<1000])
     for size: UInt64 in [(1 << 20) + 1, 5_000_000_123, 1 << 40] {
-        for range in BaseFingerprintPlan.ranges(baseByteCount: size) { #expect(range.upperBound <= size) }
+        for range in BaseFingerprintPlan.ranges(baseByteCount: size) {
+            #expect(range.upperBound <= size)
+        }
     }
 }
 

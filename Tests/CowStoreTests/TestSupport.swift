@@ -23,7 +23,8 @@ final class Scratch {
     let url: URL
     init(onDisk: Bool = false) throws {
         let useMemory = !onDisk && FileManager.default.fileExists(atPath: "/dev/shm")
-        let parent = useMemory ? URL(fileURLWithPath: "/dev/shm") : FileManager.default.temporaryDirectory
+        let parent =
+            useMemory ? URL(fileURLWithPath: "/dev/shm") : FileManager.default.temporaryDirectory
         url = parent.appendingPathComponent("cowbd-test-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
     }
@@ -59,7 +60,8 @@ func createStore(
     try StoreFile.create(
         at: FilePath(path), base: image, basePathGiven: base,
         options: .init(
-            geometry: try ChunkGeometry(chunkByteCount: chunkByteCount), virtualByteCount: virtualByteCount,
+            geometry: try ChunkGeometry(chunkByteCount: chunkByteCount),
+            virtualByteCount: virtualByteCount,
             createdUnixSeconds: 0))
 }
 
@@ -70,7 +72,9 @@ extension VirtualDisk {
         return bytes
     }
 
-    func writeBytes(_ bytes: [UInt8], at offset: UInt64, scratch: ChunkScratch, fua: Bool = false) throws {
+    func writeBytes(_ bytes: [UInt8], at offset: UInt64, scratch: ChunkScratch, fua: Bool = false)
+        throws
+    {
         try bytes.withUnsafeBytes { try write(at: offset, from: $0, fua: fua, scratch: scratch) }
     }
 }

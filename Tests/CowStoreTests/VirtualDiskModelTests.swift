@@ -42,7 +42,8 @@ struct ModelRun {
         let storePath = scratch.path("disk.cow")
         let baseBytes = try makeBase(at: basePath, byteCount: baseByteCount, seed: seed)
         try createStore(
-            at: storePath, base: basePath, chunkByteCount: chunkByteCount, virtualByteCount: UInt64(virtualByteCount))
+            at: storePath, base: basePath, chunkByteCount: chunkByteCount,
+            virtualByteCount: UInt64(virtualByteCount))
         var model = DiskModel(base: baseBytes, virtualByteCount: virtualByteCount)
         var disk = try VirtualDisk.open(storePath: FilePath(storePath))
         let chunkScratch = disk.makeScratch()
@@ -52,8 +53,10 @@ struct ModelRun {
             let chunk = Int(chunkByteCount)
             let offset: Int
             switch generator.next() % 5 {
-            case 0: offset = Int(generator.next() % UInt64(virtualByteCount / chunk)) * chunk  // aligned
-            case 1: offset = virtualByteCount - 1 - Int(generator.next() % UInt64(2 * chunk))  // near the end
+            case 0:  // chunk-aligned
+                offset = Int(generator.next() % UInt64(virtualByteCount / chunk)) * chunk
+            case 1:  // near the last byte
+                offset = virtualByteCount - 1 - Int(generator.next() % UInt64(2 * chunk))
             default: offset = Int(generator.next() % UInt64(virtualByteCount))
             }
             let length = 1 + Int(generator.next() % UInt64(maxLength))
@@ -66,20 +69,26 @@ struct ModelRun {
             case 0, 1, 2:
                 let (offset, length) = randomRange(maxLength: 3 * Int(chunkByteCount))
                 let data = randomBytes(length, &generator)
-                try disk.writeBytes(data, at: UInt64(offset), scratch: chunkScratch, fua: generator.next() % 8 == 0)
+                try disk.writeBytes(
+                    data, at: UInt64(offset), scratch: chunkScratch, fua: generator.next() % 8 == 0)
                 model.bytes.replaceSubrange(offset..<(offset + length), with: data)
-                model.trimmed.replaceSubrange(offset..<(offset + length), with: repeatElement(false, count: length))
+                model.trimmed.replaceSubrange(
+                    offset..<(offset + length), with: repeatElement(false, count: length))
             case 3:
                 let (offset, length) = randomRange(maxLength: 4 * Int(chunkByteCount))
                 try disk.writeZeroes(
-                    at: UInt64(offset), byteCount: UInt64(length), mayPunch: generator.next() % 2 == 0,
+                    at: UInt64(offset), byteCount: UInt64(length),
+                    mayPunch: generator.next() % 2 == 0,
                     scratch: chunkScratch)
-                model.bytes.replaceSubrange(offset..<(offset + length), with: repeatElement(0, count: length))
-                model.trimmed.replaceSubrange(offset..<(offset + length), with: repeatElement(false, count: length))
+                model.bytes.replaceSubrange(
+                    offset..<(offset + length), with: repeatElement(0, count: length))
+                model.trimmed.replaceSubrange(
+                    offset..<(offset + length), with: repeatElement(false, count: length))
             case 4:
                 let (offset, length) = randomRange(maxLength: 4 * Int(chunkByteCount))
                 try disk.trim(at: UInt64(offset), byteCount: UInt64(length))
-                model.trimmed.replaceSubrange(offset..<(offset + length), with: repeatElement(true, count: length))
+                model.trimmed.replaceSubrange(
+                    offset..<(offset + length), with: repeatElement(true, count: length))
             case 5:
                 try disk.flush()
                 if generator.next() % 3 == 0 {
@@ -102,7 +111,8 @@ struct ModelRun {
         if let mismatch = model.firstMismatch(whole, at: 0) {
             Issue.record("seed \(seed): after reopen, byte \(mismatch) differs from the model")
         }
-        #expect(try fileBytes(basePath) == baseBytes, "the base must be byte-identical, seed \(seed)")
+        #expect(
+            try fileBytes(basePath) == baseBytes, "the base must be byte-identical, seed \(seed)")
     }
 }
 
@@ -124,20 +134,26 @@ func reopen(_ storePath: String) throws -> VirtualDisk {
 func randomOperationsAgreeWithTheModel(seed: UInt64) throws {
     let chunk: UInt64 = [4096, 65536, 4096, 16384, 1 << 20, 4096][Int(seed - 1)]
     try ModelRun(
-        seed: seed, chunkByteCount: chunk, baseByteCount: 3 << 20 + 1234, virtualByteCount: 4 << 20 + 777,
+        seed: seed, chunkByteCount: chunk, baseByteCount: 3 << 20 + 1234,
+        virtualByteCount: 4 << 20 + 777,
         operationCount: 1500
     ).run()
 }
 
 @Test func diskExactlyTheSizeOfTheBaseAgreesWithTheModel() throws {
-    try ModelRun(seed: 99, chunkByteCount: 4096, baseByteCount: 1 << 20 + 5, virtualByteCount: 1 << 20 + 5, operationCount: 2000)
-        .run()
+    try ModelRun(
+        seed: 99, chunkByteCount: 4096, baseByteCount: 1 << 20 + 5, virtualByteCount: 1 << 20 + 5,
+        operationCount: 2000
+    )
+    .run()
 }
 
 /// The same model on a real filesystem (the system temp folder), where hole punching and
 /// SEEK_DATA behave as on a user's disk; fewer steps, since every flush is a real fsync.
 @Test func randomOperationsOnARealFilesystemAgreeWithTheModel() throws {
-    var run = ModelRun(seed: 77, chunkByteCount: 4096, baseByteCount: 2 << 20 + 99, virtualByteCount: 3 << 20, operationCount: 400)
+    var run = ModelRun(
+        seed: 77, chunkByteCount: 4096, baseByteCount: 2 << 20 + 99, virtualByteCount: 3 << 20,
+        operationCount: 400)
     run.onDisk = true
     try run.run()
 }

@@ -23,7 +23,8 @@ import Testing
     for _ in 0..<500 {
         let page = generator.next() % (16 << 8)
         written.insert(page)
-        try disk.writeBytes([UInt8](repeating: 7, count: 4096), at: page * 4096, scratch: chunkScratch)
+        try disk.writeBytes(
+            [UInt8](repeating: 7, count: 4096), at: page * 4096, scratch: chunkScratch)
     }
     try disk.flush()
     #expect(try disk.store.allocatedDataByteCount() == UInt64(written.count) * 4096)
@@ -40,7 +41,8 @@ import Testing
         let chunk = UInt64(iteration / 2)
         let half = UInt64(iteration % 2)
         let bytes = [UInt8](repeating: UInt8(1 + half), count: 1000)
-        try? disk.writeBytes(bytes, at: chunk * 65536 + half * 30000 + 100, scratch: disk.makeScratch())
+        try? disk.writeBytes(
+            bytes, at: chunk * 65536 + half * 30000 + 100, scratch: disk.makeScratch())
     }
     for chunk in 0..<UInt64(rounds) {
         let actual = try disk.readBytes(at: chunk * 65536, count: 65536)
@@ -60,12 +62,17 @@ import Testing
     try disk.writeBytes([UInt8](repeating: 9, count: 8192), at: 0, scratch: chunkScratch)
     try disk.trim(at: 8192, byteCount: 8192)
     let extents = try disk.extents(at: 0, byteCount: 5 << 20, maxExtentCount: 100)
-    #expect(extents.first == DiskExtent(byteCount: 8192, isHole: false, isZero: false, source: .store))
+    #expect(
+        extents.first == DiskExtent(byteCount: 8192, isHole: false, isZero: false, source: .store))
     #expect(extents[1] == DiskExtent(byteCount: 8192, isHole: true, isZero: true, source: .store))
     #expect(extents[2].source == .base && !extents[2].isHole)
     // The base's sparse hole at 2 MiB (makeBase leaves 192 KiB unallocated there).
-    #expect(extents.contains { $0.isHole && $0.source == DiskExtent.Source.none && $0.byteCount >= 3 * 65536 })
-    #expect(extents.last == DiskExtent(byteCount: 1 << 20, isHole: true, isZero: true, source: .none))
+    #expect(
+        extents.contains {
+            $0.isHole && $0.source == DiskExtent.Source.none && $0.byteCount >= 3 * 65536
+        })
+    #expect(
+        extents.last == DiskExtent(byteCount: 1 << 20, isHole: true, isZero: true, source: .none))
     #expect(extents.reduce(0) { $0 + $1.byteCount } == 5 << 20)
 }
 
@@ -102,7 +109,9 @@ import Testing
     _ = try makeBase(at: scratch.path("base"), byteCount: 1 << 20, seed: 17)
     try createStore(at: scratch.path("cow"), base: scratch.path("base"))
     let first = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
-    #expect(throws: StoreError.self) { try VirtualDisk.open(storePath: FilePath(scratch.path("cow"))) }
+    #expect(throws: StoreError.self) {
+        try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
+    }
     first.close()  // keeps `first` (and its lock) alive until here
 }
 
@@ -110,7 +119,9 @@ import Testing
     let scratch = try Scratch()
     _ = try makeBase(at: scratch.path("base"), byteCount: 1 << 20, seed: 18)
     _ = FileManager.default.createFile(atPath: scratch.path("cow"), contents: Data("precious".utf8))
-    #expect(throws: StoreError.self) { try createStore(at: scratch.path("cow"), base: scratch.path("base")) }
+    #expect(throws: StoreError.self) {
+        try createStore(at: scratch.path("cow"), base: scratch.path("base"))
+    }
     #expect(try fileBytes(scratch.path("cow")) == Array("precious".utf8))
     let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.url.path)
     #expect(leftovers.sorted() == ["base", "cow"])

@@ -2,7 +2,8 @@ import NBDProtocol
 import Testing
 
 private let disk = ExportDescription(
-    name: "disk", description: "a test disk", byteCount: 1 << 30, isReadOnly: false, preferredBlockByteCount: 4096)
+    name: "disk", description: "a test disk", byteCount: 1 << 30, isReadOnly: false,
+    preferredBlockByteCount: 4096)
 
 private func bigEndian<T: FixedWidthInteger>(_ value: T) -> [UInt8] {
     var bytes: [UInt8] = []
@@ -15,7 +16,8 @@ private func parseReplies(_ bytes: [UInt8]) -> [(option: UInt32, type: UInt32, p
     var reader = ByteReader(bytes)
     var replies: [(UInt32, UInt32, [UInt8])] = []
     while reader.remainingByteCount > 0 {
-        guard reader.read(UInt64.self) == 0x0003_e889_0455_65a9, let option = reader.read(UInt32.self),
+        guard reader.read(UInt64.self) == 0x0003_e889_0455_65a9,
+            let option = reader.read(UInt32.self),
             let type = reader.read(UInt32.self), let length = reader.read(UInt32.self),
             let payload = reader.read(byteCount: Int(length))
         else {
@@ -52,7 +54,10 @@ private func goData(name: String, requests: [UInt16]) -> [UInt8] {
     }
     let replies = parseReplies(bytes)
     #expect(replies.count == 1 && replies[0].option == 0x1234 && replies[0].type == 0x8000_0001)
-    guard case .replyAndTransmit = handshake.handle(option: 7, data: goData(name: "disk", requests: [])) else {
+    guard
+        case .replyAndTransmit = handshake.handle(
+            option: 7, data: goData(name: "disk", requests: []))
+    else {
         Issue.record("GO after an unknown option must still work")
         return
     }
@@ -61,7 +66,9 @@ private func goData(name: String, requests: [UInt16]) -> [UInt8] {
 @Test func goAnswersExportNameDescriptionAndBlockSizeThenAck() {
     var handshake = Handshake(exports: [disk])
     _ = handshake.handle(option: 8, data: [])
-    guard case .replyAndTransmit(let bytes) = handshake.handle(option: 7, data: goData(name: "disk", requests: [1, 2, 3]))
+    guard
+        case .replyAndTransmit(let bytes) = handshake.handle(
+            option: 7, data: goData(name: "disk", requests: [1, 2, 3]))
     else {
         Issue.record("expected transmission")
         return
@@ -74,13 +81,18 @@ private func goData(name: String, requests: [UInt16]) -> [UInt8] {
     #expect(export == [0, 0] + bigEndian(UInt64(1 << 30)) + bigEndian(UInt16(0x0DED)))
     #expect(infos.contains([0, 1] + Array("disk".utf8)))
     #expect(infos.contains([0, 2] + Array("a test disk".utf8)))
-    #expect(infos.contains([0, 3] + bigEndian(UInt32(1)) + bigEndian(UInt32(4096)) + bigEndian(UInt32(32 << 20))))
+    #expect(
+        infos.contains(
+            [0, 3] + bigEndian(UInt32(1)) + bigEndian(UInt32(4096)) + bigEndian(UInt32(32 << 20))))
     #expect(handshake.session?.structuredReplies == true)
 }
 
 @Test func goForAnUnknownExportIsRefusedAndTheHandshakeGoesOn() {
     var handshake = Handshake(exports: [disk])
-    guard case .reply(let bytes) = handshake.handle(option: 7, data: goData(name: "other", requests: [])) else {
+    guard
+        case .reply(let bytes) = handshake.handle(
+            option: 7, data: goData(name: "other", requests: []))
+    else {
         Issue.record("expected an error reply")
         return
     }
@@ -90,7 +102,8 @@ private func goData(name: String, requests: [UInt16]) -> [UInt8] {
 
 @Test func emptyNameSelectsTheDefaultExport() {
     var handshake = Handshake(exports: [disk])
-    guard case .replyAndTransmit = handshake.handle(option: 7, data: goData(name: "", requests: [])) else {
+    guard case .replyAndTransmit = handshake.handle(option: 7, data: goData(name: "", requests: []))
+    else {
         Issue.record("the empty name must select the default export")
         return
     }
@@ -101,7 +114,8 @@ private func goData(name: String, requests: [UInt16]) -> [UInt8] {
     let data = goData(name: "disk", requests: [3])
     for length in 0..<data.count {
         var handshake = Handshake(exports: [disk])
-        guard case .reply(let bytes) = handshake.handle(option: 7, data: Array(data[..<length])) else {
+        guard case .reply(let bytes) = handshake.handle(option: 7, data: Array(data[..<length]))
+        else {
             Issue.record("length \(length): expected an error reply")
             continue
         }
@@ -112,7 +126,8 @@ private func goData(name: String, requests: [UInt16]) -> [UInt8] {
 @Test func exportNameWithoutNoZeroesPadsWith124Zeros() {
     var handshake = Handshake(exports: [disk])
     _ = handshake.receiveClientFlags(1)
-    guard case .replyAndTransmit(let bytes) = handshake.handle(option: 1, data: Array("disk".utf8)) else {
+    guard case .replyAndTransmit(let bytes) = handshake.handle(option: 1, data: Array("disk".utf8))
+    else {
         Issue.record("expected transmission")
         return
     }
@@ -120,13 +135,15 @@ private func goData(name: String, requests: [UInt16]) -> [UInt8] {
     #expect(Array(bytes[0..<8]) == bigEndian(UInt64(1 << 30)))
     var quiet = Handshake(exports: [disk])
     _ = quiet.receiveClientFlags(3)
-    guard case .replyAndTransmit(let short) = quiet.handle(option: 1, data: Array("disk".utf8)) else { return }
+    guard case .replyAndTransmit(let short) = quiet.handle(option: 1, data: Array("disk".utf8))
+    else { return }
     #expect(short.count == 10)
 }
 
 @Test func exportNameForAnUnknownExportHangsUp() {
     var handshake = Handshake(exports: [disk])
-    guard case .replyAndClose(let bytes, _) = handshake.handle(option: 1, data: Array("nope".utf8)) else {
+    guard case .replyAndClose(let bytes, _) = handshake.handle(option: 1, data: Array("nope".utf8))
+    else {
         Issue.record("expected the connection to close")
         return
     }
@@ -138,7 +155,8 @@ private func goData(name: String, requests: [UInt16]) -> [UInt8] {
     guard case .reply(let bytes) = handshake.handle(option: 3, data: []) else { return }
     let replies = parseReplies(bytes)
     #expect(replies.map(\.type) == [2, 1])
-    #expect(replies[0].payload == bigEndian(UInt32(4)) + Array("disk".utf8) + Array("a test disk".utf8))
+    #expect(
+        replies[0].payload == bigEndian(UInt32(4)) + Array("disk".utf8) + Array("a test disk".utf8))
     guard case .reply(let invalid) = handshake.handle(option: 3, data: [0]) else { return }
     #expect(parseReplies(invalid).map(\.type) == [0x8000_0003])
 }
@@ -159,7 +177,9 @@ private func metaData(name: String, queries: [String]) -> [UInt8] {
 
 @Test func metaContextsNeedStructuredRepliesFirst() {
     var handshake = Handshake(exports: [disk])
-    guard case .reply(let bytes) = handshake.handle(option: 10, data: metaData(name: "disk", queries: ["base:allocation"]))
+    guard
+        case .reply(let bytes) = handshake.handle(
+            option: 10, data: metaData(name: "disk", queries: ["base:allocation"]))
     else { return }
     #expect(parseReplies(bytes).map(\.type) == [0x8000_0003])
 }
@@ -168,7 +188,10 @@ private func metaData(name: String, queries: [String]) -> [UInt8] {
     var handshake = Handshake(exports: [disk])
     _ = handshake.handle(option: 8, data: [])
     let queries = ["base:allocation", "x-other:thing", "base:", "qemu:allocation-depth"]
-    guard case .reply(let bytes) = handshake.handle(option: 10, data: metaData(name: "disk", queries: queries)) else {
+    guard
+        case .reply(let bytes) = handshake.handle(
+            option: 10, data: metaData(name: "disk", queries: queries))
+    else {
         return
     }
     let replies = parseReplies(bytes)
@@ -190,11 +213,15 @@ private func metaData(name: String, queries: [String]) -> [UInt8] {
 @Test func listMetaContextWithWildcardAndWithNoQuery() {
     var handshake = Handshake(exports: [disk])
     _ = handshake.handle(option: 8, data: [])
-    guard case .reply(let all) = handshake.handle(option: 9, data: metaData(name: "disk", queries: [])),
-        case .reply(let base) = handshake.handle(option: 9, data: metaData(name: "disk", queries: ["base:"]))
+    guard
+        case .reply(let all) = handshake.handle(
+            option: 9, data: metaData(name: "disk", queries: [])),
+        case .reply(let base) = handshake.handle(
+            option: 9, data: metaData(name: "disk", queries: ["base:"]))
     else { return }
     #expect(parseReplies(all).map(\.type) == [4, 4, 1])
-    #expect(parseReplies(base).map(\.payload) == [[0, 0, 0, 0] + Array("base:allocation".utf8), []])
+    #expect(
+        parseReplies(base).map(\.payload) == [[0, 0, 0, 0] + Array("base:allocation".utf8), []])
 }
 
 @Test func extendedHeadersImplyStructuredRepliesAndRefuseRepeats() {
@@ -207,7 +234,8 @@ private func metaData(name: String, queries: [String]) -> [UInt8] {
     #expect(parseReplies(again).map(\.type) == [0x8000_0003])
     #expect(parseReplies(structured).map(\.type) == [0x8000_000a])
     _ = handshake.handle(option: 7, data: goData(name: "disk", requests: []))
-    #expect(handshake.session?.extendedHeaders == true && handshake.session?.structuredReplies == true)
+    #expect(
+        handshake.session?.extendedHeaders == true && handshake.session?.structuredReplies == true)
 }
 
 @Test func aClientThatNeverChoosesIsCutOff() {

@@ -39,8 +39,11 @@ public struct StoreHeader: Equatable, Sendable {
     public static let dataAlignment: UInt64 = 1 << 20
     /// The bitmap region starts right after the header and is a whole number of pages.
     public static let bitmapAlignment: UInt64 = 4096
-    /// Incompatible feature bits this build understands (none yet).
-    public static let knownIncompatibleFeatures: UInt32 = 0
+    /// Incompatible feature bit: a merge is under way (docs/FORMAT.md, "Merge"). A reader that
+    /// does not know merges must not serve such a store, so the bit is incompatible.
+    public static let mergeInProgressFeature: UInt32 = 1 << 0
+    /// Incompatible feature bits this build understands.
+    public static let knownIncompatibleFeatures: UInt32 = mergeInProgressFeature
 
     enum Field {
         static let magic = 0
@@ -58,9 +61,14 @@ public struct StoreHeader: Equatable, Sendable {
         static let bitmapByteCount = 72
         static let dataByteOffset = 80
         static let createdUnixSeconds = 88
-        static let reservedStart = 96
+        static let mergeFlags = 96
+        static let mergeTargetByteCount = 104
+        static let mergeFingerprintLow = 112
+        static let mergeFingerprintHigh = 120
+        static let reservedStart = 128
         static let basePathGiven = 1024
         static let basePathResolved = 2048
+        static let mergeTargetPath = 3072
         static let checksum = 4088
     }
 
@@ -83,6 +91,8 @@ public struct StoreHeader: Equatable, Sendable {
     public var basePathGiven: String
     /// The base path made absolute at create time.
     public var basePathResolved: String
+    /// Set while a merge is under way; nil otherwise.
+    public var merge: MergeRecord?
 
     /// Number of chunks covering the virtual disk.
     public var chunkCount: UInt64 { geometry.chunkCount(covering: virtualByteCount) }
@@ -111,6 +121,7 @@ public struct StoreHeader: Equatable, Sendable {
         self.createdUnixSeconds = createdUnixSeconds
         self.basePathGiven = basePathGiven
         self.basePathResolved = basePathResolved
+        self.merge = nil
         let layout = Self.layout(geometry: geometry, virtualByteCount: virtualByteCount)
         self.bitmapByteOffset = layout.bitmapByteOffset
         self.bitmapByteCount = layout.bitmapByteCount
@@ -167,6 +178,8 @@ public struct StoreHeader: Equatable, Sendable {
         basePathGiven = try Self.parsePath(bytes, at: Field.basePathGiven, name: "base path")
         basePathResolved = try Self.parsePath(
             bytes, at: Field.basePathResolved, name: "resolved base path")
+        merge = try MergeRecord(
+            parsing: bytes, present: incompatibleFeatures & Self.mergeInProgressFeature != 0)
         for byteOffset in Field.reservedStart..<Field.basePathGiven where bytes[byteOffset] != 0 {
             throw .invalidField(
                 name: "reserved byte at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
@@ -174,10 +187,40 @@ public struct StoreHeader: Equatable, Sendable {
         try validate()
     }
 
+    /// Records a merge under way (or clears it), keeping the feature bit in step.
+    public mutating func setMerge(_ record: MergeRecord?) {
+        merge = record
+        if record == nil {
+            incompatibleFeatures &= ~Self.mergeInProgressFeature
+        } else {
+            incompatibleFeatures |= Self.mergeInProgressFeature
+        }
+    }
+
+    /// Binds the store to a new base (after a merge): its size, fingerprint and paths.
+    public mutating func rebind(
+        baseByteCount: UInt64, fingerprint: BaseFingerprint, basePathGiven: String,
+        basePathResolved: String
+    ) throws(FormatError) {
+        guard basePathGiven.utf8.count <= Self.maxBasePathByteCount,
+            basePathResolved.utf8.count <= Self.maxBasePathByteCount
+        else {
+            throw .invalidField(
+                name: "base path length", value: UInt64(basePathResolved.utf8.count))
+        }
+        self.baseByteCount = baseByteCount
+        self.baseFingerprint = fingerprint
+        self.basePathGiven = basePathGiven
+        self.basePathResolved = basePathResolved
+    }
+
     /// Checks the relations between fields; run after parsing and before encoding.
     public func validate() throws(FormatError) {
         guard incompatibleFeatures & ~Self.knownIncompatibleFeatures == 0 else {
             throw .unknownIncompatibleFeatures(incompatibleFeatures)
+        }
+        guard (merge != nil) == (incompatibleFeatures & Self.mergeInProgressFeature != 0) else {
+            throw .invalidField(name: "merge record", value: UInt64(incompatibleFeatures))
         }
         guard virtualByteCount > 0, virtualByteCount <= Self.maxVirtualByteCount else {
             throw .invalidField(name: "virtual size", value: virtualByteCount)
@@ -222,6 +265,7 @@ public struct StoreHeader: Equatable, Sendable {
         header.storeLittleEndian(createdUnixSeconds, at: Field.createdUnixSeconds)
         Self.encodePath(basePathGiven, into: header, at: Field.basePathGiven)
         Self.encodePath(basePathResolved, into: header, at: Field.basePathResolved)
+        merge?.encode(into: header)
         header.storeLittleEndian(
             Self.checksum(of: UnsafeRawBufferPointer(header)), at: Field.checksum)
     }
@@ -238,7 +282,7 @@ public struct StoreHeader: Equatable, Sendable {
         XXH64(bytes.baseAddress, Field.checksum, 0)
     }
 
-    private static func parsePath(
+    static func parsePath(
         _ bytes: UnsafeRawBufferPointer, at byteOffset: Int, name: String
     ) throws(FormatError) -> String {
         let length = Int(bytes.loadLittleEndian(at: byteOffset, as: UInt16.self))
@@ -252,7 +296,7 @@ public struct StoreHeader: Equatable, Sendable {
         return path
     }
 
-    private static func encodePath(
+    static func encodePath(
         _ path: String, into bytes: UnsafeMutableRawBufferPointer, at byteOffset: Int
     ) {
         let utf8 = Array(path.utf8)

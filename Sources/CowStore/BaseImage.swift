@@ -40,23 +40,29 @@ public protocol BaseImage: AnyObject, Sendable {
 extension BaseImage {
     /// The content fingerprint (docs/FORMAT.md, "Base fingerprint"): a fixed number of samples.
     public func fingerprint() throws -> BaseFingerprint {
-        let ranges = BaseFingerprintPlan.ranges(baseByteCount: byteCount)
-        let total = Int(BaseFingerprintPlan.sampledByteCount(baseByteCount: byteCount))
-        let buffer = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: max(total, 1), alignment: 4096)
-        defer { buffer.deallocate() }
-        var filled = 0
-        for range in ranges {
-            let length = Int(range.count)
-            try read(
-                at: range.lowerBound,
-                into: UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + length)]))
-            filled += length
-        }
-        return BaseFingerprintPlan.fingerprint(
-            sampledBytes: UnsafeRawBufferPointer(rebasing: buffer[..<total]),
-            baseByteCount: byteCount)
+        try sampleFingerprint(byteCount: byteCount, read: read(at:into:))
     }
+}
+
+/// The fingerprint of `byteCount` bytes that `read` returns: the sampled ranges laid end to end
+/// and hashed (docs/FORMAT.md, "Base fingerprint"). Shared by bases and the virtual disk, so a
+/// merged image's fingerprint can be known before the merge writes it.
+func sampleFingerprint(
+    byteCount: UInt64, read: (UInt64, UnsafeMutableRawBufferPointer) throws -> Void
+) throws -> BaseFingerprint {
+    let total = Int(BaseFingerprintPlan.sampledByteCount(baseByteCount: byteCount))
+    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 4096)
+    defer { buffer.deallocate() }
+    var filled = 0
+    for range in BaseFingerprintPlan.ranges(baseByteCount: byteCount) {
+        let length = Int(range.count)
+        try read(
+            range.lowerBound,
+            UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + length)]))
+        filled += length
+    }
+    return BaseFingerprintPlan.fingerprint(
+        sampledBytes: UnsafeRawBufferPointer(rebasing: buffer[..<total]), baseByteCount: byteCount)
 }
 
 /// A raw image file or block device, opened read-only.

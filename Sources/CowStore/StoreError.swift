@@ -20,6 +20,8 @@ public enum StoreError: Error {
     case notFast
     /// A write to a disk opened read-only.
     case readOnly
+    /// The store is in the middle of a merge and must not be used until it is finished.
+    case mergeInProgress(path: FilePath, target: String)
 }
 
 extension StoreError: CustomStringConvertible {
@@ -55,6 +57,9 @@ extension StoreError: CustomStringConvertible {
             return "zeroing this range is not faster than writing it"
         case .readOnly:
             return "the disk is read-only"
+        case .mergeInProgress(let path, let target):
+            return
+                "\(path): a merge into \(target) was interrupted; run cowbd merge again to finish it"
         }
     }
 

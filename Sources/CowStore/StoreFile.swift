@@ -169,6 +169,19 @@ public final class StoreFile: Sendable {
         }
     }
 
+    /// Replaces the header and makes it durable (merge records and rebinding). Checks it first.
+    func writeHeader(_ header: StoreHeader) throws {
+        precondition(isWritable, "header write on a read-only store")
+        do { try header.validate() } catch { throw StoreError.format(path: path, error) }
+        let bytes = header.encoded()
+        do {
+            try bytes.withUnsafeBytes { try descriptor.writeFully(at: 0, from: $0) }
+            try descriptor.synchronizeData()
+        } catch let error as Errno {
+            throw StoreError.io(path: path, operation: "write header", byteOffset: 0, error)
+        }
+    }
+
     private func sync(operation: String, _ call: () throws(Errno) -> Void) throws {
         do { try call() } catch {
             throw StoreError.io(path: path, operation: operation, byteOffset: 0, error)

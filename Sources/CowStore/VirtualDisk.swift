@@ -32,9 +32,17 @@ public final class VirtualDisk: Sendable {
     ) throws -> VirtualDisk {
         let store = try StoreFile(
             path: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite)
+        if let merge = store.header.merge {
+            throw StoreError.mergeInProgress(path: storePath, target: merge.targetPath)
+        }
         let base = try BaseLocator.openBase(for: store.header, storePath: storePath)
         try BaseLocator.verify(base, against: store.header, storePath: storePath)
         return VirtualDisk(store: store, base: base, logger: logger)
+    }
+
+    /// The fingerprint the disk's bytes would have as a base image.
+    public func fingerprint() throws -> BaseFingerprint {
+        try sampleFingerprint(byteCount: byteCount, read: read(at:into:))
     }
 
     /// Closes the store and releases its lock (see `StoreFile.close`).

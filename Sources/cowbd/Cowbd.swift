@@ -14,5 +14,8 @@ struct Cowbd: ParsableCommand {
               cowbd serve disk.cow --listen unix:/tmp/disk.sock
               nbdinfo 'nbd+unix:///?socket=/tmp/disk.sock'
             """,
-        subcommands: [CreateCommand.self, InfoCommand.self, CheckCommand.self, ServeCommand.self])
+        subcommands: [
+            CreateCommand.self, InfoCommand.self, CheckCommand.self, ServeCommand.self,
+            MergeCommand.self,
+        ])
 }

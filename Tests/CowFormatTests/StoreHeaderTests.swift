@@ -115,3 +115,19 @@ struct SplitMix64: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+@Test func mergeRecordRoundTripsAndSetsItsFeatureBit() throws {
+    var header = try sampleHeader()
+    let record = try MergeRecord(
+        flags: MergeRecord.inPlaceFlag, targetByteCount: 10 << 30 + 123,
+        targetFingerprint: BaseFingerprint(low: 5, high: 6), targetPath: "/srv/images/golden.img")
+    header.setMerge(record)
+    let bytes = header.encoded()
+    #expect(bytes[20] == 1)
+    #expect(bytes[3072] == 22 && bytes[3073] == 0)
+    let parsed = try bytes.withUnsafeBytes { try StoreHeader(parsing: $0) }
+    #expect(parsed.merge == record)
+    header.setMerge(nil)
+    let cleared = try header.encoded().withUnsafeBytes { try StoreHeader(parsing: $0) }
+    #expect(cleared.merge == nil && cleared.incompatibleFeatures == 0)
+}

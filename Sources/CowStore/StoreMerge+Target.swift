@@ -1,0 +1,224 @@
+// Merging into a target (a copy of the base, or the base in place), in four durable steps:
+// record the merge in the header; copy the store's chunks; fsync the target; empty the store
+// and bind it to the target. Each step may be repeated, so a rerun after a crash finishes.
+
+import CowFormat
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension StoreMerge {
+    func mergeIntoTarget(progress: (UInt64, UInt64) -> Void) throws -> Summary {
+        let header = store.header
+        let resumed = header.merge != nil
+        let target = try openTarget()
+        defer { try? target.close() }
+        // 1. Record the merge before the first byte reaches the target.
+        let record: MergeRecord
+        if let existing = header.merge {
+            record = existing
+        } else {
+            record = try startRecord(target: target)
+        }
+        // 2. Copy every chunk the store holds; holes in the store become holes in the target.
+        try extendTarget(target, to: record.targetByteCount)
+        var summary = Summary(
+            targetPath: record.targetPath, chunkCount: store.writtenChunkCount, dataByteCount: 0,
+            holeByteCount: 0, resumed: resumed)
+        let total = try store.allocatedDataByteCount()
+        try forEachWrittenRun { start, end in
+            try copyStoreRange(from: start, to: end, into: target, summary: &summary)
+            progress(summary.dataByteCount, total)
+        }
+        // 3. The target is durable before the store forgets anything.
+        try sync(target, path: FilePath(record.targetPath))
+        // 4. Empty the store, then bind it to the target and clear the merge.
+        try emptyStore()
+        var finished = header
+        finished.setMerge(nil)
+        let given: String
+        switch destination {
+        case .into(let path): given = path.string
+        default: given = header.basePathGiven
+        }
+        do {
+            try finished.rebind(
+                baseByteCount: record.targetByteCount, fingerprint: record.targetFingerprint,
+                basePathGiven: given, basePathResolved: record.targetPath)
+        } catch {
+            throw StoreError.format(path: storePath, error)
+        }
+        try store.writeHeader(finished)
+        return summary
+    }
+
+    private func openTarget() throws -> FileDescriptor {
+        let path = FilePath(targetPath)
+        do {
+            return try FileDescriptor.open(path, .readWrite, options: [.closeOnExec])
+        } catch let errno as Errno {
+            throw StoreError.open(path: path, errno)
+        }
+    }
+
+    /// Checks the target is the base's twin, computes what it will hold, and writes the record.
+    private func startRecord(target: FileDescriptor) throws -> MergeRecord {
+        let header = store.header
+        if case .into(let path) = destination {
+            let twin = try RawBaseImage(path: path)
+            guard twin.byteCount == header.baseByteCount,
+                try twin.fingerprint() == header.baseFingerprint
+            else {
+                throw StoreError.baseMismatch(
+                    path: storePath, base: path,
+                    detail: "the target is not a copy of the base (size or content differs)")
+            }
+        }
+        let disk = VirtualDisk(store: store, base: base, logger: .init(label: "cowbd.merge"))
+        let record: MergeRecord
+        do {
+            record = try MergeRecord(
+                flags: isInPlace ? MergeRecord.inPlaceFlag : 0,
+                targetByteCount: header.virtualByteCount,
+                targetFingerprint: try disk.fingerprint(), targetPath: targetPath)
+        } catch let error as FormatError {
+            throw StoreError.format(path: storePath, error)
+        }
+        var started = header
+        started.setMerge(record)
+        try store.writeHeader(started)
+        return record
+    }
+
+    private var isInPlace: Bool {
+        if case .inPlace = destination { return true }
+        return false
+    }
+
+    private func extendTarget(_ target: FileDescriptor, to byteCount: UInt64) throws {
+        let current: UInt64
+        do { current = try target.byteCount() } catch {
+            throw StoreError.io(
+                path: FilePath(targetPath), operation: "fstat", byteOffset: 0, error)
+        }
+        guard current < byteCount else { return }
+        do { try target.setByteCount(byteCount) } catch {
+            throw StoreError.io(
+                path: FilePath(targetPath), operation: "ftruncate", byteOffset: byteCount, error)
+        }
+    }
+
+    /// Calls `body` for each run of chunks the store holds, as virtual byte ranges.
+    func forEachWrittenRun(_ body: (UInt64, UInt64) throws -> Void) throws {
+        let geometry = store.header.geometry
+        let chunkCount = store.header.chunkCount
+        var chunk: UInt64 = 0
+        while chunk < chunkCount {
+            let run = store.bitmap.withLock { $0.run(from: chunk, limit: chunkCount - chunk) }
+            if run.isSet {
+                let end = min(
+                    geometry.byteOffset(ofChunk: chunk + run.chunkCount),
+                    store.header.virtualByteCount)
+                try body(geometry.byteOffset(ofChunk: chunk), end)
+            }
+            chunk += run.chunkCount
+        }
+    }
+
+    /// Copies virtual bytes `start..<end` from the store's data region to the target: data as
+    /// data, holes (trimmed or zeroed chunks) as punched holes. Idempotent.
+    private func copyStoreRange(
+        from start: UInt64, to end: UInt64, into target: FileDescriptor, summary: inout Summary
+    ) throws {
+        let dataOffset = store.header.dataByteOffset
+        let buffer = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: Self.copyByteCount, alignment: 4096)
+        defer { buffer.deallocate() }
+        let targetFile = FilePath(targetPath)
+        var cursor = start
+        while cursor < end {
+            let dataStart = (try? store.descriptor.nextData(from: dataOffset + cursor)).flatMap {
+                $0
+            }
+            let holeEnd = min(end, (dataStart ?? (dataOffset + end)) - dataOffset)
+            if holeEnd > cursor {
+                do {
+                    try target.punchHole(at: cursor, byteCount: holeEnd - cursor)
+                } catch {
+                    try writeZeros(target, from: cursor, to: holeEnd, buffer: buffer)
+                }
+                summary.holeByteCount += holeEnd - cursor
+                cursor = holeEnd
+                continue
+            }
+            let dataEnd = min(
+                end,
+                ((try? store.descriptor.nextHole(from: dataOffset + cursor)) ?? dataOffset + end)
+                    - dataOffset)
+            while cursor < dataEnd {
+                let count = Int(min(UInt64(Self.copyByteCount), dataEnd - cursor))
+                let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<count])
+                let done: Int
+                do {
+                    done = try store.descriptor.readUpToFully(at: dataOffset + cursor, into: piece)
+                } catch {
+                    throw StoreError.io(
+                        path: storePath, operation: "read", byteOffset: dataOffset + cursor, error)
+                }
+                guard done == count else {
+                    throw StoreError.shortRead(
+                        path: storePath, byteOffset: dataOffset + cursor, expectedByteCount: count,
+                        actualByteCount: done)
+                }
+                do { try target.writeFully(at: cursor, from: UnsafeRawBufferPointer(piece)) } catch
+                {
+                    throw StoreError.io(
+                        path: targetFile, operation: "write", byteOffset: cursor, error)
+                }
+                summary.dataByteCount += UInt64(count)
+                cursor += UInt64(count)
+            }
+        }
+    }
+
+    private func writeZeros(
+        _ target: FileDescriptor, from start: UInt64, to end: UInt64,
+        buffer: UnsafeMutableRawBufferPointer
+    ) throws {
+        buffer.initializeMemory(as: UInt8.self, repeating: 0)
+        var cursor = start
+        while cursor < end {
+            let count = Int(min(UInt64(buffer.count), end - cursor))
+            do {
+                try target.writeFully(
+                    at: cursor, from: UnsafeRawBufferPointer(rebasing: buffer[..<count]))
+            } catch {
+                throw StoreError.io(
+                    path: FilePath(targetPath), operation: "write", byteOffset: cursor, error)
+            }
+            cursor += UInt64(count)
+        }
+    }
+
+    /// Punches the data region and the bitmap region (zeros: no chunk held), then syncs.
+    private func emptyStore() throws {
+        let header = store.header
+        do {
+            try store.descriptor.punchHole(
+                at: header.dataByteOffset, byteCount: header.virtualByteCount)
+            try store.descriptor.punchHole(
+                at: header.bitmapByteOffset, byteCount: header.bitmapByteCount)
+            try store.descriptor.synchronizeAll()
+        } catch {
+            throw StoreError.io(path: storePath, operation: "empty store", byteOffset: 0, error)
+        }
+    }
+
+    func sync(_ descriptor: FileDescriptor, path: FilePath) throws {
+        do { try descriptor.synchronizeAll() } catch {
+            throw StoreError.io(path: path, operation: "fsync", byteOffset: 0, error)
+        }
+    }
+}

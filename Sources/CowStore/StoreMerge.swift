@@ -1,0 +1,127 @@
+// `cowbd merge`: folds a store's changes into a raw image (a copy of the base, or the base
+// itself), or flattens the virtual disk into a new image. The merge into a target is recorded in
+// the store's header before the first byte is written, copies only chunks the store holds, and
+// resets the store only once the target is durable: run again after any interruption, it
+// finishes. docs/FORMAT.md ("Merge") gives the states.
+
+import CowFormat
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// One merge of one store.
+public final class StoreMerge {
+    /// Where the changes go.
+    public enum Destination: Sendable {
+        /// A raw image equal to the base; the store is then emptied and bound to it.
+        case into(FilePath)
+        /// The base itself (the one command that writes a base).
+        case inPlace
+        /// A new flattened raw image; base and store untouched.
+        case output(FilePath, overwrite: Bool)
+    }
+
+    /// What a merge will write (`--dry-run`) or wrote.
+    public struct Summary: Sendable {
+        public var targetPath: String
+        /// Chunks the store holds.
+        public var chunkCount: UInt64
+        /// Bytes of data copied (or to copy).
+        public var dataByteCount: UInt64
+        /// Bytes written as holes: trimmed or zeroed chunks, or zeros of the flattened image.
+        public var holeByteCount: UInt64
+        /// True when an interrupted merge was found and finished.
+        public var resumed: Bool
+    }
+
+    /// Largest piece copied at once.
+    static let copyByteCount = 1 << 20
+
+    let storePath: FilePath
+    let destination: Destination
+    let store: StoreFile
+    let base: any BaseImage
+
+    /// Opens the store exclusively (a running server makes this fail) and its base; refuses a base
+    /// that changed since create, and a destination that disagrees with an interrupted merge.
+    public init(storePath: FilePath, destination: Destination) throws {
+        self.storePath = storePath
+        self.destination = destination
+        let writesStore: Bool
+        if case .output = destination { writesStore = false } else { writesStore = true }
+        store = try StoreFile(
+            path: storePath, access: writesStore ? .exclusiveWrite : .exclusiveRead)
+        base = try BaseLocator.openBase(for: store.header, storePath: storePath)
+        guard let record = store.header.merge else {
+            try BaseLocator.verify(base, against: store.header, storePath: storePath)
+            if case .inPlace = destination, base.kindName != "raw" {
+                throw StoreError.invalidArgument(
+                    "\(base.path): an in-place merge needs a writable raw base, not a \(base.kindName) image"
+                )
+            }
+            return
+        }
+        switch destination {
+        case .into(let target)
+        where !record.isInPlace && absolutePath(target.string).string == record.targetPath:
+            try BaseLocator.verify(base, against: store.header, storePath: storePath)
+        case .inPlace where record.isInPlace:
+            // The base is part-merged: its fingerprint is neither the old nor the new one.
+            break
+        default:
+            throw StoreError.invalidArgument(
+                "\(storePath): an interrupted merge into \(record.targetPath) must be finished first "
+                    + "(cowbd merge \(storePath) \(record.isInPlace ? "--in-place" : "--into \(record.targetPath)"))"
+            )
+        }
+    }
+
+    /// What `run` would write, without writing anything.
+    public func plan() throws -> Summary {
+        let chunkCount = store.writtenChunkCount
+        var summary = Summary(
+            targetPath: targetPath, chunkCount: chunkCount, dataByteCount: 0, holeByteCount: 0,
+            resumed: store.header.merge != nil)
+        if case .output = destination {
+            // The whole disk: data extents are written, zero extents stay holes.
+            let disk = VirtualDisk(store: store, base: base, logger: .init(label: "cowbd.merge"))
+            var cursor: UInt64 = 0
+            while cursor < disk.byteCount {
+                for extent in try disk.extents(
+                    at: cursor, byteCount: disk.byteCount - cursor, maxExtentCount: 4096)
+                {
+                    if extent.isZero {
+                        summary.holeByteCount += extent.byteCount
+                    } else {
+                        summary.dataByteCount += extent.byteCount
+                    }
+                    cursor += extent.byteCount
+                }
+            }
+            return summary
+        }
+        // Only the chunks the store holds: their data, and the rest of them as holes.
+        let heldByteCount = min(
+            chunkCount * store.header.geometry.chunkByteCount, store.header.virtualByteCount)
+        summary.dataByteCount = try store.allocatedDataByteCount()
+        summary.holeByteCount = heldByteCount - min(heldByteCount, summary.dataByteCount)
+        return summary
+    }
+
+    var targetPath: String {
+        switch destination {
+        case .into(let path), .output(let path, _): return absolutePath(path.string).string
+        case .inPlace: return base.path.string
+        }
+    }
+
+    /// Runs the merge. `progress` gets (bytes done, bytes in all) now and then.
+    public func run(progress: (UInt64, UInt64) -> Void = { _, _ in }) throws -> Summary {
+        if case .output(let path, let overwrite) = destination {
+            return try flatten(into: path, overwrite: overwrite, progress: progress)
+        }
+        return try mergeIntoTarget(progress: progress)
+    }
+}

@@ -1,0 +1,145 @@
+// `cowbd merge`: folds a store's changes into a copy of the base, into the base itself
+// (--in-place), or into a new flattened image (--output). The logic and its crash safety are
+// CowStore's (StoreMerge*.swift); this file parses options and prints.
+
+import ArgumentParser
+import CowStore
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+struct MergeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "merge",
+        abstract: "Fold a store's changes into an image.",
+        discussion: """
+            Exactly one destination:
+              --into TARGET   a raw image equal to the base (checked by size and fingerprint \
+            before anything is written). Every chunk the store holds is written into it; then \
+            the store is emptied and bound to TARGET, so serving it shows the same disk.
+              --in-place      the same, into the base itself. The only command that ever \
+            writes a base; the base must be a writable raw file.
+              --output NEW    a new flattened raw image of the whole disk; base and store are \
+            untouched. Zero and trimmed areas become holes.
+
+            A merge into a target records itself in the store's header before it writes the \
+            first byte. If it is interrupted (kill, power loss), run the same command again: \
+            it finishes. Until then the store refuses to be served. The cost of --into and \
+            --in-place follows the changed data, not the disk's size.
+
+            Refused while the store is being served (the same lock as serve).
+
+            Examples:
+              cowbd merge vm.cow --into golden-v2.img
+              cowbd merge vm.cow --in-place
+              cowbd merge vm.cow --output flat.img --dry-run
+
+            Exit status: 0 merged (or planned), 1 failed (the reason on stderr).
+            """)
+
+    @Argument(help: ArgumentHelp("The COW store.", valueName: "cow"))
+    var store: String
+
+    @Option(
+        help: ArgumentHelp("A raw image equal to the base, to merge into.", valueName: "target"))
+    var into: String?
+
+    @Flag(help: "Merge into the base itself (it must be a writable raw file).")
+    var inPlace = false
+
+    @Option(help: ArgumentHelp("Write a new flattened raw image instead.", valueName: "new"))
+    var output: String?
+
+    @Flag(help: "With --output: replace NEW if it exists.")
+    var force = false
+
+    @Flag(help: "Say what would be written, and write nothing.")
+    var dryRun = false
+
+    @OptionGroup var outputOptions: OutputOptions
+
+    func validate() throws {
+        let count = (into == nil ? 0 : 1) + (inPlace ? 1 : 0) + (output == nil ? 0 : 1)
+        guard count == 1 else {
+            throw ValidationError("give exactly one of --into, --in-place, --output")
+        }
+        guard !force || output != nil else { throw ValidationError("--force goes with --output") }
+    }
+
+    func run() throws {
+        let destination: StoreMerge.Destination
+        if let into {
+            destination = .into(FilePath(into))
+        } else if let output {
+            destination = .output(FilePath(output), overwrite: force)
+        } else {
+            destination = .inPlace
+        }
+        let summary = try exitingOnError {
+            let merge = try StoreMerge(storePath: FilePath(store), destination: destination)
+            if dryRun { return try merge.plan() }
+            let progress = ProgressLine(label: "merge")
+            defer { progress.finish() }
+            return try merge.run(progress: progress.update)
+        }
+        report(summary)
+    }
+
+    private func report(_ summary: StoreMerge.Summary) {
+        if outputOptions.json {
+            let value = JSONValue.object([
+                ("target", .string(summary.targetPath)), ("dry_run", .bool(dryRun)),
+                ("resumed", .bool(summary.resumed)), ("chunks", .integer(summary.chunkCount)),
+                ("data_bytes", .integer(summary.dataByteCount)),
+                ("hole_bytes", .integer(summary.holeByteCount)),
+            ])
+            print(value.rendered())
+            return
+        }
+        let verb = dryRun ? "would write" : "wrote"
+        print(
+            "\(store): \(verb) \(describeSize(summary.dataByteCount)) of data and "
+                + "\(describeSize(summary.holeByteCount)) of holes into \(summary.targetPath)"
+                + (summary.resumed ? " (finished an interrupted merge)" : ""))
+    }
+}
+
+/// One updating progress line on stderr when it is a terminal; nothing otherwise.
+final class ProgressLine {
+    private let label: String
+    private let isTerminal = isatty(STDERR_FILENO) == 1
+    private let started = Double(MonotonicClock.now())
+    private var lastShown = 0.0
+    private var shown = false
+
+    init(label: String) { self.label = label }
+
+    func update(_ done: UInt64, _ total: UInt64) {
+        guard isTerminal else { return }
+        let now = Double(MonotonicClock.now())
+        guard now - lastShown >= 0.2 || done == total else { return }
+        lastShown = now
+        shown = true
+        let rate = Double(done) / max(now - started, 0.001)
+        let percent = total == 0 ? 100 : Int(Double(done) * 100 / Double(total))
+        let line =
+            "\r\(label): \(percent)% \(describeSize(done)) of \(describeSize(total)), "
+            + "\(describeSize(UInt64(rate)))/s   "
+        _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+    }
+
+    func finish() {
+        if shown { _ = "\n".withCString { write(STDERR_FILENO, $0, 1) } }
+    }
+}
+
+/// Monotonic seconds. The corresponding C function is `clock_gettime(CLOCK_MONOTONIC)`.
+enum MonotonicClock {
+    static func now() -> Double {
+        var time = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &time)
+        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+    }
+}

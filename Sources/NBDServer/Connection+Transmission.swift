@@ -13,7 +13,7 @@ extension Connection {
     static let inputByteCount = 256 << 10
 
     func transmit() throws {
-        socket.setSendTimeout(seconds: Int(server.configuration.sendTimeoutSeconds))
+        socket.setSendTimeout(seconds: Int(server.configuration.messageTimeoutSeconds))
         let payloadByteCount = Int(session.export.maximumPayloadByteCount)
         let pool = WorkerPool(
             count: server.configuration.workersPerConnection, payloadByteCount: payloadByteCount,
@@ -22,7 +22,9 @@ extension Connection {
         defer { pool.drainAndStop() }
         let inline = RequestWorker(
             index: -1, payloadByteCount: payloadByteCount, scratch: server.disk.makeScratch())
-        let input = InputStream(socket: socket, byteCount: Self.inputByteCount)
+        let input = InputStream(
+            socket: socket, byteCount: Self.inputByteCount,
+            messageTimeoutSeconds: server.configuration.messageTimeoutSeconds)
         let extended = session.extendedHeaders
         let headerByteCount =
             extended ? RequestHeader.extendedByteCount : RequestHeader.compactByteCount
@@ -83,14 +85,19 @@ extension Connection {
 }
 
 /// A receive buffer over the socket. Used by the reader thread only.
+/// Between requests the client may stay silent for as long as it likes; once a message has
+/// begun, the rest must arrive within `messageTimeoutSeconds`, so a client that stops
+/// mid-request cannot hold the connection's thread and buffers forever.
 final class InputStream {
     private let socket: Socket
     private let storage: UnsafeMutableRawBufferPointer
+    private let messageTimeoutSeconds: Double
     private var start = 0
     private var end = 0
 
-    init(socket: Socket, byteCount: Int) {
+    init(socket: Socket, byteCount: Int, messageTimeoutSeconds: Double) {
         self.socket = socket
+        self.messageTimeoutSeconds = messageTimeoutSeconds
         storage = .allocate(byteCount: byteCount, alignment: 64)
     }
 
@@ -108,8 +115,10 @@ final class InputStream {
                 end -= start
                 start = 0
             }
+            // Idle between requests is fine; a half-received header is not.
+            let deadline = end > start ? monotonicSeconds() + messageTimeoutSeconds : nil
             end += try socket.receiveSome(
-                into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]))
+                into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]), deadline: deadline)
         }
         defer { start += byteCount }
         return try body(UnsafeRawBufferPointer(rebasing: storage[start..<(start + byteCount)]))
@@ -125,7 +134,8 @@ final class InputStream {
         }
         if buffered < destination.count {
             try socket.receive(
-                into: UnsafeMutableRawBufferPointer(rebasing: destination[buffered...]))
+                into: UnsafeMutableRawBufferPointer(rebasing: destination[buffered...]),
+                deadline: monotonicSeconds() + messageTimeoutSeconds)
         }
     }
 }

@@ -18,8 +18,9 @@ public final class NBDServer: Sendable {
         public var maxConnections = 64
         /// A client must finish the handshake within this many seconds.
         public var handshakeTimeoutSeconds: Double = 120
-        /// A reply that cannot be sent for this long ends the connection.
-        public var sendTimeoutSeconds: Double = 120
+        /// A reply that cannot be sent for this long, or a request whose rest does not arrive
+        /// for this long once it has begun, ends the connection.
+        public var messageTimeoutSeconds: Double = 120
         /// Requests of one connection executed at once.
         public var workersPerConnection = 4
         /// Largest READ or WRITE payload (NBD_INFO_BLOCK_SIZE maximum).
@@ -91,7 +92,9 @@ public final class NBDServer: Sendable {
                 metadata: ["peer": "\(socket.peer)"])
             return
         }
-        socket.setNoDelay()  // fails harmlessly on unix sockets
+        // Both fail harmlessly on unix sockets.
+        socket.setNoDelay()
+        socket.enableKeepAlive()
         running.enter()
         startThread { [self] in
             defer {

@@ -27,37 +27,54 @@ final class Socket: @unchecked Sendable {
     {
         var done = 0
         while done < buffer.count {
-            if let deadline {
-                let remaining = deadline - monotonicSeconds()
-                guard remaining > 0 else { throw .timedOut("waiting for the client's handshake") }
-                var pollDescriptor = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
-                let ready = poll(&pollDescriptor, 1, Int32(min(remaining * 1000 + 1, 60_000)))
-                if ready == 0 { continue }
-                if ready < 0 {
-                    if errno == EINTR { continue }
-                    throw .socket(address: peer, call: "poll", Errno(rawValue: errno))
-                }
+            done += try receiveSome(
+                into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), deadline: deadline)
+        }
+    }
+
+    /// Waits until the socket is readable or `deadline` passes.
+    /// The corresponding C function is `poll`.
+    private func waitReadable(until deadline: Double) throws(ServerError) {
+        while true {
+            let remaining = deadline - monotonicSeconds()
+            guard remaining > 0 else {
+                throw .timedOut("waiting for the client to finish a message")
             }
-            let result = recv(descriptor, buffer.baseAddress! + done, buffer.count - done, 0)
-            if result > 0 {
-                done += result
-            } else if result == 0 {
-                throw .peerClosed
-            } else if errno != EINTR {
-                throw .socket(address: peer, call: "recv", Errno(rawValue: errno))
+            var pollDescriptor = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&pollDescriptor, 1, Int32(min(remaining * 1000 + 1, 60_000)))
+            if ready > 0 { return }
+            if ready < 0 && errno != EINTR {
+                throw .socket(address: peer, call: "poll", Errno(rawValue: errno))
             }
         }
     }
 
-    /// Receives whatever is available, up to `buffer.count` bytes (at least one).
-    /// The corresponding C function is `recv`.
-    func receiveSome(into buffer: UnsafeMutableRawBufferPointer) throws(ServerError) -> Int {
+    /// Receives whatever is available, up to `buffer.count` bytes (at least one), waiting at most
+    /// until `deadline` when one is given. The corresponding C function is `recv`.
+    func receiveSome(into buffer: UnsafeMutableRawBufferPointer, deadline: Double? = nil)
+        throws(ServerError) -> Int
+    {
         while true {
+            if let deadline { try waitReadable(until: deadline) }
             let result = recv(descriptor, buffer.baseAddress!, buffer.count, 0)
             if result > 0 { return result }
             if result == 0 { throw .peerClosed }
             if errno != EINTR { throw .socket(address: peer, call: "recv", Errno(rawValue: errno)) }
         }
+    }
+
+    /// Lets the kernel probe an idle TCP peer, so a vanished client is noticed in minutes.
+    /// The corresponding C function is `setsockopt(SO_KEEPALIVE, TCP_KEEPIDLE, ...)`.
+    func enableKeepAlive() {
+        var on: Int32 = 1
+        var idleSeconds: Int32 = 60
+        var intervalSeconds: Int32 = 10
+        var probes: Int32 = 6
+        let size = socklen_t(MemoryLayout<Int32>.size)
+        guard setsockopt(descriptor, SOL_SOCKET, SO_KEEPALIVE, &on, size) == 0 else { return }
+        _ = setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_KEEPIDLE, &idleSeconds, size)
+        _ = setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_KEEPINTVL, &intervalSeconds, size)
+        _ = setsockopt(descriptor, Int32(IPPROTO_TCP), TCP_KEEPCNT, &probes, size)
     }
 
     /// Sends all of `first` then all of `second` with as few calls as possible.

@@ -28,8 +28,12 @@ extension StoreMerge {
             targetPath: record.targetPath, chunkCount: store.writtenChunkCount, dataByteCount: 0,
             holeByteCount: 0, resumed: resumed)
         let total = try store.allocatedDataByteCount()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: Self.copyByteCount, alignment: 4096)
+        defer { buffer.deallocate() }
         try forEachWrittenRun { start, end in
-            try copyStoreRange(from: start, to: end, into: target, summary: &summary)
+            try copyStoreRange(
+                from: start, to: end, into: target, buffer: buffer, summary: &summary)
             progress(summary.dataByteCount, total)
         }
         // 3. The target is durable before the store forgets anything.
@@ -130,12 +134,10 @@ extension StoreMerge {
     /// Copies virtual bytes `start..<end` from the store's data region to the target: data as
     /// data, holes (trimmed or zeroed chunks) as punched holes. Idempotent.
     private func copyStoreRange(
-        from start: UInt64, to end: UInt64, into target: FileDescriptor, summary: inout Summary
+        from start: UInt64, to end: UInt64, into target: FileDescriptor,
+        buffer: UnsafeMutableRawBufferPointer, summary: inout Summary
     ) throws {
         let dataOffset = store.header.dataByteOffset
-        let buffer = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: Self.copyByteCount, alignment: 4096)
-        defer { buffer.deallocate() }
         let targetFile = FilePath(targetPath)
         var cursor = start
         while cursor < end {
@@ -202,16 +204,20 @@ extension StoreMerge {
         }
     }
 
-    /// Punches the data region and the bitmap region (zeros: no chunk held), then syncs.
+    /// Punches the chunks the store holds and the bitmap region (zeros: no chunk held), then
+    /// syncs. Only the held runs are punched: the rest of the data region is a hole already, and
+    /// punching a whole large disk's range costs seconds on some filesystems.
     private func emptyStore() throws {
         let header = store.header
         do {
-            try store.descriptor.punchHole(
-                at: header.dataByteOffset, byteCount: header.virtualByteCount)
+            try forEachWrittenRun { start, end in
+                try store.descriptor.punchHole(
+                    at: header.dataByteOffset + start, byteCount: end - start)
+            }
             try store.descriptor.punchHole(
                 at: header.bitmapByteOffset, byteCount: header.bitmapByteCount)
             try store.descriptor.synchronizeAll()
-        } catch {
+        } catch let error as Errno {
             throw StoreError.io(path: storePath, operation: "empty store", byteOffset: 0, error)
         }
     }

@@ -43,6 +43,8 @@ public final class StoreMerge {
     let destination: Destination
     let store: StoreFile
     let base: any BaseImage
+    /// The absolute path merged into.
+    let targetPath: String
 
     /// Opens the store exclusively (a running server makes this fail) and its base; refuses a base
     /// that changed since create, and a destination that disagrees with an interrupted merge.
@@ -54,6 +56,10 @@ public final class StoreMerge {
         store = try StoreFile(
             path: storePath, access: writesStore ? .exclusiveWrite : .exclusiveRead)
         base = try BaseLocator.openBase(for: store.header, storePath: storePath)
+        switch destination {
+        case .into(let path), .output(let path, _): targetPath = absolutePath(path.string).string
+        case .inPlace: targetPath = base.path.string
+        }
         guard let record = store.header.merge else {
             try BaseLocator.verify(base, against: store.header, storePath: storePath)
             if case .inPlace = destination, base.kindName != "raw" {
@@ -108,13 +114,6 @@ public final class StoreMerge {
         summary.dataByteCount = try store.allocatedDataByteCount()
         summary.holeByteCount = heldByteCount - min(heldByteCount, summary.dataByteCount)
         return summary
-    }
-
-    var targetPath: String {
-        switch destination {
-        case .into(let path), .output(let path, _): return absolutePath(path.string).string
-        case .inPlace: return base.path.string
-        }
     }
 
     /// Runs the merge. `progress` gets (bytes done, bytes in all) now and then.

@@ -16,6 +16,6 @@ struct Cowbd: ParsableCommand {
             """,
         subcommands: [
             CreateCommand.self, InfoCommand.self, CheckCommand.self, ServeCommand.self,
-            MergeCommand.self,
+            MergeCommand.self, ExportDiffCommand.self, ImportDiffCommand.self,
         ])
 }

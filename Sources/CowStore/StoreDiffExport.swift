@@ -1,0 +1,271 @@
+// `cowbd export-diff`: the changes a store holds, as a native diff, an rbd diff v1 stream or a
+// list of extents. Walks only the set runs of the chunk bitmap and, inside them, the store
+// file's data and holes (SEEK_DATA/SEEK_HOLE), so the cost follows the change, not the disk.
+// The base is never opened: a diff is the store's content alone.
+
+import CowFormat
+import SystemPackage
+
+/// One changed stretch of the disk.
+public struct ChangedExtent: Equatable, Sendable {
+    public var byteOffset: UInt64
+    public var byteCount: UInt64
+    /// Reads as zeros (trimmed or zeroed in the store).
+    public var isZero: Bool
+
+    public init(byteOffset: UInt64, byteCount: UInt64, isZero: Bool) {
+        self.byteOffset = byteOffset
+        self.byteCount = byteCount
+        self.isZero = isZero
+    }
+}
+
+/// A diff export of one store.
+public final class StoreDiffExport {
+    public enum Format: String, Sendable, CaseIterable {
+        case native, rbd, json
+    }
+
+    /// What an export wrote.
+    public struct Summary: Sendable {
+        public var extentCount: UInt64 = 0
+        public var dataByteCount: UInt64 = 0
+        public var zeroByteCount: UInt64 = 0
+        public var streamByteCount: UInt64 = 0
+    }
+
+    /// Largest data record written: bounds the buffer, and the reader's.
+    static let maxRecordByteCount = 1 << 20
+
+    public let store: StoreFile
+
+    /// Opens the store with a shared lock: refused while it is served or merged (they hold the
+    /// exclusive lock), so the bits and bytes read are a consistent, flushed state.
+    public init(storePath: FilePath) throws {
+        store = try StoreFile(path: storePath, access: .sharedRead)
+        if let merge = store.header.merge {
+            store.close()
+            throw StoreError.mergeInProgress(path: storePath, target: merge.targetPath)
+        }
+    }
+
+    public func close() { store.close() }
+
+    /// Calls `visit` with each changed extent in ascending order; adjacent extents of the same
+    /// kind are joined.
+    public func forEachChangedExtent(_ visit: (ChangedExtent) throws -> Void) throws {
+        let header = store.header
+        let chunkCount = header.chunkCount
+        var pending: ChangedExtent?
+        func emit(_ extent: ChangedExtent) throws {
+            if var last = pending, last.isZero == extent.isZero,
+                last.byteOffset + last.byteCount == extent.byteOffset
+            {
+                last.byteCount += extent.byteCount
+                pending = last
+                return
+            }
+            if let last = pending { try visit(last) }
+            pending = extent
+        }
+        var chunkIndex: UInt64 = 0
+        while chunkIndex < chunkCount {
+            let run = store.bitmap.withLock {
+                $0.run(from: chunkIndex, limit: chunkCount - chunkIndex)
+            }
+            if run.isSet {
+                let start = header.geometry.byteOffset(ofChunk: chunkIndex)
+                let end = min(
+                    header.virtualByteCount,
+                    header.geometry.byteOffset(ofChunk: chunkIndex + run.chunkCount))
+                try walkStore(from: start, to: end, emit)
+            }
+            chunkIndex += run.chunkCount
+        }
+        if let last = pending { try visit(last) }
+    }
+
+    /// Splits `start..<end` (held by the store) into data and holes of the data region.
+    private func walkStore(
+        from start: UInt64, to end: UInt64, _ emit: (ChangedExtent) throws -> Void
+    ) throws {
+        let dataByteOffset = store.header.dataByteOffset
+        var cursor = start
+        while cursor < end {
+            let storeByteOffset = dataByteOffset + cursor
+            var extent = ChangedExtent(byteOffset: cursor, byteCount: end - cursor, isZero: false)
+            do {
+                if let dataStart = try store.descriptor.nextData(from: storeByteOffset) {
+                    if dataStart > storeByteOffset {
+                        extent.isZero = true
+                        extent.byteCount = min(extent.byteCount, dataStart - storeByteOffset)
+                    } else {
+                        let holeStart = try store.descriptor.nextHole(from: storeByteOffset)
+                        extent.byteCount = min(
+                            extent.byteCount, max(holeStart, storeByteOffset + 1) - storeByteOffset)
+                    }
+                } else {
+                    extent.isZero = true
+                }
+            } catch {
+                // No SEEK_DATA here: everything the store holds counts as data.
+            }
+            try emit(extent)
+            cursor += extent.byteCount
+        }
+    }
+
+    /// Writes the diff in `format` to `descriptor` (a file, a pipe or stdout), named `name` in
+    /// errors. `progress` gets (data bytes done, 0) now and then.
+    public func write(
+        format: Format, to descriptor: FileDescriptor, name: String,
+        progress: (UInt64, UInt64) -> Void = { _, _ in }
+    ) throws -> Summary {
+        let output = DiffOutput(descriptor: descriptor, name: name)
+        var summary = Summary()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: Self.maxRecordByteCount, alignment: 4096)
+        defer { buffer.deallocate() }
+        try writePreamble(format: format, output)
+        let recordChecksum = DiffChecksum()
+        try forEachChangedExtent { extent in
+            if format == .json {
+                let line =
+                    (summary.extentCount == 0 ? "\n" : ",\n")
+                    + "  {\"offset\": \(extent.byteOffset), \"length\": \(extent.byteCount), "
+                    + "\"zero\": \(extent.isZero)}"
+                try output.append(Array(line.utf8))
+            } else if extent.isZero {
+                try writeZero(extent, format: format, output, recordChecksum)
+            }
+            if format == .json || extent.isZero {
+                summary.extentCount += 1
+                if extent.isZero {
+                    summary.zeroByteCount += extent.byteCount
+                } else {
+                    summary.dataByteCount += extent.byteCount
+                }
+                return
+            }
+            var cursor = extent.byteOffset
+            let end = extent.byteOffset + extent.byteCount
+            while cursor < end {
+                let count = Int(min(UInt64(Self.maxRecordByteCount), end - cursor))
+                let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<count])
+                try readStore(at: cursor, into: piece)
+                try writeData(
+                    at: cursor, UnsafeRawBufferPointer(piece), format: format, output,
+                    recordChecksum)
+                summary.extentCount += 1
+                summary.dataByteCount += UInt64(count)
+                cursor += UInt64(count)
+                progress(summary.dataByteCount, 0)
+            }
+        }
+        try writeEnd(format: format, summary: summary, output)
+        try output.drain()
+        summary.streamByteCount = output.writtenByteCount
+        return summary
+    }
+
+    private func writePreamble(format: Format, _ output: DiffOutput) throws {
+        let header = store.header
+        switch format {
+        case .native:
+            let diffHeader = DiffHeader(
+                chunkByteCount: UInt32(header.geometry.chunkByteCount),
+                virtualByteCount: header.virtualByteCount, baseByteCount: header.baseByteCount,
+                baseFingerprint: header.baseFingerprint)
+            var bytes = [UInt8](repeating: 0, count: DiffHeader.byteCount)
+            bytes.withUnsafeMutableBytes { diffHeader.encode(into: $0) }
+            try output.append(bytes)
+        case .rbd:
+            try output.append(RBDDiff.bannerV1)
+            try output.append([RBDDiff.size])
+            try output.append(littleEndian: header.virtualByteCount)
+        case .json:
+            try output.append(Array("[".utf8))
+        }
+    }
+
+    /// The native trailer's checksum covers every byte before it, its own first 24 included.
+    private func writeEnd(format: Format, summary: Summary, _ output: DiffOutput) throws {
+        switch format {
+        case .native:
+            let trailer = DiffRecord(
+                kind: .end, first: summary.extentCount, second: summary.dataByteCount, checksum: 0)
+            var bytes = [UInt8](repeating: 0, count: DiffRecord.byteCount)
+            bytes.withUnsafeMutableBytes { trailer.encode(into: $0) }
+            try bytes.withUnsafeBytes {
+                try output.append(UnsafeRawBufferPointer(rebasing: $0[..<24]))
+            }
+            try output.append(littleEndian: output.checksum.digest)
+        case .rbd:
+            try output.append([RBDDiff.end])
+        case .json:
+            try output.append(Array((summary.extentCount == 0 ? "]\n" : "\n]\n").utf8))
+        }
+    }
+
+    private func writeZero(
+        _ extent: ChangedExtent, format: Format, _ output: DiffOutput, _ checksum: DiffChecksum
+    ) throws {
+        if format == .rbd {
+            try output.append([RBDDiff.zero])
+            try output.append(littleEndian: extent.byteOffset)
+            try output.append(littleEndian: extent.byteCount)
+            return
+        }
+        try writeNativeRecord(
+            .zero, at: extent.byteOffset, byteCount: extent.byteCount, data: nil, output, checksum)
+    }
+
+    private func writeData(
+        at byteOffset: UInt64, _ data: UnsafeRawBufferPointer, format: Format,
+        _ output: DiffOutput, _ checksum: DiffChecksum
+    ) throws {
+        if format == .rbd {
+            try output.append([RBDDiff.write])
+            try output.append(littleEndian: byteOffset)
+            try output.append(littleEndian: UInt64(data.count))
+            try output.append(data)
+            return
+        }
+        try writeNativeRecord(
+            .data, at: byteOffset, byteCount: UInt64(data.count), data: data, output, checksum)
+    }
+
+    /// A native record: header, then the data if any. Its checksum is XXH3-64 of the header's
+    /// first 24 bytes followed by the data (docs/FORMAT.md, "Diff stream").
+    private func writeNativeRecord(
+        _ kind: DiffRecord.Kind, at byteOffset: UInt64, byteCount: UInt64,
+        data: UnsafeRawBufferPointer?, _ output: DiffOutput, _ checksum: DiffChecksum
+    ) throws {
+        var record = DiffRecord(kind: kind, first: byteOffset, second: byteCount, checksum: 0)
+        var bytes = [UInt8](repeating: 0, count: DiffRecord.byteCount)
+        bytes.withUnsafeMutableBytes { record.encode(into: $0) }
+        checksum.reset()
+        bytes.withUnsafeBytes { checksum.update(UnsafeRawBufferPointer(rebasing: $0[..<24])) }
+        if let data { checksum.update(data) }
+        record.checksum = checksum.digest
+        bytes.withUnsafeMutableBytes { record.encode(into: $0) }
+        try output.append(bytes)
+        if let data { try output.append(data) }
+    }
+
+    private func readStore(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
+        throws
+    {
+        let storeByteOffset = store.header.dataByteOffset + virtualByteOffset
+        let done: Int
+        do { done = try store.descriptor.readUpToFully(at: storeByteOffset, into: buffer) } catch {
+            throw StoreError.io(
+                path: store.path, operation: "read", byteOffset: storeByteOffset, error)
+        }
+        guard done == buffer.count else {
+            throw StoreError.shortRead(
+                path: store.path, byteOffset: storeByteOffset, expectedByteCount: buffer.count,
+                actualByteCount: done)
+        }
+    }
+}

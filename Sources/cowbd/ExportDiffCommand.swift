@@ -1,0 +1,96 @@
+// `cowbd export-diff`: writes a store's changes as a native diff, an rbd diff v1 stream or a
+// JSON list of extents, to a file or stdout. The logic is CowStore's (StoreDiffExport.swift).
+
+import ArgumentParser
+import CowStore
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension StoreDiffExport.Format: ExpressibleByArgument {}
+
+struct ExportDiffCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export-diff",
+        abstract: "Write a store's changes as a diff stream.",
+        discussion: """
+            Formats:
+              native  cowbd's diff (docs/FORMAT.md, "Diff stream"): the base's size and \
+            fingerprint, data and zero extents with checksums, and a trailer with a checksum of \
+            the whole stream. import-diff refuses it if damaged or made for another base.
+              rbd     Ceph's "rbd diff v1" stream, for rbd import-diff (no fingerprint).
+              json    the changed extents: [{"offset": .., "length": .., "zero": bool}].
+
+            OUT may be - for stdout, so a diff can be streamed:
+              cowbd export-diff vm.cow - | ssh host cowbd import-diff - base-copy.img
+
+            The cost follows the size of the change, not of the disk. The base is not read. \
+            Refused while the store is served or merged (they lock it): stop the server first.
+
+            Exit status: 0 written, 1 failed (the reason on stderr).
+            """)
+
+    @Argument(help: ArgumentHelp("The COW store.", valueName: "cow"))
+    var store: String
+
+    @Argument(help: ArgumentHelp("Where to write the diff; - for stdout.", valueName: "out"))
+    var output: String
+
+    @Option(help: "native, rbd or json.")
+    var format: StoreDiffExport.Format = .native
+
+    @Flag(help: "Replace OUT if it exists.")
+    var force = false
+
+    @Flag(help: "Print a summary as JSON on stderr when done.")
+    var summary = false
+
+    func validate() throws {
+        if output == "-" && format != .json && isatty(STDOUT_FILENO) == 1 {
+            throw ValidationError("refusing to write a binary diff to a terminal; redirect stdout")
+        }
+    }
+
+    func run() throws {
+        let result = try exitingOnError {
+            let export = try StoreDiffExport(storePath: FilePath(store))
+            defer { export.close() }
+            let descriptor: FileDescriptor
+            if output == "-" {
+                descriptor = .standardOutput
+            } else {
+                do {
+                    descriptor = try FileDescriptor.open(
+                        FilePath(output), .writeOnly,
+                        options: force
+                            ? [.create, .truncate, .closeOnExec]
+                            : [
+                                .create, .exclusiveCreate, .closeOnExec,
+                            ],
+                        permissions: [.ownerReadWrite, .groupRead, .otherRead])
+                } catch let errno as Errno {
+                    throw errno == .fileExists
+                        ? StoreError.exists(path: FilePath(output))
+                        : StoreError.open(path: FilePath(output), errno)
+                }
+            }
+            defer { if output != "-" { try? descriptor.close() } }
+            let progress = ProgressLine(label: "export-diff")
+            defer { progress.finish() }
+            let total = try export.store.allocatedDataByteCount()
+            return try export.write(
+                format: format, to: descriptor, name: output == "-" ? "stdout" : output,
+                progress: { done, _ in progress.update(done, max(done, total)) })
+        }
+        guard summary else { return }
+        let value = JSONValue.object([
+            ("format", .string(format.rawValue)), ("extents", .integer(result.extentCount)),
+            ("data_bytes", .integer(result.dataByteCount)),
+            ("zero_bytes", .integer(result.zeroByteCount)),
+            ("stream_bytes", .integer(result.streamByteCount)),
+        ])
+        printErrorLine("export-diff summary: " + value.rendered().replacing("\n", with: " "))
+    }
+}

@@ -5,9 +5,13 @@ import SystemPackage
 
 /// Opening bases by path, whatever their format.
 public enum BaseLocator {
-    /// Opens the image at `path` read-only, detecting its format.
+    /// Opens the image at `path` read-only, detecting its format by its first bytes: a
+    /// compressed image ("COWBDLZ4", with `openOptions`), else raw.
     public static func openImage(at path: FilePath) throws -> any BaseImage {
-        try RawBaseImage(path: path)
+        if try isCompressedImage(at: path) {
+            return try CompressedBaseImage(path: path, options: openOptions)
+        }
+        return try RawBaseImage(path: path)
     }
 
     /// Opens the base `header` names: the resolved path, or else the given path taken relative

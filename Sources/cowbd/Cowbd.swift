@@ -16,6 +16,7 @@ struct Cowbd: ParsableCommand {
             """,
         subcommands: [
             CreateCommand.self, InfoCommand.self, CheckCommand.self, ServeCommand.self,
-            MergeCommand.self, ExportDiffCommand.self, ImportDiffCommand.self,
+            MergeCommand.self, CompressCommand.self, ExportDiffCommand.self,
+            ImportDiffCommand.self,
         ])
 }

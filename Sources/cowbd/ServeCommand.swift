@@ -2,6 +2,7 @@
 // foreground until SIGTERM or SIGINT, then finishes requests in flight, flushes and cleans up.
 
 import ArgumentParser
+import CowFormat
 import CowStore
 import Logging
 import NBDServer
@@ -60,6 +61,12 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(
+        help: ArgumentHelp(
+            "Memory for decompressed blocks of a compressed base, shared by all connections.",
+            valueName: "size"))
+    var cacheSize: String = "64M"
+
     func validate() throws {
         for address in listen { _ = try parseAddress(address) }
         guard maxConnections >= 1 else {
@@ -70,6 +77,9 @@ struct ServeCommand: ParsableCommand {
         }
         guard handshakeTimeout > 0 else {
             throw ValidationError("--handshake-timeout must be positive")
+        }
+        guard let cacheByteCount = try? ByteSize.parse(cacheSize), cacheByteCount <= 1 << 40 else {
+            throw ValidationError("--cache-size: invalid size '\(cacheSize)' (up to 1T)")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("unknown --log-level '\(logLevel)'")
@@ -90,8 +100,11 @@ struct ServeCommand: ParsableCommand {
         signal(SIGPIPE, SIG_IGN)
 
         try exitingOnError {
-            let disk = try VirtualDisk.open(
-                storePath: FilePath(store), readOnly: readOnly, logger: logger)
+            let baseOptions = BaseOpenOptions(
+                cacheByteCount: Int((try? ByteSize.parse(cacheSize)) ?? 0), logger: logger)
+            let disk = try BaseLocator.$openOptions.withValue(baseOptions) {
+                try VirtualDisk.open(storePath: FilePath(store), readOnly: readOnly, logger: logger)
+            }
             var configuration = NBDServer.Configuration()
             configuration.listenAddresses =
                 listen.isEmpty ? [.defaultAddress] : try listen.map(parseAddress)

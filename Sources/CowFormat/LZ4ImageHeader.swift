@@ -1,0 +1,214 @@
+// The 128-byte record that opens and closes a compressed image (docs/FORMAT.md, "Compressed
+// base image"): parse, validate, encode. The block index and the blocks are elsewhere. No I/O.
+
+import CXXHash
+
+/// The header of a cowbd-lz4 image. The same 128 bytes end the file as its footer, so a
+/// truncated or half-written image is refused.
+public struct LZ4ImageHeader: Equatable, Sendable {
+    /// "COWBDLZ4": the first 8 bytes of every compressed image (and of its footer).
+    public static let magic: [UInt8] = Array("COWBDLZ4".utf8)
+    /// The format version this build writes and reads.
+    public static let currentVersion: UInt32 = 1
+    /// Bytes in the record, including its trailing checksum.
+    public static let recordByteCount = 128
+    /// Where the block index starts: the record padded to a page, so blocks never share it.
+    public static let indexByteOffset: UInt64 = 4096
+    /// The data region starts at a multiple of this.
+    public static let dataAlignment: UInt64 = 4096
+    /// Largest image: 2^60 bytes, as for a store (offsets stay far from overflow).
+    public static let maxVirtualByteCount: UInt64 = 1 << 60
+    /// Incompatible feature bits this build understands (none yet).
+    public static let knownIncompatibleFeatures: UInt32 = 0
+    /// Largest compression level recorded: LZ4HC_CLEVEL_MAX.
+    public static let maxCompressionLevel: UInt32 = 12
+
+    enum Field {
+        static let magic = 0
+        static let version = 8
+        static let recordByteCount = 12
+        static let blockShift = 16
+        static let incompatibleFeatures = 20
+        static let virtualByteCount = 24
+        static let blockCount = 32
+        static let fingerprintLow = 40
+        static let fingerprintHigh = 48
+        static let fingerprintScheme = 56
+        static let compatibleFeatures = 60
+        static let indexByteOffset = 64
+        static let indexByteCount = 72
+        static let dataByteOffset = 80
+        static let fileByteCount = 88
+        static let compressionLevel = 96
+        static let reservedStart = 100
+        static let checksum = 120
+    }
+
+    public var version: UInt32
+    public var geometry: LZ4BlockGeometry
+    public var incompatibleFeatures: UInt32
+    public var compatibleFeatures: UInt32
+    /// Uncompressed size of the image in bytes: the size of the disk it holds.
+    public var virtualByteCount: UInt64
+    /// The fingerprint of the uncompressed bytes, the same a raw copy of them has.
+    public var fingerprint: BaseFingerprint
+    /// Which sampling plan produced the fingerprint (`BaseFingerprintPlan.scheme`).
+    public var fingerprintScheme: UInt32
+    public var indexByteOffset: UInt64
+    public var indexByteCount: UInt64
+    public var dataByteOffset: UInt64
+    /// The whole file's size: the footer ends it.
+    public var fileByteCount: UInt64
+    /// 0 for LZ4's fast compressor, else the LZ4 HC level used. Informational.
+    public var compressionLevel: UInt32
+
+    /// Blocks covering the image.
+    public var blockCount: UInt64 { geometry.blockCount(covering: virtualByteCount) }
+    /// Where the footer starts, and so where block data must end.
+    public var footerByteOffset: UInt64 { fileByteCount - UInt64(Self.recordByteCount) }
+
+    /// A new header with the layout derived from the sizes.
+    public init(
+        geometry: LZ4BlockGeometry, virtualByteCount: UInt64, fingerprint: BaseFingerprint,
+        compressionLevel: UInt32, fileByteCount: UInt64
+    ) throws(FormatError) {
+        version = Self.currentVersion
+        self.geometry = geometry
+        incompatibleFeatures = 0
+        compatibleFeatures = 0
+        self.virtualByteCount = virtualByteCount
+        self.fingerprint = fingerprint
+        fingerprintScheme = BaseFingerprintPlan.scheme
+        let layout = Self.layout(geometry: geometry, virtualByteCount: virtualByteCount)
+        indexByteOffset = layout.indexByteOffset
+        indexByteCount = layout.indexByteCount
+        dataByteOffset = layout.dataByteOffset
+        self.fileByteCount = fileByteCount
+        self.compressionLevel = compressionLevel
+        try validate()
+    }
+
+    /// Where the index and the data region go for an image of this size.
+    public static func layout(geometry: LZ4BlockGeometry, virtualByteCount: UInt64) -> (
+        indexByteOffset: UInt64, indexByteCount: UInt64, dataByteOffset: UInt64
+    ) {
+        let indexByteCount =
+            geometry.blockCount(covering: virtualByteCount) * UInt64(LZ4BlockEntry.byteCount)
+        let dataByteOffset = roundUp(indexByteOffset + indexByteCount, toMultipleOf: dataAlignment)
+        return (indexByteOffset, indexByteCount, dataByteOffset)
+    }
+
+    /// Parses and validates the first `recordByteCount` bytes of `bytes`.
+    public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
+        guard bytes.count >= Self.recordByteCount else {
+            throw .truncated(expectedByteCount: Self.recordByteCount, actualByteCount: bytes.count)
+        }
+        guard bytes.prefix(8).elementsEqual(Self.magic) else {
+            throw .badMagic(expected: "cowbd-lz4 image")
+        }
+        let stored = bytes.loadLittleEndian(at: Field.checksum, as: UInt64.self)
+        let computed = Self.checksum(of: bytes)
+        guard stored == computed else {
+            throw .checksumMismatch(stored: stored, computed: computed)
+        }
+        version = bytes.loadLittleEndian(at: Field.version, as: UInt32.self)
+        guard version == Self.currentVersion else { throw .unsupportedVersion(version) }
+        let recordByteCount = bytes.loadLittleEndian(at: Field.recordByteCount, as: UInt32.self)
+        guard recordByteCount == UInt32(Self.recordByteCount) else {
+            throw .invalidField(name: "header size", value: UInt64(recordByteCount))
+        }
+        geometry = try LZ4BlockGeometry(
+            shift: bytes.loadLittleEndian(at: Field.blockShift, as: UInt32.self))
+        incompatibleFeatures = bytes.loadLittleEndian(
+            at: Field.incompatibleFeatures, as: UInt32.self)
+        compatibleFeatures = bytes.loadLittleEndian(at: Field.compatibleFeatures, as: UInt32.self)
+        virtualByteCount = bytes.loadLittleEndian(at: Field.virtualByteCount, as: UInt64.self)
+        fingerprint = BaseFingerprint(
+            low: bytes.loadLittleEndian(at: Field.fingerprintLow, as: UInt64.self),
+            high: bytes.loadLittleEndian(at: Field.fingerprintHigh, as: UInt64.self))
+        fingerprintScheme = bytes.loadLittleEndian(at: Field.fingerprintScheme, as: UInt32.self)
+        indexByteOffset = bytes.loadLittleEndian(at: Field.indexByteOffset, as: UInt64.self)
+        indexByteCount = bytes.loadLittleEndian(at: Field.indexByteCount, as: UInt64.self)
+        dataByteOffset = bytes.loadLittleEndian(at: Field.dataByteOffset, as: UInt64.self)
+        fileByteCount = bytes.loadLittleEndian(at: Field.fileByteCount, as: UInt64.self)
+        compressionLevel = bytes.loadLittleEndian(at: Field.compressionLevel, as: UInt32.self)
+        for byteOffset in Field.reservedStart..<Field.checksum where bytes[byteOffset] != 0 {
+            throw .invalidField(
+                name: "reserved byte at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
+        }
+        let storedBlockCount = bytes.loadLittleEndian(at: Field.blockCount, as: UInt64.self)
+        try validate()
+        guard storedBlockCount == blockCount else {
+            throw .invalidField(name: "block count", value: storedBlockCount)
+        }
+    }
+
+    /// Checks the relations between fields; run after parsing and before encoding.
+    public func validate() throws(FormatError) {
+        guard incompatibleFeatures & ~Self.knownIncompatibleFeatures == 0 else {
+            throw .unknownIncompatibleFeatures(incompatibleFeatures)
+        }
+        guard virtualByteCount > 0, virtualByteCount <= Self.maxVirtualByteCount else {
+            throw .invalidField(name: "virtual size", value: virtualByteCount)
+        }
+        guard fingerprintScheme == BaseFingerprintPlan.scheme else {
+            throw .invalidField(name: "fingerprint scheme", value: UInt64(fingerprintScheme))
+        }
+        let layout = Self.layout(geometry: geometry, virtualByteCount: virtualByteCount)
+        guard indexByteOffset == layout.indexByteOffset else {
+            throw .invalidField(name: "index offset", value: indexByteOffset)
+        }
+        guard indexByteCount == layout.indexByteCount else {
+            throw .invalidField(name: "index size", value: indexByteCount)
+        }
+        guard dataByteOffset == layout.dataByteOffset else {
+            throw .invalidField(name: "data offset", value: dataByteOffset)
+        }
+        // Block data cannot outgrow its input by more than the footer: a block that does not
+        // compress is stored raw. So the file size is bounded by the image's, plus overhead.
+        let smallest = dataByteOffset + UInt64(Self.recordByteCount)
+        guard fileByteCount >= smallest, fileByteCount - smallest <= virtualByteCount else {
+            throw .invalidField(name: "file size", value: fileByteCount)
+        }
+        guard compressionLevel <= Self.maxCompressionLevel else {
+            throw .invalidField(name: "compression level", value: UInt64(compressionLevel))
+        }
+    }
+
+    /// Writes the record, with its checksum, into the first `recordByteCount` bytes.
+    public func encode(into bytes: UnsafeMutableRawBufferPointer) {
+        precondition(bytes.count >= Self.recordByteCount)
+        let record = UnsafeMutableRawBufferPointer(rebasing: bytes[..<Self.recordByteCount])
+        record.initializeMemory(as: UInt8.self, repeating: 0)
+        for (index, byte) in Self.magic.enumerated() { record[index] = byte }
+        record.storeLittleEndian(version, at: Field.version)
+        record.storeLittleEndian(UInt32(Self.recordByteCount), at: Field.recordByteCount)
+        record.storeLittleEndian(geometry.shift, at: Field.blockShift)
+        record.storeLittleEndian(incompatibleFeatures, at: Field.incompatibleFeatures)
+        record.storeLittleEndian(virtualByteCount, at: Field.virtualByteCount)
+        record.storeLittleEndian(blockCount, at: Field.blockCount)
+        record.storeLittleEndian(fingerprint.low, at: Field.fingerprintLow)
+        record.storeLittleEndian(fingerprint.high, at: Field.fingerprintHigh)
+        record.storeLittleEndian(fingerprintScheme, at: Field.fingerprintScheme)
+        record.storeLittleEndian(compatibleFeatures, at: Field.compatibleFeatures)
+        record.storeLittleEndian(indexByteOffset, at: Field.indexByteOffset)
+        record.storeLittleEndian(indexByteCount, at: Field.indexByteCount)
+        record.storeLittleEndian(dataByteOffset, at: Field.dataByteOffset)
+        record.storeLittleEndian(fileByteCount, at: Field.fileByteCount)
+        record.storeLittleEndian(compressionLevel, at: Field.compressionLevel)
+        record.storeLittleEndian(
+            Self.checksum(of: UnsafeRawBufferPointer(record)), at: Field.checksum)
+    }
+
+    /// The encoded record as a byte array.
+    public func encoded() -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: Self.recordByteCount)
+        bytes.withUnsafeMutableBytes { encode(into: $0) }
+        return bytes
+    }
+
+    /// XXH64 (seed 0) of bytes 0..<120.
+    static func checksum(of bytes: UnsafeRawBufferPointer) -> UInt64 {
+        XXH64(bytes.baseAddress, Field.checksum, 0)
+    }
+}

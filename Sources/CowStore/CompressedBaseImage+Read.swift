@@ -1,0 +1,207 @@
+// Reading a compressed image: block by block through the shared cache of decompressed blocks.
+// A block is checksummed before it is decompressed, and a damaged one fails only the reads
+// that touch it, with an error naming the block and its file offset. Never wrong bytes.
+
+import CowFormat
+import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+extension CompressedBaseImage {
+    public func read(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        precondition(byteOffset + UInt64(buffer.count) <= byteCount, "base read past its end")
+        try forEachBlock(at: byteOffset, byteCount: buffer.count) {
+            blockIndex, offsetInBlock, bufferRange in
+            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[bufferRange])
+            let entry = try entry(ofBlock: blockIndex)
+            guard entry.storage != .zero else {
+                piece.initializeMemory(as: UInt8.self, repeating: 0)
+                return true
+            }
+            try cache.withBlock(
+                blockIndex, load: { try loadBlock(blockIndex, entry, into: $0) },
+                { block in
+                    piece.copyMemory(
+                        from: UnsafeRawBufferPointer(
+                            rebasing: block[offsetInBlock..<(offsetInBlock + piece.count)]))
+                })
+            return true
+        }
+    }
+
+    /// True only if every block the range touches is in the cache (or is a zero block): a
+    /// cache miss would decompress, and possibly wait on the device.
+    public func readIfCached(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
+        -> Bool
+    {
+        precondition(byteOffset + UInt64(buffer.count) <= byteCount, "base read past its end")
+        // A miss, or a damaged entry, stops the walk: `read` on a pool thread gives the answer.
+        return forEachBlock(at: byteOffset, byteCount: buffer.count) {
+            blockIndex, offsetInBlock, bufferRange in
+            let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[bufferRange])
+            guard let entry = try? entry(ofBlock: blockIndex) else { return false }
+            guard entry.storage != .zero else {
+                piece.initializeMemory(as: UInt8.self, repeating: 0)
+                return true
+            }
+            let hit: Void? = cache.withCachedBlock(blockIndex) { block in
+                piece.copyMemory(
+                    from: UnsafeRawBufferPointer(
+                        rebasing: block[offsetInBlock..<(offsetInBlock + piece.count)]))
+            }
+            return hit != nil
+        }
+    }
+
+    /// Zero blocks are holes; every other block is data (a damaged entry too: reading it
+    /// fails, so it must not be reported as zeros).
+    public func extent(at byteOffset: UInt64, maxByteCount: UInt64) throws -> ImageExtent {
+        precondition(byteOffset < byteCount && maxByteCount > 0)
+        let end = byteOffset + min(maxByteCount, byteCount - byteOffset)
+        let geometry = header.geometry
+        var blockIndex = geometry.blockIndex(containing: byteOffset)
+        let isHole = isZeroBlock(blockIndex)
+        var extentEnd = byteOffset
+        while extentEnd < end {
+            extentEnd = min(end, geometry.byteOffset(ofBlock: blockIndex + 1))
+            blockIndex += 1
+            guard extentEnd < end, isZeroBlock(blockIndex) == isHole else { break }
+        }
+        return ImageExtent(byteCount: extentEnd - byteOffset, isHole: isHole)
+    }
+
+    /// Asks the kernel to read ahead the stored bytes of the blocks in the range.
+    public func prefetch(at byteOffset: UInt64, byteCount prefetchByteCount: UInt64) {
+        guard prefetchByteCount > 0, byteOffset < byteCount else { return }
+        let geometry = header.geometry
+        let firstBlock = geometry.blockIndex(containing: byteOffset)
+        let lastBlock = geometry.blockIndex(
+            containing: min(byteOffset + prefetchByteCount, byteCount) - 1)
+        var storedRange: Range<UInt64>?
+        for blockIndex in firstBlock...lastBlock {
+            guard let entry = try? entry(ofBlock: blockIndex), entry.storage != .zero else {
+                continue
+            }
+            let lower = storedRange?.lowerBound ?? entry.dataByteOffset
+            storedRange = lower..<entry.dataEndByteOffset
+        }
+        if let storedRange {
+            descriptor.adviseWillNeed(
+                at: storedRange.lowerBound, byteCount: UInt64(storedRange.count))
+        }
+    }
+
+    // MARK: Blocks
+
+    /// The parsed index entry of block `blockIndex`. A damaged entry fails with an I/O error
+    /// naming the block and where its entry is.
+    public func entry(ofBlock blockIndex: UInt64) throws -> LZ4BlockEntry {
+        precondition(blockIndex < header.blockCount, "block index past the end of the image")
+        let entryOffset = Int(blockIndex) * LZ4BlockEntry.byteCount
+        do {
+            return try index.withUnsafeBytes { bytes throws(FormatError) in
+                try LZ4BlockEntry(
+                    parsing: UnsafeRawBufferPointer(
+                        rebasing: bytes[entryOffset..<(entryOffset + LZ4BlockEntry.byteCount)]),
+                    blockIndex: blockIndex)
+            }
+        } catch {
+            throw blockError(
+                blockIndex, "index entry damaged (\(error))",
+                byteOffset: header.indexByteOffset + UInt64(entryOffset))
+        }
+    }
+
+    /// Whether block `blockIndex` is a zero block whose entry is intact.
+    func isZeroBlock(_ blockIndex: UInt64) -> Bool {
+        (try? entry(ofBlock: blockIndex))?.storage == .zero
+    }
+
+    /// Fills `slot` with block `blockIndex`'s bytes from its stored form: reads them (an LZ4
+    /// block goes to the end of the slot, to be decompressed in place), checks their checksum,
+    /// then decompresses. Throws `StoreError.io` (EIO) naming the block and offset if the
+    /// bytes are missing, damaged or do not decompress to the block's size.
+    func loadBlock(
+        _ blockIndex: UInt64, _ entry: LZ4BlockEntry, into slot: UnsafeMutableRawBufferPointer
+    ) throws {
+        let blockByteCount = header.geometry.byteCount(
+            ofBlock: blockIndex, virtualByteCount: header.virtualByteCount)
+        let storedByteCount = Int(entry.storedByteCount)
+        let storedRange =
+            entry.storage == .raw
+            ? 0..<storedByteCount : (slot.count - storedByteCount)..<slot.count
+        let stored = UnsafeMutableRawBufferPointer(rebasing: slot[storedRange])
+        try readStoredBytes(blockIndex, entry, into: stored)
+        loadCounter.add(1, ordering: .relaxed)
+        let checksum = LZ4BlockEntry.dataChecksum(of: UnsafeRawBufferPointer(stored))
+        guard checksum == entry.dataChecksum else {
+            throw blockError(
+                blockIndex,
+                "checksum mismatch (stored 0x\(String(entry.dataChecksum, radix: 16)), "
+                    + "computed 0x\(String(checksum, radix: 16)))",
+                byteOffset: entry.dataByteOffset)
+        }
+        guard entry.storage == .lz4 else { return }
+        guard
+            LZ4Decompressor.decompressInPlace(
+                slot, compressedByteCount: storedByteCount, decompressedByteCount: blockByteCount)
+        else {
+            throw blockError(
+                blockIndex, "LZ4 data does not decompress to \(blockByteCount) bytes",
+                byteOffset: entry.dataByteOffset)
+        }
+    }
+
+    /// Reads a block's stored bytes in full; a short read means the file was cut short.
+    func readStoredBytes(
+        _ blockIndex: UInt64, _ entry: LZ4BlockEntry, into stored: UnsafeMutableRawBufferPointer
+    ) throws {
+        let done: Int
+        do {
+            done = try descriptor.readUpToFully(at: entry.dataByteOffset, into: stored)
+        } catch {
+            throw StoreError.io(
+                path: path, operation: "read of block \(blockIndex)",
+                byteOffset: entry.dataByteOffset, error)
+        }
+        guard done == stored.count else {
+            throw blockError(
+                blockIndex, "truncated file: \(done) of \(stored.count) bytes",
+                byteOffset: entry.dataByteOffset)
+        }
+    }
+
+    /// An EIO error whose text names the block, what is wrong, and the file offset.
+    func blockError(_ blockIndex: UInt64, _ problem: String, byteOffset: UInt64) -> StoreError {
+        .io(
+            path: path, operation: "block \(blockIndex): \(problem); read", byteOffset: byteOffset,
+            .ioError)
+    }
+
+    /// Calls `body` for each block the range touches, with the block index, the offset in the
+    /// block where the range starts, and the part of the caller's buffer that block fills.
+    /// Stops, returning false, as soon as `body` returns false.
+    @discardableResult
+    private func forEachBlock(
+        at byteOffset: UInt64, byteCount rangeByteCount: Int,
+        _ body: (UInt64, Int, Range<Int>) throws -> Bool
+    ) rethrows -> Bool {
+        let geometry = header.geometry
+        var done = 0
+        while done < rangeByteCount {
+            let position = byteOffset + UInt64(done)
+            let blockIndex = geometry.blockIndex(containing: position)
+            let offsetInBlock = Int(position - geometry.byteOffset(ofBlock: blockIndex))
+            let blockByteCount = geometry.byteCount(
+                ofBlock: blockIndex, virtualByteCount: header.virtualByteCount)
+            let pieceByteCount = min(rangeByteCount - done, blockByteCount - offsetInBlock)
+            guard try body(blockIndex, offsetInBlock, done..<(done + pieceByteCount)) else {
+                return false
+            }
+            done += pieceByteCount
+        }
+        return true
+    }
+}

@@ -1,0 +1,186 @@
+// A compressed image (docs/FORMAT.md, "Compressed base image") opened as a read-only base:
+// the header, footer and index are checked here, once; reads are in CompressedBaseImage+Read.
+
+import CowFormat
+import Logging
+import Synchronization
+import SystemPackage
+
+/// A cowbd-lz4 image: independently LZ4-compressed blocks behind an index, read through a
+/// cache of decompressed blocks shared by every thread that reads it.
+public final class CompressedBaseImage: BaseImage {
+    /// `serve --cache-size` when not given.
+    public static let defaultCacheByteCount = 64 << 20
+
+    public let path: FilePath
+    /// The uncompressed size: the size of the disk the image holds.
+    public var byteCount: UInt64 { header.virtualByteCount }
+    public var kindName: String { "cowbd-lz4" }
+    public let header: LZ4ImageHeader
+    /// Index entries that failed their checksum at open: reads of those blocks fail.
+    public let damagedEntryCount: UInt64
+    /// Immutable after init: shared by every thread, used only with positional reads.
+    let descriptor: FileDescriptor
+    /// The block index as stored; each entry is parsed (and its checksum checked) when used.
+    let index: [UInt8]
+    let cache: DecompressedBlockCache
+    let loadCounter = Atomic<UInt64>(0)
+
+    /// Blocks read from the file so far (by reads and by `verify`): cache misses, for stats
+    /// and tests.
+    public var loadedBlockCount: UInt64 { loadCounter.load(ordering: .relaxed) }
+
+    /// Opens `path` read-only, and refuses it unless the header, the footer, the file size and
+    /// every index entry that is not damaged agree (entries in order, data inside the file).
+    /// The corresponding C function is `open(O_RDONLY)`.
+    public init(path: FilePath, options: BaseOpenOptions = BaseOpenOptions()) throws {
+        self.path = path
+        do {
+            descriptor = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
+        } catch let errno as Errno {
+            throw StoreError.open(path: path, errno)
+        }
+        do {
+            header = try Self.readHeader(descriptor, path: path)
+            index = try Self.readIndex(descriptor, header: header, path: path)
+            damagedEntryCount = try Self.validateIndex(index, header: header, path: path)
+        } catch {
+            try? descriptor.close()
+            throw error
+        }
+        let blockByteCount = Int(header.geometry.blockByteCount)
+        cache = DecompressedBlockCache(
+            byteCount: options.cacheByteCount,
+            slotByteCount: blockByteCount
+                + LZ4Decompressor.inPlaceMargin(decompressedByteCount: blockByteCount),
+            maxSlotCount: Int(clamping: header.blockCount))
+        if damagedEntryCount > 0 {
+            options.logger.info(
+                "compressed base has damaged index entries; reads of those blocks will fail",
+                metadata: ["path": "\(path)", "damagedEntries": "\(damagedEntryCount)"])
+        }
+    }
+
+    deinit { try? descriptor.close() }
+
+    /// Reads the header, and the footer that must repeat it at the end of a file of exactly
+    /// the size it records.
+    private static func readHeader(_ descriptor: FileDescriptor, path: FilePath) throws
+        -> LZ4ImageHeader
+    {
+        let fileByteCount: UInt64
+        do {
+            fileByteCount = try descriptor.byteCount()
+        } catch {
+            throw StoreError.io(path: path, operation: "fstat", byteOffset: 0, error)
+        }
+        let recordByteCount = LZ4ImageHeader.recordByteCount
+        let headerBytes = try readBytes(descriptor, at: 0, count: recordByteCount, path: path)
+        let header: LZ4ImageHeader
+        do {
+            header = try headerBytes.withUnsafeBytes { try LZ4ImageHeader(parsing: $0) }
+        } catch let error as FormatError {
+            throw StoreError.format(path: path, error)
+        }
+        guard fileByteCount >= header.fileByteCount else {
+            throw StoreError.format(
+                path: path,
+                .truncated(
+                    expectedByteCount: Int(clamping: header.fileByteCount),
+                    actualByteCount: Int(clamping: fileByteCount)))
+        }
+        guard fileByteCount == header.fileByteCount else {
+            throw StoreError.format(
+                path: path,
+                .invalidField(name: "file size (bytes past the footer)", value: fileByteCount))
+        }
+        let footerBytes = try readBytes(
+            descriptor, at: header.footerByteOffset, count: recordByteCount, path: path)
+        guard footerBytes == headerBytes else {
+            throw StoreError.format(
+                path: path,
+                .invalidField(
+                    name: "footer (it differs from the header) at byte",
+                    value: header.footerByteOffset))
+        }
+        return header
+    }
+
+    /// The whole index, as stored. Its size is bounded by the file's, checked by `readHeader`.
+    private static func readIndex(
+        _ descriptor: FileDescriptor, header: LZ4ImageHeader, path: FilePath
+    ) throws -> [UInt8] {
+        guard let indexByteCount = Int(exactly: header.indexByteCount) else {
+            throw StoreError.format(
+                path: path, .invalidField(name: "index size", value: header.indexByteCount))
+        }
+        return try readBytes(
+            descriptor, at: header.indexByteOffset, count: indexByteCount, path: path)
+    }
+
+    /// Checks every entry that passes its checksum: flags known, sizes right for its block,
+    /// data between the index and the footer, each block after the one before (no overlap).
+    /// Returns how many entries failed their checksum: damage confined to those blocks.
+    /// Any other fault refuses the image: the file was not written by a correct writer.
+    private static func validateIndex(_ index: [UInt8], header: LZ4ImageHeader, path: FilePath)
+        throws -> UInt64
+    {
+        let dataRange = header.dataByteOffset..<header.footerByteOffset
+        var damagedCount: UInt64 = 0
+        var previousEnd = header.dataByteOffset
+        try index.withUnsafeBytes { bytes in
+            for blockIndex in 0..<header.blockCount {
+                let entryOffset = Int(blockIndex) * LZ4BlockEntry.byteCount
+                let entryBytes = UnsafeRawBufferPointer(
+                    rebasing: bytes[entryOffset..<(entryOffset + LZ4BlockEntry.byteCount)])
+                let entry: LZ4BlockEntry
+                do {
+                    entry = try LZ4BlockEntry(parsing: entryBytes, blockIndex: blockIndex)
+                    try entry.validate(
+                        blockByteCount: header.geometry.byteCount(
+                            ofBlock: blockIndex, virtualByteCount: header.virtualByteCount),
+                        dataRange: dataRange)
+                } catch FormatError.checksumMismatch {
+                    damagedCount += 1
+                    continue
+                } catch {
+                    throw StoreError.format(
+                        path: path,
+                        .invalidField(
+                            name: "index entry of block \(blockIndex): \(error)",
+                            value: header.indexByteOffset + UInt64(entryOffset)))
+                }
+                guard entry.storage != .zero else { continue }
+                guard entry.dataByteOffset >= previousEnd else {
+                    throw StoreError.format(
+                        path: path,
+                        .invalidField(
+                            name: "data offset of block \(blockIndex) (overlaps the block before)",
+                            value: entry.dataByteOffset))
+                }
+                previousEnd = entry.dataEndByteOffset
+            }
+        }
+        return damagedCount
+    }
+
+    /// `count` bytes at `byteOffset`; a short read is a truncated file.
+    static func readBytes(
+        _ descriptor: FileDescriptor, at byteOffset: UInt64, count: Int, path: FilePath
+    ) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let done: Int
+        do {
+            done = try bytes.withUnsafeMutableBytes {
+                try descriptor.readUpToFully(at: byteOffset, into: $0)
+            }
+        } catch let errno as Errno {
+            throw StoreError.io(path: path, operation: "read", byteOffset: byteOffset, errno)
+        }
+        guard done == count else {
+            throw StoreError.format(
+                path: path, .truncated(expectedByteCount: count, actualByteCount: done))
+        }
+        return bytes
+    }
+}

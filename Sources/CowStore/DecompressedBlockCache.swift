@@ -1,0 +1,195 @@
+// A bounded cache of decompressed blocks, shared by every reader of one compressed image.
+// A block wanted by several readers at once is loaded once: the others wait for it. What a
+// block holds and how it is loaded are the caller's; this file only keeps slots.
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// Fixed slots of one block each, evicted by CLOCK (second chance), allocated on first use.
+///
+/// A slot is `empty`, `loading` (one thread fills it, without the lock; others wanting the
+/// block wait) or `ready` (readers copy from it while they hold a pin). Pinned and loading
+/// slots are never evicted, so a slot's bytes never change under a reader.
+///
+/// `@unchecked Sendable`: every field but the immutable ones is guarded by `mutex`; a slot's
+/// bytes are written only by its loader (state `loading`) and read only under a pin.
+final class DecompressedBlockCache: @unchecked Sendable {
+    /// Fewest slots, whatever the size asked for: enough that a few readers never wait.
+    static let minimumSlotCount = 8
+
+    private enum SlotState {
+        case empty
+        case loading
+        case ready
+    }
+
+    private struct Slot {
+        var blockIndex: UInt64 = 0
+        var state = SlotState.empty
+        var pinCount = 0
+        /// CLOCK's reference bit: set by each use, cleared as the hand passes.
+        var isReferenced = false
+        var buffer: UnsafeMutableRawBufferPointer?
+    }
+
+    /// Bytes in one slot's buffer: a block plus what in-place decompression needs.
+    let slotByteCount: Int
+    let slotCount: Int
+    private var slots: [Slot]
+    private var slotIndexOfBlock: [UInt64: Int] = [:]
+    private var clockHand = 0
+    private var waiterCount = 0
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let changed: UnsafeMutablePointer<pthread_cond_t>
+
+    /// A cache of about `byteCount` bytes of slots of `slotByteCount` bytes, at least
+    /// `minimumSlotCount` of them and never more than `maxSlotCount` (the image's blocks).
+    init(byteCount: Int, slotByteCount: Int, maxSlotCount: Int) {
+        precondition(slotByteCount > 0 && maxSlotCount > 0)
+        self.slotByteCount = slotByteCount
+        slotCount = min(max(byteCount / slotByteCount, Self.minimumSlotCount), maxSlotCount)
+        slots = Array(repeating: Slot(), count: slotCount)
+        mutex = .allocate(capacity: 1)
+        pthread_mutex_init(mutex, nil)
+        changed = .allocate(capacity: 1)
+        pthread_cond_init(changed, nil)
+    }
+
+    deinit {
+        for slot in slots { slot.buffer?.deallocate() }
+        pthread_cond_destroy(changed)
+        changed.deallocate()
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    /// Runs `body` on block `blockIndex`'s slot buffer. On a miss, `load` fills the buffer
+    /// first (once, however many threads ask at the same moment); if `load` throws, the slot
+    /// is dropped and the error goes to this caller (a waiter then tries the load itself).
+    func withBlock<Result>(
+        _ blockIndex: UInt64, load: (UnsafeMutableRawBufferPointer) throws -> Void,
+        _ body: (UnsafeRawBufferPointer) -> Result
+    ) throws -> Result {
+        let (slotIndex, buffer, mustLoad) = acquire(blockIndex)
+        if mustLoad {
+            do {
+                try load(buffer)
+            } catch {
+                finishLoad(slotIndex, blockIndex, succeeded: false)
+                throw error
+            }
+            finishLoad(slotIndex, blockIndex, succeeded: true)
+        }
+        defer { unpin(slotIndex) }
+        return body(UnsafeRawBufferPointer(buffer))
+    }
+
+    /// Runs `body` on block `blockIndex`'s bytes only if they are loaded; nil otherwise.
+    func withCachedBlock<Result>(_ blockIndex: UInt64, _ body: (UnsafeRawBufferPointer) -> Result)
+        -> Result?
+    {
+        pthread_mutex_lock(mutex)
+        guard let slotIndex = slotIndexOfBlock[blockIndex], slots[slotIndex].state == .ready,
+            let buffer = slots[slotIndex].buffer
+        else {
+            pthread_mutex_unlock(mutex)
+            return nil
+        }
+        slots[slotIndex].pinCount += 1
+        slots[slotIndex].isReferenced = true
+        pthread_mutex_unlock(mutex)
+        defer { unpin(slotIndex) }
+        return body(UnsafeRawBufferPointer(buffer))
+    }
+
+    /// Blocks now loaded, for tests and stats.
+    var readyBlockCount: Int {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return slots.count { $0.state == .ready }
+    }
+
+    /// Pins the block's slot, waiting while another thread loads it or while every slot is
+    /// in use. `mustLoad`: the slot was just claimed for this caller to fill.
+    private func acquire(_ blockIndex: UInt64) -> (
+        slotIndex: Int, buffer: UnsafeMutableRawBufferPointer, mustLoad: Bool
+    ) {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        while true {
+            if let slotIndex = slotIndexOfBlock[blockIndex] {
+                if slots[slotIndex].state == .ready, let buffer = slots[slotIndex].buffer {
+                    slots[slotIndex].pinCount += 1
+                    slots[slotIndex].isReferenced = true
+                    return (slotIndex, buffer, false)
+                }
+                waitForChange()  // another thread is loading it
+                continue
+            }
+            guard let slotIndex = takeVictim() else {
+                waitForChange()  // every slot is pinned or loading
+                continue
+            }
+            if slots[slotIndex].state == .ready {
+                slotIndexOfBlock[slots[slotIndex].blockIndex] = nil
+            }
+            let buffer =
+                slots[slotIndex].buffer
+                ?? .allocate(byteCount: slotByteCount, alignment: 4096)
+            slots[slotIndex] = Slot(
+                blockIndex: blockIndex, state: .loading, pinCount: 1, isReferenced: true,
+                buffer: buffer)
+            slotIndexOfBlock[blockIndex] = slotIndex
+            return (slotIndex, buffer, true)
+        }
+    }
+
+    /// A slot that is neither pinned nor loading, preferring empty ones; nil if none is.
+    /// Called with the mutex held.
+    private func takeVictim() -> Int? {
+        // Two turns of the hand: the first may only clear reference bits.
+        for _ in 0..<(2 * slotCount) {
+            let slotIndex = clockHand
+            clockHand = (clockHand + 1) % slotCount
+            let slot = slots[slotIndex]
+            guard slot.pinCount == 0, slot.state != .loading else { continue }
+            if slot.state == .ready && slot.isReferenced {
+                slots[slotIndex].isReferenced = false
+                continue
+            }
+            return slotIndex
+        }
+        return nil
+    }
+
+    private func finishLoad(_ slotIndex: Int, _ blockIndex: UInt64, succeeded: Bool) {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        precondition(
+            slots[slotIndex].blockIndex == blockIndex && slots[slotIndex].state == .loading)
+        if succeeded {
+            slots[slotIndex].state = .ready
+        } else {
+            slots[slotIndex].state = .empty
+            slots[slotIndex].pinCount = 0
+            slotIndexOfBlock[blockIndex] = nil
+        }
+        if waiterCount > 0 { pthread_cond_broadcast(changed) }
+    }
+
+    private func unpin(_ slotIndex: Int) {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        slots[slotIndex].pinCount -= 1
+        precondition(slots[slotIndex].pinCount >= 0, "slot unpinned more often than pinned")
+        if slots[slotIndex].pinCount == 0 && waiterCount > 0 { pthread_cond_broadcast(changed) }
+    }
+
+    /// Waits for a load to finish or a slot to be unpinned. Called with the mutex held.
+    private func waitForChange() {
+        waiterCount += 1
+        pthread_cond_wait(changed, mutex)
+        waiterCount -= 1
+    }
+}

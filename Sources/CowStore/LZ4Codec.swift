@@ -1,0 +1,99 @@
+// liblz4's block functions, thinly wrapped: compress one block (fast or HC) into a buffer that
+// must come out smaller than the input, and decompress one block, in place or not.
+
+import CLZ4
+
+/// How hard `compress` works: LZ4's fast compressor, or LZ4 HC (slower, smaller).
+public enum CompressionLevel: String, Sendable, CaseIterable {
+    case fast
+    case high
+
+    /// The LZ4 HC level `high` uses: LZ4HC_CLEVEL_DEFAULT, the knee of its speed/size curve.
+    public static let highLevel: Int32 = 9
+
+    /// The number the image header records: 0 for fast, else the HC level.
+    public var recordedLevel: UInt32 { self == .fast ? 0 : UInt32(Self.highLevel) }
+}
+
+/// One block in, one block out. Each compressing thread owns one, for its state buffer.
+/// Not thread-safe: the state is scratch memory for the thread that owns it.
+final class LZ4Compressor {
+    let level: CompressionLevel
+    private let state: UnsafeMutableRawBufferPointer
+
+    init(level: CompressionLevel) {
+        self.level = level
+        let stateByteCount = level == .fast ? LZ4_sizeofState() : LZ4_sizeofStateHC()
+        state = .allocate(byteCount: Int(stateByteCount), alignment: 16)
+    }
+
+    deinit { state.deallocate() }
+
+    /// Compresses `source` into `destination`; returns the compressed size, or nil if the
+    /// result would not fit (give `destination` one byte less than `source` to learn "does not
+    /// compress": the block is then stored raw). The corresponding C functions are
+    /// `LZ4_compress_fast_extState` and `LZ4_compress_HC_extStateHC`.
+    func compress(_ source: UnsafeRawBufferPointer, into destination: UnsafeMutableRawBufferPointer)
+        -> Int?
+    {
+        let sourceBytes = source.baseAddress?.assumingMemoryBound(to: CChar.self)
+        let destinationBytes = destination.baseAddress?.assumingMemoryBound(to: CChar.self)
+        let result: Int32
+        switch level {
+        case .fast:
+            result = LZ4_compress_fast_extState(
+                state.baseAddress, sourceBytes, destinationBytes, Int32(source.count),
+                Int32(destination.count), 1)
+        case .high:
+            result = LZ4_compress_HC_extStateHC(
+                state.baseAddress, sourceBytes, destinationBytes, Int32(source.count),
+                Int32(destination.count), CompressionLevel.highLevel)
+        }
+        return result > 0 ? Int(result) : nil
+    }
+}
+
+/// Decompression of single LZ4 blocks.
+enum LZ4Decompressor {
+    /// Extra bytes past the decompressed size that a buffer needs for in-place decompression
+    /// (the compressed bytes at its end, the output from its start).
+    /// The corresponding C macro is `LZ4_DECOMPRESS_INPLACE_MARGIN`.
+    static func inPlaceMargin(decompressedByteCount: Int) -> Int {
+        (decompressedByteCount >> 8) + 32
+    }
+
+    /// Decompresses `compressedByteCount` bytes that end `buffer` into its first
+    /// `decompressedByteCount` bytes. Returns false unless exactly that many came out (damaged
+    /// input never writes outside `buffer`). The corresponding C function is
+    /// `LZ4_decompress_safe`, used in place as lz4.h's "In-place compression and
+    /// decompression" describes.
+    static func decompressInPlace(
+        _ buffer: UnsafeMutableRawBufferPointer, compressedByteCount: Int,
+        decompressedByteCount: Int
+    ) -> Bool {
+        precondition(compressedByteCount < decompressedByteCount)
+        precondition(
+            buffer.count
+                >= decompressedByteCount
+                + inPlaceMargin(decompressedByteCount: decompressedByteCount))
+        guard let start = buffer.baseAddress else { return false }
+        let source = (start + (buffer.count - compressedByteCount)).assumingMemoryBound(
+            to: CChar.self)
+        let result = LZ4_decompress_safe(
+            source, start.assumingMemoryBound(to: CChar.self), Int32(compressedByteCount),
+            Int32(decompressedByteCount))
+        return result == Int32(decompressedByteCount)
+    }
+
+    /// Decompresses all of `source` into `destination`; returns false unless it fills
+    /// `destination` exactly. The corresponding C function is `LZ4_decompress_safe`.
+    static func decompress(
+        _ source: UnsafeRawBufferPointer, into destination: UnsafeMutableRawBufferPointer
+    ) -> Bool {
+        let result = LZ4_decompress_safe(
+            source.baseAddress?.assumingMemoryBound(to: CChar.self),
+            destination.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(source.count),
+            Int32(destination.count))
+        return result == Int32(destination.count)
+    }
+}

@@ -1,0 +1,242 @@
+import CowFormat
+import CowStore
+import Foundation
+import Synchronization
+import SystemPackage
+import Testing
+
+/// 3 MiB + 777 bytes: never a whole number of blocks.
+private let mixedByteCount = 3 << 20 + 777
+
+@Test(arguments: [CompressionLevel.fast, .high], [UInt64(16384), 65536, 1 << 20])
+func compressedImageReadsBackTheSourceByteForByte(level: CompressionLevel, blockByteCount: UInt64)
+    throws
+{
+    let scratch = try Scratch()
+    let seed = 100 + blockByteCount
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: mixedByteCount, seed: seed)
+    let summary = try compressImage(
+        scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: blockByteCount, level: level)
+    #expect(summary.inputByteCount == UInt64(mixedByteCount))
+    #expect(summary.outputByteCount < UInt64(mixedByteCount))
+    // A small cache, so reads keep evicting and reloading blocks.
+    let image = try openCompressed(scratch.path("lz4"), cacheByteCount: 0)
+    #expect(image.byteCount == UInt64(mixedByteCount))
+    #expect(image.kindName == "cowbd-lz4")
+    #expect(try image.readBytes(at: 0, count: mixedByteCount) == source)
+    var generator = SplitMix64(seed: seed)
+    for _ in 0..<400 {
+        let offset = Int(generator.next() % UInt64(mixedByteCount))
+        let count = min(mixedByteCount - offset, 1 + Int(generator.next() % 300_000))
+        let actual = try image.readBytes(at: UInt64(offset), count: count)
+        #expect(actual == Array(source[offset..<(offset + count)]), "seed \(seed) at \(offset)")
+    }
+}
+
+@Test func compressedFingerprintEqualsTheRawSources() throws {
+    let scratch = try Scratch()
+    for (index, byteCount) in [1000, 1 << 20, 5 << 20 + 3].enumerated() {
+        let raw = scratch.path("raw\(index)")
+        _ = try makeMixedImage(at: raw, byteCount: byteCount, seed: UInt64(index))
+        try compressImage(raw, to: scratch.path("lz4\(index)"))
+        let compressed = try openCompressed(scratch.path("lz4\(index)"))
+        let expected = try RawBaseImage(path: FilePath(raw)).fingerprint()
+        #expect(try compressed.fingerprint() == expected)
+        #expect(compressed.header.fingerprint == expected)
+    }
+}
+
+@Test func zeroBlocksAreHolesAndTakeNoSpace() throws {
+    let scratch = try Scratch()
+    // Block 0 random, blocks 1-2 written zeros, block 3 a sparse hole, block 4 text.
+    var bytes = (0..<65536).map { _ in UInt8.random(in: 0...255) }
+    bytes += [UInt8](repeating: 0, count: 3 * 65536)
+    bytes += Array(String(repeating: "text ", count: 13108).utf8)[..<65536]
+    try Data(bytes).write(to: URL(fileURLWithPath: scratch.path("raw")))
+    let summary = try compressImage(scratch.path("raw"), to: scratch.path("lz4"))
+    #expect(summary.zeroBlockCount == 3)
+    #expect(summary.rawBlockCount == 1)
+    let image = try openCompressed(scratch.path("lz4"))
+    #expect(
+        try image.extent(at: 0, maxByteCount: 5 << 16)
+            == ImageExtent(byteCount: 65536, isHole: false))
+    #expect(
+        try image.extent(at: 70000, maxByteCount: 5 << 16)
+            == ImageExtent(byteCount: 4 * 65536 - 70000, isHole: true))
+    #expect(
+        try image.extent(at: 65536, maxByteCount: 1000)
+            == ImageExtent(byteCount: 1000, isHole: true))
+    #expect(
+        try image.extent(at: 4 << 16, maxByteCount: 1 << 30)
+            == ImageExtent(byteCount: 65536, isHole: false))
+    #expect(try image.entry(ofBlock: 2) == .zero)
+    // Zero blocks are answered without the cache; data blocks only once loaded.
+    #expect(image.cachedBytes(at: 65536, count: 3 << 16) == [UInt8](repeating: 0, count: 3 << 16))
+    #expect(image.cachedBytes(at: 100, count: 10) == nil)
+    #expect(try image.readBytes(at: 100, count: 10) == Array(bytes[100..<110]))
+    #expect(image.cachedBytes(at: 1000, count: 70000) == Array(bytes[1000..<71000]))
+    #expect(image.cachedBytes(at: 4 << 16, count: 10) == nil)
+}
+
+@Test func aDamagedBlockFailsOnlyTheReadsThatTouchIt() throws {
+    let scratch = try Scratch()
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 2 << 20, seed: 5)
+    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
+    let damagedBlock =
+        try (0..<UInt64(128)).first {
+            try openCompressed(scratch.path("lz4")).entry(ofBlock: $0).storage == .lz4
+        } ?? 0
+    let entry = try openCompressed(scratch.path("lz4")).entry(ofBlock: damagedBlock)
+    try flipByte(
+        in: scratch.path("lz4"), at: entry.dataByteOffset + UInt64(entry.storedByteCount / 2))
+    let image = try openCompressed(scratch.path("lz4"))
+    let blockStart = Int(damagedBlock) * 16384
+    for (offset, count) in [(blockStart, 1), (blockStart + 100, 4096), (blockStart - 10, 20)]
+    where offset >= 0 {
+        #expect {
+            try image.readBytes(at: UInt64(offset), count: count)
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("block \(damagedBlock)") && text.contains("checksum mismatch")
+                && text.contains("at byte \(entry.dataByteOffset)")
+        }
+    }
+    for blockIndex in 0..<128 where blockIndex != Int(damagedBlock) {
+        let start = blockIndex * 16384
+        #expect(
+            try image.readBytes(at: UInt64(start), count: 16384)
+                == Array(source[start..<(start + 16384)]))
+    }
+    let verification = image.verify()
+    #expect(verification.damagedBlockCount == 1)
+    #expect(verification.damagedBlocks.first?.blockIndex == damagedBlock)
+}
+
+@Test func aDamagedIndexEntryFailsOnlyItsBlock() throws {
+    let scratch = try Scratch()
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 1 << 20, seed: 6)
+    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
+    for (damagedBlock, byteInEntry) in [(UInt64(3), 0), (17, 12), (40, 31)] {
+        try compressImage(
+            scratch.path("raw"), to: scratch.path("copy"), blockByteCount: 16384,
+            replacesExisting: true)
+        try flipByte(in: scratch.path("copy"), at: 4096 + damagedBlock * 32 + UInt64(byteInEntry))
+        let image = try openCompressed(scratch.path("copy"))
+        #expect(image.damagedEntryCount == 1)
+        #expect {
+            try image.readBytes(at: damagedBlock * 16384 + 5, count: 10)
+        } throws: { error in
+            "\(error)".contains("block \(damagedBlock): index entry damaged")
+        }
+        #expect(try image.extent(at: damagedBlock * 16384, maxByteCount: 16384).isHole == false)
+        let others = (0..<UInt64(64)).filter { $0 != damagedBlock }
+        for blockIndex in others {
+            let start = Int(blockIndex) * 16384
+            #expect(
+                try image.readBytes(at: UInt64(start), count: 16384)
+                    == Array(source[start..<(start + 16384)]))
+        }
+        #expect(image.verify().damagedBlockCount == 1)
+    }
+}
+
+@Test func truncatedOrGarbledImagesAreRefusedAtOpen() throws {
+    let scratch = try Scratch()
+    _ = try makeMixedImage(at: scratch.path("raw"), byteCount: 1 << 20, seed: 7)
+    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
+    let whole = try fileBytes(scratch.path("lz4"))
+    var generator = SplitMix64(seed: 7)
+    var lengths = [
+        0, 7, 8, 127, 128, 4095, 4096, whole.count - 129, whole.count - 128, whole.count - 1,
+    ]
+    lengths += (0..<40).map { _ in Int(generator.next() % UInt64(whole.count)) }
+    for length in lengths {
+        try Data(whole[..<length]).write(to: URL(fileURLWithPath: scratch.path("cut")))
+        #expect(throws: StoreError.self, "length \(length)") {
+            _ = try CompressedBaseImage(path: FilePath(scratch.path("cut")))
+        }
+    }
+    // Flipped bytes in the header, in the footer, or a byte appended: refused, never a crash.
+    for offset in [0, 9, 17, 30, 70, 90, 125, whole.count - 100, whole.count - 1] {
+        var bytes = whole
+        bytes[offset] ^= 0x04
+        try Data(bytes).write(to: URL(fileURLWithPath: scratch.path("bad")))
+        #expect(throws: StoreError.self, "byte \(offset)") {
+            _ = try CompressedBaseImage(path: FilePath(scratch.path("bad")))
+        }
+    }
+    try Data(whole + [0]).write(to: URL(fileURLWithPath: scratch.path("long")))
+    #expect(throws: StoreError.self) {
+        _ = try CompressedBaseImage(path: FilePath(scratch.path("long")))
+    }
+}
+
+@Test func randomGarbageInTheIndexOrDataNeverCrashesOrLies() throws {
+    let scratch = try Scratch()
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 1 << 20, seed: 8)
+    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
+    let whole = try fileBytes(scratch.path("lz4"))
+    var generator = SplitMix64(seed: 8)
+    var openedCount = 0
+    var failedReadCount = 0
+    for round in 0..<30 {
+        var bytes = whole
+        for _ in 0..<8 {
+            let offset = 4096 + Int(generator.next() % UInt64(whole.count - 4096 - 128))
+            bytes[offset] = UInt8(truncatingIfNeeded: generator.next())
+        }
+        try Data(bytes).write(to: URL(fileURLWithPath: scratch.path("garbled")))
+        guard let image = try? openCompressed(scratch.path("garbled")) else { continue }
+        openedCount += 1
+        for blockIndex in 0..<64 {
+            let start = blockIndex * 16384
+            // Every read either fails or returns exactly the source's bytes.
+            guard let actual = try? image.readBytes(at: UInt64(start), count: 16384) else {
+                failedReadCount += 1
+                continue
+            }
+            #expect(
+                actual == Array(source[start..<(start + 16384)]),
+                "round \(round), block \(blockIndex)")
+        }
+    }
+    // Most garbled files still open (damage in block data or entries is local) and fail reads.
+    #expect(openedCount > 20 && failedReadCount > 100)
+}
+
+@Test func concurrentReadersOfOneBlockDecompressItOnce() throws {
+    let scratch = try Scratch()
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 4 << 20, seed: 9)
+    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 1 << 20)
+    let image = try openCompressed(scratch.path("lz4"), cacheByteCount: 64 << 20)
+    let failures = Mutex(0)
+    DispatchQueue.concurrentPerform(iterations: 32) { reader in
+        let offset = 2 << 20 + reader * 4096
+        let bytes = try? image.readBytes(at: UInt64(offset), count: 4096)
+        if bytes != Array(source[offset..<(offset + 4096)]) { failures.withLock { $0 += 1 } }
+    }
+    #expect(failures.withLock { $0 } == 0)
+    #expect(image.loadedBlockCount == 1)
+}
+
+@Test func manyReadersThroughATinyCacheAllGetTheSourceBytes() throws {
+    let scratch = try Scratch()
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 4 << 20, seed: 10)
+    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
+    // Eight slots for 256 blocks and sixteen threads: readers wait for slots and evict.
+    let image = try openCompressed(scratch.path("lz4"), cacheByteCount: 0)
+    let failures = Mutex(0)
+    DispatchQueue.concurrentPerform(iterations: 16) { reader in
+        var generator = SplitMix64(seed: UInt64(reader))
+        for _ in 0..<300 {
+            let offset = Int(generator.next() % UInt64(source.count - 40000))
+            let count = 1 + Int(generator.next() % 40000)
+            if (try? image.readBytes(at: UInt64(offset), count: count))
+                != Array(source[offset..<(offset + count)])
+            {
+                failures.withLock { $0 += 1 }
+            }
+        }
+    }
+    #expect(failures.withLock { $0 } == 0)
+}

@@ -3,6 +3,7 @@
 // CowStore's (StoreMerge*.swift); this file parses options and prints.
 
 import ArgumentParser
+import CowFormat
 import CowStore
 import SystemPackage
 
@@ -22,7 +23,8 @@ struct MergeCommand: ParsableCommand {
               --in-place      the same, into the base itself. The only command that ever \
             writes a base; the base must be a writable raw file.
               --output NEW    a new flattened raw image of the whole disk; base and store are \
-            untouched. Zero and trimmed areas become holes.
+            untouched. Zero and trimmed areas become holes. With --compress, NEW is a \
+            compressed image instead (the same as `cowbd compress COW NEW --level high`).
 
             A merge into a target records itself in the store's header before it writes the \
             first byte. If it is interrupted (kill, power loss), run the same command again: \
@@ -55,6 +57,9 @@ struct MergeCommand: ParsableCommand {
     @Flag(help: "With --output: replace NEW if it exists.")
     var force = false
 
+    @Flag(help: "With --output: write a compressed (cowbd-lz4, --level high) image.")
+    var compress = false
+
     @Flag(help: "Say what would be written, and write nothing.")
     var dryRun = false
 
@@ -66,9 +71,19 @@ struct MergeCommand: ParsableCommand {
             throw ValidationError("give exactly one of --into, --in-place, --output")
         }
         guard !force || output != nil else { throw ValidationError("--force goes with --output") }
+        guard !compress || output != nil else {
+            throw ValidationError("--compress goes with --output")
+        }
+        guard !compress || !dryRun else {
+            throw ValidationError("--dry-run does not apply to --compress")
+        }
     }
 
     func run() throws {
+        if compress, let output {
+            try flattenCompressed(into: output)
+            return
+        }
         let destination: StoreMerge.Destination
         if let into {
             destination = .into(FilePath(into))
@@ -85,6 +100,34 @@ struct MergeCommand: ParsableCommand {
             return try merge.run(progress: progress.update)
         }
         report(summary)
+    }
+
+    /// `--output NEW --compress`: the store's disk through the compressor (CowStore's
+    /// ImageCompressor reads a store as its virtual disk, under the store's lock).
+    private func flattenCompressed(into output: String) throws {
+        let summary = try exitingOnError {
+            let options = ImageCompressor.Options(
+                geometry: try LZ4BlockGeometry(shift: LZ4BlockGeometry.defaultShift), level: .high,
+                threadCount: max(1, min(Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))), 16)),
+                replacesExisting: force)
+            let progress = ProgressLine(label: "merge")
+            defer { progress.finish() }
+            return try ImageCompressor.compress(
+                try ImageCompressor.openSource(at: FilePath(store)), to: FilePath(output),
+                options: options
+            ) { progress.update($0.inputByteCount, $0.totalInputByteCount) }
+        }
+        if outputOptions.json {
+            let value = JSONValue.object([
+                ("target", .string(output)), ("input_bytes", .integer(summary.inputByteCount)),
+                ("output_bytes", .integer(summary.outputByteCount)),
+            ])
+            print(value.rendered())
+        } else {
+            print(
+                "\(store): wrote a compressed image of \(describeSize(summary.outputByteCount)) "
+                    + "for a \(describeSize(summary.inputByteCount)) disk into \(output)")
+        }
     }
 
     private func report(_ summary: StoreMerge.Summary) {

@@ -149,40 +149,25 @@ struct MergeCommand: ParsableCommand {
     }
 }
 
-/// One updating progress line on stderr when it is a terminal; nothing otherwise.
+/// Reports a long merge's progress on the shared status line: percent, bytes and rate.
 final class ProgressLine {
     private let label: String
-    private let isTerminal = isatty(STDERR_FILENO) == 1
-    private let started = Double(MonotonicClock.now())
+    private let line = StatusLine()
+    private let started = monotonicSeconds()
     private var lastShown = 0.0
-    private var shown = false
 
     init(label: String) { self.label = label }
 
     func update(_ done: UInt64, _ total: UInt64) {
-        guard isTerminal else { return }
-        let now = Double(MonotonicClock.now())
-        guard now - lastShown >= 0.2 || done == total else { return }
+        let now = monotonicSeconds()
+        guard line.isEnabled, now - lastShown >= 0.2 || done == total else { return }
         lastShown = now
-        shown = true
         let rate = Double(done) / max(now - started, 0.001)
         let percent = total == 0 ? 100 : Int(Double(done) * 100 / Double(total))
-        let line =
-            "\r\(label): \(percent)% \(describeSize(done)) of \(describeSize(total)), "
-            + "\(describeSize(UInt64(rate)))/s   "
-        _ = line.withCString { write(STDERR_FILENO, $0, strlen($0)) }
+        line.show(
+            "\(label): \(percent)% \(ByteSize.describe(done)) of \(ByteSize.describe(total)), "
+                + "\(ByteSize.describe(UInt64(rate)))/s")
     }
 
-    func finish() {
-        if shown { _ = "\n".withCString { write(STDERR_FILENO, $0, 1) } }
-    }
-}
-
-/// Monotonic seconds. The corresponding C function is `clock_gettime(CLOCK_MONOTONIC)`.
-enum MonotonicClock {
-    static func now() -> Double {
-        var time = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &time)
-        return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
-    }
+    func finish() { line.clear() }
 }

@@ -9,32 +9,6 @@ import Foundation
 import SystemPackage
 import Testing
 
-/// A store "cow" over "base" with seeded random changes; returns the disk's bytes.
-private func changedStore(_ scratch: Scratch, seed: UInt64, grow: Bool) throws -> [UInt8] {
-    _ = try makeBase(at: scratch.path("base"), byteCount: 3 << 20 + 321, seed: seed)
-    try createStore(
-        at: scratch.path("cow"), base: scratch.path("base"),
-        virtualByteCount: grow ? UInt64(4 << 20) : nil)
-    let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
-    let chunkScratch = disk.makeScratch()
-    var generator = SplitMix64(seed: seed)
-    for _ in 0..<300 {
-        let offset = generator.next() % (disk.byteCount - 1)
-        let length = min(disk.byteCount - offset, 1 + generator.next() % 50_000)
-        switch generator.next() % 4 {
-        case 0: try disk.trim(at: offset, byteCount: length)
-        case 1: try disk.writeZeroes(at: offset, byteCount: length, scratch: chunkScratch)
-        default:
-            try disk.writeBytes(
-                randomBytes(Int(length), &generator), at: offset, scratch: chunkScratch)
-        }
-    }
-    try disk.flush()
-    let expected = try disk.readBytes(at: 0, count: Int(disk.byteCount))
-    disk.close()
-    return expected
-}
-
 /// Exports the store "cow" in `format` to the file `name`.
 @discardableResult
 private func export(
@@ -66,7 +40,7 @@ private func storeDiskBytes(_ path: String) throws -> [UInt8] {
 @Test(arguments: [1, 2, 3] as [UInt64])
 func everyDiffFormatImportsOntoACopyOfTheBaseAndOntoAStoreAsTheDisk(seed: UInt64) throws {
     let scratch = try Scratch()
-    let expected = try changedStore(scratch, seed: seed, grow: seed == 2)
+    let expected = try storeWithRandomChanges(scratch, seed: seed, grow: seed == 2)
     let native = try export(scratch, .native, to: "diff")
     let rbd = try export(scratch, .rbd, to: "rbd")
     #expect(native.dataByteCount == rbd.dataByteCount)
@@ -88,7 +62,7 @@ func everyDiffFormatImportsOntoACopyOfTheBaseAndOntoAStoreAsTheDisk(seed: UInt64
 
 @Test func jsonListsTheSameExtentsTheNativeDiffCarries() throws {
     let scratch = try Scratch()
-    _ = try changedStore(scratch, seed: 7, grow: false)
+    _ = try storeWithRandomChanges(scratch, seed: 7, grow: false)
     let job = try StoreDiffExport(storePath: FilePath(scratch.path("cow")))
     var extents: [ChangedExtent] = []
     try job.forEachChangedExtent { extents.append($0) }
@@ -111,7 +85,7 @@ func everyDiffFormatImportsOntoACopyOfTheBaseAndOntoAStoreAsTheDisk(seed: UInt64
 
 @Test func damagedDiffsAreRefusedAndLeaveTheTargetUnchanged() throws {
     let scratch = try Scratch()
-    _ = try changedStore(scratch, seed: 11, grow: false)
+    _ = try storeWithRandomChanges(scratch, seed: 11, grow: false)
     try export(scratch, .native, to: "diff")
     let good = try fileBytes(scratch.path("diff"))
     try FileManager.default.copyItem(atPath: scratch.path("base"), toPath: scratch.path("raw"))
@@ -138,7 +112,7 @@ func everyDiffFormatImportsOntoACopyOfTheBaseAndOntoAStoreAsTheDisk(seed: UInt64
 
 @Test func aDiffForAnotherBaseIsRefusedUnlessForced() throws {
     let scratch = try Scratch()
-    let expected = try changedStore(scratch, seed: 5, grow: false)
+    let expected = try storeWithRandomChanges(scratch, seed: 5, grow: false)
     try export(scratch, .native, to: "diff")
     _ = try makeBase(at: scratch.path("raw"), byteCount: 3 << 20 + 321, seed: 99)
     let before = try fileBytes(scratch.path("raw"))

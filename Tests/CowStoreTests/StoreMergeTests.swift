@@ -7,33 +7,6 @@ import Foundation
 import SystemPackage
 import Testing
 
-/// A store with seeded random changes; returns the whole disk as read before any merge.
-private func preparedStore(_ scratch: Scratch, seed: UInt64, grow: Bool = false) throws -> [UInt8] {
-    let baseByteCount = 3 << 20 + 321
-    _ = try makeBase(at: scratch.path("base"), byteCount: baseByteCount, seed: seed)
-    try createStore(
-        at: scratch.path("cow"), base: scratch.path("base"),
-        virtualByteCount: grow ? UInt64(4 << 20) : nil)
-    let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
-    let chunkScratch = disk.makeScratch()
-    var generator = SplitMix64(seed: seed)
-    for _ in 0..<300 {
-        let offset = generator.next() % (disk.byteCount - 1)
-        let length = min(disk.byteCount - offset, 1 + generator.next() % 50_000)
-        switch generator.next() % 4 {
-        case 0: try disk.trim(at: offset, byteCount: length)
-        case 1: try disk.writeZeroes(at: offset, byteCount: length, scratch: chunkScratch)
-        default:
-            try disk.writeBytes(
-                randomBytes(Int(length), &generator), at: offset, scratch: chunkScratch)
-        }
-    }
-    try disk.flush()
-    let expected = try disk.readBytes(at: 0, count: Int(disk.byteCount))
-    disk.close()
-    return expected
-}
-
 private func reopenedDiskBytes(_ scratch: Scratch) throws -> [UInt8] {
     let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
     defer { disk.close() }
@@ -44,7 +17,7 @@ private func reopenedDiskBytes(_ scratch: Scratch) throws -> [UInt8] {
 @Test(arguments: [1, 2] as [UInt64])
 func mergeIntoACopyOfTheBaseGivesTheDiskAndRebindsTheStore(seed: UInt64) throws {
     let scratch = try Scratch()
-    let expected = try preparedStore(scratch, seed: seed, grow: seed == 2)
+    let expected = try storeWithRandomChanges(scratch, seed: seed, grow: seed == 2)
     let base = try fileBytes(scratch.path("base"))
     try FileManager.default.copyItem(atPath: scratch.path("base"), toPath: scratch.path("target"))
     let summary = try StoreMerge(
@@ -59,7 +32,7 @@ func mergeIntoACopyOfTheBaseGivesTheDiskAndRebindsTheStore(seed: UInt64) throws 
 
 @Test func mergeInPlaceWritesTheBaseAndServesTheSameDisk() throws {
     let scratch = try Scratch()
-    let expected = try preparedStore(scratch, seed: 3)
+    let expected = try storeWithRandomChanges(scratch, seed: 3)
     _ = try StoreMerge(storePath: FilePath(scratch.path("cow")), destination: .inPlace).run()
     #expect(try fileBytes(scratch.path("base")) == expected)
     #expect(try reopenedDiskBytes(scratch) == expected)
@@ -67,7 +40,7 @@ func mergeIntoACopyOfTheBaseGivesTheDiskAndRebindsTheStore(seed: UInt64) throws 
 
 @Test func mergeToOutputFlattensAndTouchesNothingElse() throws {
     let scratch = try Scratch()
-    let expected = try preparedStore(scratch, seed: 4, grow: true)
+    let expected = try storeWithRandomChanges(scratch, seed: 4, grow: true)
     let storeBefore = try fileBytes(scratch.path("cow"))
     let merge = try StoreMerge(
         storePath: FilePath(scratch.path("cow")),
@@ -87,7 +60,7 @@ func mergeIntoACopyOfTheBaseGivesTheDiskAndRebindsTheStore(seed: UInt64) throws 
 
 @Test func mergeIsRefusedWhileTheStoreIsOpenForServing() throws {
     let scratch = try Scratch()
-    _ = try preparedStore(scratch, seed: 5)
+    _ = try storeWithRandomChanges(scratch, seed: 5)
     let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
     #expect(throws: StoreError.self) {
         try StoreMerge(storePath: FilePath(scratch.path("cow")), destination: .inPlace)
@@ -97,7 +70,7 @@ func mergeIntoACopyOfTheBaseGivesTheDiskAndRebindsTheStore(seed: UInt64) throws 
 
 @Test func mergeIntoAnImageThatIsNotTheBaseWritesNothing() throws {
     let scratch = try Scratch()
-    _ = try preparedStore(scratch, seed: 6)
+    _ = try storeWithRandomChanges(scratch, seed: 6)
     _ = try makeBase(at: scratch.path("other"), byteCount: 3 << 20 + 321, seed: 99)
     let before = try fileBytes(scratch.path("other"))
     let storeBefore = try fileBytes(scratch.path("cow"))
@@ -114,7 +87,7 @@ func mergeIntoACopyOfTheBaseGivesTheDiskAndRebindsTheStore(seed: UInt64) throws 
 
 @Test func mergeOverAChangedBaseIsRefused() throws {
     let scratch = try Scratch()
-    _ = try preparedStore(scratch, seed: 7)
+    _ = try storeWithRandomChanges(scratch, seed: 7)
     let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: scratch.path("base")))
     try handle.write(contentsOf: Data([9, 9, 9]))
     try handle.close()

@@ -82,3 +82,32 @@ extension VirtualDisk {
 func fileBytes(_ path: String) throws -> [UInt8] {
     [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
 }
+
+/// A store "cow" over a base "base" (3 MiB + 321 bytes, or grown to 4 MiB) after 300 seeded
+/// random writes, zeroes and trims, flushed and closed; returns the disk's bytes as read then.
+/// The common starting point of the merge and diff tests.
+func storeWithRandomChanges(_ scratch: Scratch, seed: UInt64, grow: Bool = false) throws -> [UInt8]
+{
+    _ = try makeBase(at: scratch.path("base"), byteCount: 3 << 20 + 321, seed: seed)
+    try createStore(
+        at: scratch.path("cow"), base: scratch.path("base"),
+        virtualByteCount: grow ? UInt64(4 << 20) : nil)
+    let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
+    let chunkScratch = disk.makeScratch()
+    var generator = SplitMix64(seed: seed)
+    for _ in 0..<300 {
+        let offset = generator.next() % (disk.byteCount - 1)
+        let length = min(disk.byteCount - offset, 1 + generator.next() % 50_000)
+        switch generator.next() % 4 {
+        case 0: try disk.trim(at: offset, byteCount: length)
+        case 1: try disk.writeZeroes(at: offset, byteCount: length, scratch: chunkScratch)
+        default:
+            try disk.writeBytes(
+                randomBytes(Int(length), &generator), at: offset, scratch: chunkScratch)
+        }
+    }
+    try disk.flush()
+    let expected = try disk.readBytes(at: 0, count: Int(disk.byteCount))
+    disk.close()
+    return expected
+}

@@ -39,7 +39,7 @@ extension StoreMerge {
         // 3. The target is durable before the store forgets anything.
         try sync(target, path: FilePath(record.targetPath))
         // 4. Empty the store, then bind it to the target and clear the merge.
-        try emptyStore()
+        try emptyStore(resumed: resumed)
         var finished = header
         finished.setMerge(nil)
         let given: String
@@ -207,15 +207,25 @@ extension StoreMerge {
     /// Punches the chunks the store holds and the bitmap region (zeros: no chunk held), then
     /// syncs. Only the held runs are punched: the rest of the data region is a hole already, and
     /// punching a whole large disk's range costs seconds on some filesystems.
-    private func emptyStore() throws {
+    /// Forgets every chunk: the bitmap first (made durable), then the data. A crash after the
+    /// bitmap leaves leaked data, which a rerun (`resumed`) punches whole; the other order would
+    /// let a rerun copy punched chunks into the target as zeros.
+    private func emptyStore(resumed: Bool) throws {
         let header = store.header
         do {
-            try forEachWrittenRun { start, end in
-                try store.descriptor.punchHole(
-                    at: header.dataByteOffset + start, byteCount: end - start)
-            }
             try store.descriptor.punchHole(
                 at: header.bitmapByteOffset, byteCount: header.bitmapByteCount)
+            try store.descriptor.synchronizeAll()
+            if resumed {
+                try store.descriptor.punchHole(
+                    at: header.dataByteOffset, byteCount: header.virtualByteCount)
+            } else {
+                // The in-memory bitmap still holds the runs just punched from the file.
+                try forEachWrittenRun { start, end in
+                    try store.descriptor.punchHole(
+                        at: header.dataByteOffset + start, byteCount: end - start)
+                }
+            }
             try store.descriptor.synchronizeAll()
         } catch let error as Errno {
             throw StoreError.io(path: storePath, operation: "empty store", byteOffset: 0, error)

@@ -146,6 +146,29 @@ public final class ChunkBitmap {
         dirtyPages.formUnion(pageIndexes)
     }
 
+    /// The words of every page that holds memory, for `formUnion` on another bitmap.
+    public func allocatedPages() -> [(pageIndex: Int, words: [UInt64])] {
+        pages.enumerated().compactMap { pageIndex, page in
+            page.map {
+                (pageIndex, Array(UnsafeBufferPointer(start: $0, count: Self.wordsPerPage)))
+            }
+        }
+    }
+
+    /// Sets every bit set in `pages` (from `allocatedPages` of a bitmap of the same chunks);
+    /// changed pages become dirty.
+    public func formUnion(_ pages: [(pageIndex: Int, words: [UInt64])]) {
+        for (pageIndex, words) in pages {
+            precondition(pageIndex < pageCount && words.count == Self.wordsPerPage)
+            let page = self.pages[pageIndex] ?? allocatePage(pageIndex)
+            for wordIndex in 0..<Self.wordsPerPage where words[wordIndex] & ~page[wordIndex] != 0 {
+                setCount += UInt64((words[wordIndex] & ~page[wordIndex]).nonzeroBitCount)
+                page[wordIndex] |= words[wordIndex]
+                dirtyPages.insert(pageIndex)
+            }
+        }
+    }
+
     /// Clears every bit and frees every page; all pages that held bits become dirty.
     public func clearAll() {
         for (pageIndex, page) in pages.enumerated() {

@@ -13,18 +13,22 @@ public struct DiffHeader: Equatable, Sendable {
     public var chunkByteCount: UInt32
     /// Size of the disk the diff describes.
     public var virtualByteCount: UInt64
-    /// Size and fingerprint of the base the diff applies to.
+    /// Size and fingerprint of the image the diff applies to: the store's base, or for an
+    /// incremental diff the disk as it was at the checkpoint.
     public var baseByteCount: UInt64
     public var baseFingerprint: BaseFingerprint
+    /// The id of the checkpoint an incremental diff starts from; 0 for a diff of the whole store.
+    public var sinceCheckpointID: UInt64
 
     public init(
         chunkByteCount: UInt32, virtualByteCount: UInt64, baseByteCount: UInt64,
-        baseFingerprint: BaseFingerprint
+        baseFingerprint: BaseFingerprint, sinceCheckpointID: UInt64 = 0
     ) {
         self.chunkByteCount = chunkByteCount
         self.virtualByteCount = virtualByteCount
         self.baseByteCount = baseByteCount
         self.baseFingerprint = baseFingerprint
+        self.sinceCheckpointID = sinceCheckpointID
     }
 
     /// Parses the first `byteCount` bytes of a native diff; checks magic, version and checksum.
@@ -48,8 +52,7 @@ public struct DiffHeader: Equatable, Sendable {
         baseFingerprint = BaseFingerprint(
             low: bytes.loadLittleEndian(at: 32, as: UInt64.self),
             high: bytes.loadLittleEndian(at: 40, as: UInt64.self))
-        let since = bytes.loadLittleEndian(at: 48, as: UInt64.self)
-        guard since == 0 else { throw .invalidField(name: "since-checkpoint field", value: since) }
+        sinceCheckpointID = bytes.loadLittleEndian(at: 48, as: UInt64.self)
         guard baseByteCount <= virtualByteCount else {
             throw .invalidField(name: "base size", value: baseByteCount)
         }
@@ -65,7 +68,7 @@ public struct DiffHeader: Equatable, Sendable {
         bytes.storeLittleEndian(baseByteCount, at: 24)
         bytes.storeLittleEndian(baseFingerprint.low, at: 32)
         bytes.storeLittleEndian(baseFingerprint.high, at: 40)
-        bytes.storeLittleEndian(UInt64(0), at: 48)
+        bytes.storeLittleEndian(sinceCheckpointID, at: 48)
         bytes.storeLittleEndian(XXH3_64bits(bytes.baseAddress, 56), at: 56)
     }
 }

@@ -42,8 +42,13 @@ public struct StoreHeader: Equatable, Sendable {
     /// Incompatible feature bit: a merge is under way (docs/FORMAT.md, "Merge"). A reader that
     /// does not know merges must not serve such a store, so the bit is incompatible.
     public static let mergeInProgressFeature: UInt32 = 1 << 0
+    /// Incompatible feature bit: the file ends with a checkpoint area (docs/FORMAT.md,
+    /// "Checkpoints"). A writer that does not know it would change the disk without marking
+    /// the checkpoints' bitmaps, so their incremental diffs would miss changes.
+    public static let checkpointsFeature: UInt32 = 1 << 1
     /// Incompatible feature bits this build understands.
-    public static let knownIncompatibleFeatures: UInt32 = mergeInProgressFeature
+    public static let knownIncompatibleFeatures: UInt32 =
+        mergeInProgressFeature | checkpointsFeature
 
     enum Field {
         static let magic = 0
@@ -194,6 +199,15 @@ public struct StoreHeader: Equatable, Sendable {
             incompatibleFeatures &= ~Self.mergeInProgressFeature
         } else {
             incompatibleFeatures |= Self.mergeInProgressFeature
+        }
+    }
+
+    /// Records whether the file has a checkpoint area.
+    public mutating func setHasCheckpoints(_ hasCheckpoints: Bool) {
+        if hasCheckpoints {
+            incompatibleFeatures |= Self.checkpointsFeature
+        } else {
+            incompatibleFeatures &= ~Self.checkpointsFeature
         }
     }
 

@@ -136,6 +136,20 @@ public final class DiffImport {
                     + "\(target.path) is the image it was made against; check it, then use --force")
         }
         let expected = try nativeHeader()
+        if expected.sinceCheckpointID != 0 {
+            // Incremental: TARGET must hold the disk as it was at the checkpoint.
+            let actual = try target.diskFingerprint()
+            guard expected.baseByteCount == target.byteCount, expected.baseFingerprint == actual
+            else {
+                throw StoreError.invalidArgument(
+                    "\(input.path): the diff holds the changes since a checkpoint, over a disk of "
+                        + "\(expected.baseByteCount) bytes with fingerprint "
+                        + "\(expected.baseFingerprint); \(target.path) holds \(target.byteCount) "
+                        + "bytes with fingerprint \(actual): not the disk as it was at the "
+                        + "checkpoint; refusing to apply it (--force applies it anyway)")
+            }
+            return
+        }
         let actual = try target.baseFingerprint()
         guard expected.baseByteCount == target.baseByteCount, expected.baseFingerprint == actual
         else {

@@ -19,6 +19,8 @@ protocol DiffTarget: AnyObject {
     /// Size and fingerprint of the base the target holds: for a raw image, itself.
     var baseByteCount: UInt64 { get }
     func baseFingerprint() throws -> BaseFingerprint
+    /// The fingerprint of the disk the target presents now (for a raw image, the same).
+    func diskFingerprint() throws -> BaseFingerprint
     /// Whether the target can take a diff of `virtualByteCount` bytes (a raw file can grow).
     func canGrow(to virtualByteCount: UInt64) -> Bool
     /// Called once before the first write, after the whole diff has been verified.
@@ -59,6 +61,7 @@ final class StoreDiffTarget: DiffTarget {
     }
 
     func baseFingerprint() throws -> BaseFingerprint { disk.store.header.baseFingerprint }
+    func diskFingerprint() throws -> BaseFingerprint { try disk.fingerprint() }
     func canGrow(to virtualByteCount: UInt64) -> Bool { virtualByteCount == byteCount }
     func prepare(virtualByteCount: UInt64) throws {}
 
@@ -112,6 +115,8 @@ final class RawDiffTarget: DiffTarget {
     func baseFingerprint() throws -> BaseFingerprint {
         try RawBaseImage(path: path).fingerprint()
     }
+
+    func diskFingerprint() throws -> BaseFingerprint { try baseFingerprint() }
 
     func canGrow(to virtualByteCount: UInt64) -> Bool {
         virtualByteCount == byteCount || (isRegularFile && virtualByteCount > byteCount)

@@ -61,7 +61,7 @@ private final class Checker {
 
     func run() throws -> StoreCheckReport {
         report.checkedAreas.append(.header)
-        guard let header = try checkHeader() else { return report }
+        guard var header = try checkHeader() else { return report }
         report.header = header
         let fileByteCount = try io("fstat") { try descriptor.byteCount() }
         // Shorter than its data region: the bitmap cannot be read, so there is no store to check.
@@ -75,6 +75,8 @@ private final class Checker {
         report.checkedAreas.append(.bitmap)
         let bitmap = try checkBitmap(header)
         report.writtenChunkCount = bitmap.setCount
+        report.checkedAreas.append(.checkpoints)
+        header = try checkCheckpoints(header)
         report.checkedAreas.append(.fileSize)
         try checkFileSize(header, fileByteCount: fileByteCount, bitmap: bitmap)
         report.checkedAreas.append(.leakedData)
@@ -218,15 +220,70 @@ private final class Checker {
 
     // MARK: File size
 
-    /// The file must be exactly `dataByteOffset + virtualByteCount` bytes (sparse).
+    // MARK: Checkpoints
+
+    /// Reads the checkpoint table and bitmaps as a writer would. Damaged ones are dropped by a
+    /// repair (the disk's data does not depend on them); returns the header as it now is.
+    private func checkCheckpoints(_ header: StoreHeader) throws -> StoreHeader {
+        guard header.hasCheckpoints else { return header }
+        do {
+            let state = try StoreFile.readCheckpoints(descriptor, header: header, path: path)
+            report.checkpointCount = state.table?.checkpoints.count ?? 0
+            return header
+        } catch let error as StoreError {
+            guard case .format = error else { throw error }
+            let message = "the checkpoint area is damaged: \(error)"
+            guard repair else {
+                report.add(
+                    .checkpoints, .problem, message,
+                    .available("delete every checkpoint (the disk's data is not affected)"))
+                return header
+            }
+            var plain = header
+            plain.setHasCheckpoints(false)
+            let bytes = plain.encoded()
+            try io("write header") {
+                try bytes.withUnsafeBytes { try descriptor.writeFully(at: 0, from: $0) }
+                try descriptor.synchronizeData()
+            }
+            changedFile = true
+            report.header = plain
+            report.add(
+                .checkpoints, .problem, message,
+                .done("deleted every checkpoint (the next incremental diff needs a full one first)")
+            )
+            return plain
+        }
+    }
+
+    // MARK: File size
+
+    /// The file must be exactly `expectedFileByteCount` bytes (sparse): the end of the data
+    /// region, or of the checkpoint area.
     private func checkFileSize(_ header: StoreHeader, fileByteCount: UInt64, bitmap: ChunkBitmap)
         throws
     {
-        let expected = header.dataByteOffset + header.virtualByteCount
+        let expected = header.expectedFileByteCount
         guard fileByteCount != expected else { return }
         let message =
             "the file is \(fileByteCount) bytes; the format says \(expected) "
-            + "(data offset + disk size)"
+            + (header.hasCheckpoints
+                ? "(the end of the checkpoint area)" : "(data offset + disk size)")
+        if fileByteCount > expected && !header.hasCheckpoints {
+            // A checkpoint area being made or removed when a crash came: nothing reads it.
+            let note =
+                "\(fileByteCount - expected) bytes past the end of the data region, left by an "
+                + "interrupted checkpoint command; nothing reads them"
+            guard repair else {
+                report.add(
+                    .fileSize, .note, note, .available("truncate the file to \(expected) bytes"))
+                return
+            }
+            try io("ftruncate", at: expected) { try descriptor.setByteCount(expected) }
+            changedFile = true
+            report.add(.fileSize, .note, note, .done("truncated the file to \(expected) bytes"))
+            return
+        }
         if fileByteCount > expected {
             // The bytes past the end belong to no chunk: nothing reads them.
             try fixFileSize(

@@ -10,6 +10,7 @@ public struct StoreCheckReport: Sendable {
     public enum Area: String, Sendable, CaseIterable {
         case header
         case bitmap
+        case checkpoints
         case fileSize = "file_size"
         case leakedData = "leaked_data"
         case base
@@ -62,6 +63,8 @@ public struct StoreCheckReport: Sendable {
     /// The areas examined, in order; a damaged header stops the check after `.header`.
     public var checkedAreas: [Area] = []
     public var findings: [Finding] = []
+    /// Checkpoints the store holds, after any repair.
+    public var checkpointCount = 0
     /// Chunks whose bit is set, after any repair.
     public var writtenChunkCount: UInt64 = 0
     /// Chunks with data allocated while their bit is clear (before any repair).

@@ -38,15 +38,38 @@ public final class StoreDiffExport {
     static let maxRecordByteCount = 1 << 20
 
     public let store: StoreFile
+    /// For an incremental diff: the checkpoint it starts from, and its bitmap's slot.
+    public let since: (slot: Int, checkpoint: Checkpoint)?
+    /// Whether every chunk the store holds counts as changed since the checkpoint: the last
+    /// writer did not close the store cleanly, so the checkpoint's bitmap may miss writes.
+    public let countsEveryHeldChunk: Bool
 
     /// Opens the store with a shared lock: refused while it is served or merged (they hold the
-    /// exclusive lock), so the bits and bytes read are a consistent, flushed state.
-    public init(storePath: FilePath) throws {
+    /// exclusive lock), so the bits and bytes read are a consistent, flushed state. With
+    /// `sinceCheckpoint`, the diff holds only what changed since that checkpoint.
+    public init(storePath: FilePath, sinceCheckpoint: String? = nil) throws {
         store = try StoreFile(path: storePath, access: .sharedRead)
         if let merge = store.header.merge {
             store.close()
             throw StoreError.mergeInProgress(path: storePath, target: merge.targetPath)
         }
+        guard let name = sinceCheckpoint else {
+            since = nil
+            countsEveryHeldChunk = false
+            return
+        }
+        let table = store.checkpointTable ?? CheckpointTable()
+        guard let slot = table.slot(named: name), let checkpoint = table.slots[slot] else {
+            store.close()
+            let names = table.checkpoints.map(\.checkpoint.name)
+            throw StoreError.invalidArgument(
+                "\(storePath): no checkpoint named \(name) ("
+                    + (names.isEmpty
+                        ? "the store has none" : "it has: " + names.joined(separator: ", "))
+                    + ")")
+        }
+        since = (slot, checkpoint)
+        countsEveryHeldChunk = table.isOpen
     }
 
     public func close() { store.close() }
@@ -74,15 +97,32 @@ public final class StoreDiffExport {
                 $0.run(from: chunkIndex, limit: chunkCount - chunkIndex)
             }
             if run.isSet {
-                let start = header.geometry.byteOffset(ofChunk: chunkIndex)
-                let end = min(
-                    header.virtualByteCount,
-                    header.geometry.byteOffset(ofChunk: chunkIndex + run.chunkCount))
-                try walkStore(from: start, to: end, emit)
+                try forEachChanged(from: chunkIndex, count: run.chunkCount) { first, count in
+                    let start = header.geometry.byteOffset(ofChunk: first)
+                    let end = min(
+                        header.virtualByteCount, header.geometry.byteOffset(ofChunk: first + count))
+                    try walkStore(from: start, to: end, emit)
+                }
             }
             chunkIndex += run.chunkCount
         }
         if let last = pending { try visit(last) }
+    }
+
+    /// Calls `visit` with the runs of held chunks `first..<first+count` that changed: all of
+    /// them for a whole-store diff, those marked in the checkpoint's bitmap for an incremental
+    /// one. (A chunk marked there but not held never changed: its write did not reach the disk.)
+    private func forEachChanged(
+        from first: UInt64, count: UInt64, _ visit: (UInt64, UInt64) throws -> Void
+    ) throws {
+        guard let since, !countsEveryHeldChunk else { return try visit(first, count) }
+        var chunkIndex = first
+        let end = first + count
+        while chunkIndex < end {
+            let run = store.changedRun(slot: since.slot, from: chunkIndex, limit: end - chunkIndex)
+            if run.isSet { try visit(chunkIndex, run.chunkCount) }
+            chunkIndex += run.chunkCount
+        }
     }
 
     /// Splits `start..<end` (held by the store) into data and holes of the data region.
@@ -172,15 +212,25 @@ public final class StoreDiffExport {
         let header = store.header
         switch format {
         case .native:
+            // An incremental diff applies to the disk as it was at the checkpoint.
             let diffHeader = DiffHeader(
                 chunkByteCount: UInt32(header.geometry.chunkByteCount),
-                virtualByteCount: header.virtualByteCount, baseByteCount: header.baseByteCount,
-                baseFingerprint: header.baseFingerprint)
+                virtualByteCount: header.virtualByteCount,
+                baseByteCount: since == nil ? header.baseByteCount : header.virtualByteCount,
+                baseFingerprint: since?.checkpoint.diskFingerprint ?? header.baseFingerprint,
+                sinceCheckpointID: since?.checkpoint.id ?? 0)
             var bytes = [UInt8](repeating: 0, count: DiffHeader.byteCount)
             bytes.withUnsafeMutableBytes { diffHeader.encode(into: $0) }
             try output.append(bytes)
         case .rbd:
             try output.append(RBDDiff.bannerV1)
+            if let since {
+                // As `rbd export-diff --from-snap` names its starting snapshot.
+                let name = Array(since.checkpoint.name.utf8)
+                try output.append([RBDDiff.fromSnapshot])
+                try output.append(littleEndian: UInt32(name.count))
+                try output.append(name)
+            }
             try output.append([RBDDiff.size])
             try output.append(littleEndian: header.virtualByteCount)
         case .json:

@@ -29,8 +29,11 @@ public final class StoreFile: Sendable {
     let descriptor: FileDescriptor
     /// Guards the in-memory bitmap. Never held across I/O.
     let bitmap: Mutex<ChunkBitmap>
-    /// Serialises flushes, so bitmap pages reach the disk in order.
-    private let flushLock = Mutex<Void>(())
+    /// The checkpoints' table and bitmaps (StoreFile+Checkpoints.swift). Never held across I/O;
+    /// taken after `bitmap` when both are needed.
+    let checkpoints: Mutex<CheckpointState>
+    /// Serialises flushes and table writes, so pages reach the disk in order.
+    let flushLock = Mutex<Void>(())
     /// Set by `close`, so the descriptor is closed exactly once.
     private let isClosed = Atomic<Bool>(false)
 
@@ -66,13 +69,23 @@ public final class StoreFile: Sendable {
                         expectedByteCount: Int(header.dataByteOffset),
                         actualByteCount: Int(fileByteCount)))
             }
-            bitmap = Mutex(try Self.readBitmap(descriptor, header: header, path: path))
+            bitmap = Mutex(
+                try Self.readBitmap(
+                    descriptor, header: header, regionByteOffset: header.bitmapByteOffset,
+                    path: path))
+            checkpoints = Mutex(try Self.readCheckpoints(descriptor, header: header, path: path))
         } catch {
             try? descriptor.close()
             if let errno = error as? Errno {
                 throw StoreError.io(path: path, operation: "open", byteOffset: 0, errno)
             }
             throw error
+        }
+        if isWritable {
+            do { try openCheckpointsForWriting() } catch {
+                close()
+                throw error
+            }
         }
     }
 
@@ -81,7 +94,9 @@ public final class StoreFile: Sendable {
     /// Closes the file and releases its lock now, rather than whenever the last reference goes
     /// (which the optimizer may delay). Nothing may use the store afterwards.
     public func close() {
-        if !isClosed.exchange(true, ordering: .acquiringAndReleasing) { try? descriptor.close() }
+        guard !isClosed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        closeCheckpointsAfterWriting()
+        try? descriptor.close()
     }
 
     /// Chunks held by the store.
@@ -126,51 +141,111 @@ public final class StoreFile: Sendable {
         try flushLock.withLock { _ in
             // 1. Snapshot the dirty pages now: every bit in the snapshot was set after its
             //    chunk's data was written, so step 2 makes that data durable.
-            let pageByteCount = ChunkBitmap.pageByteCount
-            let (pageIndexes, pages) = bitmap.withLock {
-                bitmap -> ([Int], UnsafeMutableRawBufferPointer) in
-                let indexes = bitmap.takeDirtyPages()
-                let pages = UnsafeMutableRawBufferPointer.allocate(
-                    byteCount: max(1, indexes.count) * pageByteCount, alignment: pageByteCount)
-                for (slot, pageIndex) in indexes.enumerated() {
-                    bitmap.copyPage(
-                        pageIndex,
-                        into: UnsafeMutableRawBufferPointer(
-                            rebasing: pages[(slot * pageByteCount)..<((slot + 1) * pageByteCount)]))
-                }
-                return (indexes, pages)
-            }
-            defer { pages.deallocate() }
+            let pages = snapshotDirtyPages()
             do {
                 // 2. Data (and punched holes) durable.
                 try sync(operation: "fsync (data)") { () throws(Errno) in
                     try descriptor.synchronizeAll()
                 }
-                guard !pageIndexes.isEmpty else { return }
+                guard !pages.byteOffsets.isEmpty else { return }
                 // 3. Then the bits.
-                for (slot, pageIndex) in pageIndexes.enumerated() {
-                    let byteOffset = header.bitmapByteOffset + UInt64(pageIndex * pageByteCount)
-                    let page = UnsafeRawBufferPointer(
-                        rebasing: pages[(slot * pageByteCount)..<((slot + 1) * pageByteCount)])
-                    do {
-                        try descriptor.writeFully(at: byteOffset, from: page)
-                    } catch let error as Errno {
-                        throw StoreError.io(
-                            path: path, operation: "write bitmap", byteOffset: byteOffset, error)
+                let pageByteCount = ChunkBitmap.pageByteCount
+                try pages.words.withUnsafeBytes { bytes in
+                    for (slot, byteOffset) in pages.byteOffsets.enumerated() {
+                        let page = UnsafeRawBufferPointer(
+                            rebasing: bytes[(slot * pageByteCount)..<((slot + 1) * pageByteCount)])
+                        do {
+                            try descriptor.writeFully(at: byteOffset, from: page)
+                        } catch let error as Errno {
+                            throw StoreError.io(
+                                path: path, operation: "write bitmap", byteOffset: byteOffset,
+                                error)
+                        }
                     }
                 }
                 try sync(operation: "fdatasync (bitmap)") { () throws(Errno) in
                     try descriptor.synchronizeData()
                 }
             } catch {
-                bitmap.withLock { $0.markDirty(pageIndexes) }
+                bitmap.withLock { $0.markDirty(pages.chunkPages) }
+                checkpoints.withLock { state in
+                    for (slot, pageIndexes) in pages.checkpointPages {
+                        state.bitmaps[slot]?.markDirty(pageIndexes)
+                    }
+                }
                 throw error
             }
         }
     }
 
-    /// Replaces the header and makes it durable (merge records and rebinding). Checks it first.
+    /// Bitmap pages changed since the last flush, copied, with where each goes in the file.
+    private struct DirtyPages {
+        var byteOffsets: [UInt64] = []
+        /// The pages' bytes, end to end, in `byteOffsets` order.
+        var words: [UInt64] = []
+        var chunkPages: [Int] = []
+        var checkpointPages: [(slot: Int, pageIndexes: [Int])] = []
+    }
+
+    /// Takes and copies the dirty pages of the chunk bitmap, under its lock, then those of every
+    /// checkpoint's bitmap. A checkpoint's bit is set before its write's data is, so it may
+    /// reach the disk first: a crash then shows a chunk as changed that is not, never the reverse.
+    private func snapshotDirtyPages() -> DirtyPages {
+        let pageByteCount = ChunkBitmap.pageByteCount
+        let chunkCopy = bitmap.withLock { chunks in
+            let pageIndexes = chunks.takeDirtyPages()
+            return (pageIndexes, Self.copyPages(pageIndexes, of: chunks))
+        }
+        let checkpointCopies = checkpoints.withLock { state in
+            state.bitmaps.sorted { $0.key < $1.key }.compactMap {
+                slot, changed -> (slot: Int, pageIndexes: [Int], words: [UInt64])? in
+                let pageIndexes = changed.takeDirtyPages()
+                guard !pageIndexes.isEmpty else { return nil }
+                return (slot, pageIndexes, Self.copyPages(pageIndexes, of: changed))
+            }
+        }
+        var pages = DirtyPages()
+        pages.chunkPages = chunkCopy.0
+        pages.words = chunkCopy.1
+        pages.byteOffsets = chunkCopy.0.map {
+            header.bitmapByteOffset + UInt64($0 * pageByteCount)
+        }
+        for copy in checkpointCopies {
+            pages.checkpointPages.append((copy.slot, copy.pageIndexes))
+            pages.byteOffsets += copy.pageIndexes.map {
+                header.checkpointBitmapByteOffset(slot: copy.slot) + UInt64($0 * pageByteCount)
+            }
+            pages.words += copy.words
+        }
+        return pages
+    }
+
+    /// Pages in their on-disk form, end to end, as little-endian words.
+    private static func copyPages(_ pageIndexes: [Int], of bitmap: ChunkBitmap) -> [UInt64] {
+        let wordsPerPage = ChunkBitmap.pageByteCount / 8
+        var words = [UInt64](repeating: 0, count: pageIndexes.count * wordsPerPage)
+        words.withUnsafeMutableBytes { bytes in
+            for (slot, pageIndex) in pageIndexes.enumerated() {
+                bitmap.copyPage(
+                    pageIndex,
+                    into: UnsafeMutableRawBufferPointer(
+                        rebasing: bytes[
+                            (slot * ChunkBitmap.pageByteCount)..<((slot + 1)
+                                * ChunkBitmap.pageByteCount)]))
+            }
+        }
+        return words
+    }
+
+    /// Keeps the checkpoint feature bit as the checkpoint area is now.
     func writeHeader(_ header: StoreHeader) throws {
+        var header = header
+        header.setHasCheckpoints(checkpoints.withLock { $0.table != nil })
+        try writeHeaderBytes(header)
+    }
+
+    /// Writes exactly `header`, durably.
+    func writeHeaderBytes(_ header: StoreHeader) throws {
         precondition(isWritable, "header write on a read-only store")
         do { try header.validate() } catch { throw StoreError.format(path: path, error) }
         let bytes = header.encoded()
@@ -207,17 +282,17 @@ public final class StoreFile: Sendable {
     }
 
     /// Reads the bitmap region, skipping its holes, so a large empty bitmap costs nothing.
-    static func readBitmap(_ descriptor: FileDescriptor, header: StoreHeader, path: FilePath) throws
-        -> ChunkBitmap
-    {
+    static func readBitmap(
+        _ descriptor: FileDescriptor, header: StoreHeader, regionByteOffset: UInt64, path: FilePath
+    ) throws -> ChunkBitmap {
         let bitmap = ChunkBitmap(chunkCount: header.chunkCount)
         let pageByteCount = UInt64(ChunkBitmap.pageByteCount)
-        let regionEnd = header.bitmapByteOffset + UInt64(bitmap.pageCount) * pageByteCount
+        let regionEnd = regionByteOffset + UInt64(bitmap.pageCount) * pageByteCount
         let batchByteCount = 1 << 20
         let buffer = UnsafeMutableRawBufferPointer.allocate(
             byteCount: batchByteCount, alignment: 4096)
         defer { buffer.deallocate() }
-        var cursor = header.bitmapByteOffset
+        var cursor = regionByteOffset
         while cursor < regionEnd {
             // SEEK_DATA finds the written pages; where it is unsupported, read everything.
             let dataStart: UInt64
@@ -229,7 +304,7 @@ public final class StoreFile: Sendable {
             } catch {
                 dataStart = cursor
             }
-            let pageStart = dataStart - (dataStart - header.bitmapByteOffset) % pageByteCount
+            let pageStart = dataStart - (dataStart - regionByteOffset) % pageByteCount
             let dataEnd = min(regionEnd, (try? descriptor.nextHole(from: dataStart)) ?? regionEnd)
             let batchEnd = min(dataEnd, pageStart + UInt64(batchByteCount))
             let batchByteCountRounded = Int(
@@ -243,7 +318,7 @@ public final class StoreFile: Sendable {
             }
             for pageOffset in stride(from: 0, to: batch.count, by: Int(pageByteCount)) {
                 let pageIndex =
-                    Int((pageStart - header.bitmapByteOffset) / pageByteCount) + pageOffset
+                    Int((pageStart - regionByteOffset) / pageByteCount) + pageOffset
                     / Int(pageByteCount)
                 do {
                     try bitmap.loadPage(

@@ -55,6 +55,13 @@ public final class StoreMerge {
         if case .output = destination { writesStore = false } else { writesStore = true }
         store = try StoreFile(
             path: storePath, access: writesStore ? .exclusiveWrite : .exclusiveRead)
+        let checkpointNames = store.checkpointTable?.checkpoints.map(\.checkpoint.name) ?? []
+        if writesStore && !checkpointNames.isEmpty {
+            throw StoreError.invalidArgument(
+                "\(storePath): the store has checkpoints (\(checkpointNames.joined(separator: ", "))); "
+                    + "a merge moves the chunks they track out of the store: delete them first "
+                    + "(cowbd checkpoint \(storePath) NAME --delete)")
+        }
         base = try BaseLocator.openBase(for: store.header, storePath: storePath)
         switch destination {
         case .into(let path), .output(let path, _): targetPath = absolutePath(path.string).string

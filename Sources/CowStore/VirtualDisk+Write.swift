@@ -77,6 +77,9 @@ extension VirtualDisk {
     )
         throws
     {
+        guard start < end else { return }
+        store.markChanged(
+            geometry.chunkIndex(containing: start)...geometry.chunkIndex(containing: end - 1))
         var cursor = start
         while cursor < end {
             let (isWritten, runEnd) = run(from: cursor, end: end)

@@ -101,6 +101,7 @@ struct CheckCommand: ParsableCommand {
         switch area {
         case .header: return "header"
         case .bitmap: return "bitmap"
+        case .checkpoints: return "checkpoints"
         case .fileSize: return "file size"
         case .leakedData: return "leaked data"
         case .base: return "base"
@@ -113,6 +114,8 @@ struct CheckCommand: ParsableCommand {
         case .bitmap:
             let chunkCount = report.header?.chunkCount ?? 0
             return "ok (\(report.writtenChunkCount) of \(chunkCount) chunks written)"
+        case .checkpoints:
+            return report.checkpointCount == 0 ? "none" : "ok (\(report.checkpointCount))"
         case .leakedData:
             return "none"
         case .base:

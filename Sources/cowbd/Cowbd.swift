@@ -17,6 +17,6 @@ struct Cowbd: ParsableCommand {
         subcommands: [
             CreateCommand.self, InfoCommand.self, CheckCommand.self, ServeCommand.self,
             MergeCommand.self, CompressCommand.self, ExportDiffCommand.self,
-            ImportDiffCommand.self,
+            ImportDiffCommand.self, CheckpointCommand.self,
         ])
 }

@@ -26,6 +26,11 @@ struct ExportDiffCommand: ParsableCommand {
             OUT may be - for stdout, so a diff can be streamed:
               cowbd export-diff vm.cow - | ssh host cowbd import-diff - base-copy.img
 
+            With --since NAME, only the chunks changed since checkpoint NAME: a native diff \
+            then applies to an image of the disk as it was at the checkpoint (for example the \
+            previous backup with the previous incremental diffs applied); an rbd diff names the \
+            checkpoint in an "f" (from snapshot) record, as rbd export-diff --from-snap does.
+
             The cost follows the size of the change, not of the disk. The base is not read. \
             Refused while the store is served or merged (they lock it): stop the server first.
 
@@ -41,6 +46,12 @@ struct ExportDiffCommand: ParsableCommand {
     @Option(help: "native, rbd or json.")
     var format: StoreDiffExport.Format = .native
 
+    @Option(
+        help: ArgumentHelp(
+            "Only what changed since this checkpoint (cowbd checkpoint): an incremental diff.",
+            valueName: "checkpoint"))
+    var since: String?
+
     @Flag(help: "Replace OUT if it exists.")
     var force = false
 
@@ -55,7 +66,7 @@ struct ExportDiffCommand: ParsableCommand {
 
     func run() throws {
         let result = try exitingOnError {
-            let export = try StoreDiffExport(storePath: FilePath(store))
+            let export = try StoreDiffExport(storePath: FilePath(store), sinceCheckpoint: since)
             defer { export.close() }
             let descriptor: FileDescriptor
             if output == "-" {

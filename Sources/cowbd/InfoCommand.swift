@@ -28,6 +28,7 @@ struct InfoCommand: ParsableCommand {
               fingerprint_status  "ok", "missing", "changed: ...", "unreadable: ..."
               format_version    the store format version
               created           creation time, ISO 8601 UTC
+              checkpoints       [{name, created, changed_chunks, disk_fingerprint}]
 
             Exit status: 0 shown, 1 the store cannot be read (its problem on stderr).
             """)

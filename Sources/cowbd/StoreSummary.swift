@@ -16,14 +16,17 @@ struct StoreSummary {
     /// Bytes allocated in the data region (`StoreFile.allocatedDataByteCount`).
     var allocatedByteCount: UInt64
     var base: BaseStatus
+    var checkpoints: CheckpointListing?
 
     /// Reads the store at `path` without locking it, so it works while a server runs.
     init(storePath path: String) throws {
         let store = try StoreFile(path: FilePath(path), access: .unlockedRead)
+        defer { store.close() }
         self.init(
             path: path, header: store.header, writtenChunkCount: store.writtenChunkCount,
             allocatedByteCount: try store.allocatedDataByteCount(),
             base: BaseStatus(header: store.header, storePath: FilePath(path)))
+        checkpoints = CheckpointListing(store)
     }
 
     init(
@@ -54,6 +57,7 @@ struct StoreSummary {
             ("fingerprint_status", .string(base.summary)),
             ("format_version", .integer(UInt64(header.version))),
             ("created", .string(iso8601(unixSeconds: header.createdUnixSeconds))),
+            ("checkpoints", checkpoints?.json ?? .array([])),
         ])
     }
 
@@ -80,6 +84,15 @@ struct StoreSummary {
             ("fingerprint status", base.summary),
             ("format version", String(header.version)),
             ("created", iso8601(unixSeconds: header.createdUnixSeconds)),
+            ("checkpoints", checkpointSummary),
         ]
+    }
+
+    /// "none", or "monday (2026-11-25T10:00:00Z, 12 chunks changed since), ...".
+    private var checkpointSummary: String {
+        guard let checkpoints, !checkpoints.entries.isEmpty else { return "none" }
+        return zip(checkpoints.entries, checkpoints.rows).map { entry, row in
+            "\(entry.checkpoint.name) (\(row.1))"
+        }.joined(separator: ", ")
     }
 }

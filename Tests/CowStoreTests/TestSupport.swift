@@ -93,9 +93,23 @@ func storeWithRandomChanges(_ scratch: Scratch, seed: UInt64, grow: Bool = false
         at: scratch.path("cow"), base: scratch.path("base"),
         virtualByteCount: grow ? UInt64(4 << 20) : nil)
     let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
-    let chunkScratch = disk.makeScratch()
     var generator = SplitMix64(seed: seed)
-    for _ in 0..<300 {
+    try applyRandomChanges(to: disk, count: 300, &generator)
+    try disk.flush()
+    let expected = try disk.readBytes(at: 0, count: Int(disk.byteCount))
+    disk.close()
+    return expected
+}
+
+/// `count` random writes, zeroes and trims of up to 50,000 bytes at random offsets; returns the
+/// ranges they touched.
+@discardableResult
+func applyRandomChanges(to disk: VirtualDisk, count: Int, _ generator: inout SplitMix64) throws
+    -> [Range<UInt64>]
+{
+    let chunkScratch = disk.makeScratch()
+    var touched: [Range<UInt64>] = []
+    for _ in 0..<count {
         let offset = generator.next() % (disk.byteCount - 1)
         let length = min(disk.byteCount - offset, 1 + generator.next() % 50_000)
         switch generator.next() % 4 {
@@ -105,9 +119,17 @@ func storeWithRandomChanges(_ scratch: Scratch, seed: UInt64, grow: Bool = false
             try disk.writeBytes(
                 randomBytes(Int(length), &generator), at: offset, scratch: chunkScratch)
         }
+        touched.append(offset..<(offset + length))
     }
-    try disk.flush()
-    let expected = try disk.readBytes(at: 0, count: Int(disk.byteCount))
-    disk.close()
-    return expected
+    return touched
+}
+
+/// Runs `open` again while it finds the store in use, for up to a second. Other tests in this
+/// process spawn `cowbd` children; between fork and exec a child briefly shares every open file
+/// description, flock included, so an open right after a close can find the old lock.
+func retryingWhileInUse<Result>(_ open: () throws -> Result) throws -> Result {
+    for _ in 0..<100 {
+        do { return try open() } catch StoreError.inUse { usleep(10_000) }
+    }
+    return try open()
 }

@@ -13,7 +13,7 @@ extension Connection {
     static let inputByteCount = 256 << 10
 
     func transmit() throws {
-        socket.setSendTimeout(seconds: Int(server.configuration.messageTimeoutSeconds))
+        socket.setSendTimeout(seconds: server.configuration.messageTimeoutSeconds)
         let payloadByteCount = Int(session.export.maximumPayloadByteCount)
         let pool = WorkerPool(
             count: server.configuration.workersPerConnection, payloadByteCount: payloadByteCount,
@@ -86,8 +86,9 @@ extension Connection {
 
 /// A receive buffer over the socket. Used by the reader thread only.
 /// Between requests the client may stay silent for as long as it likes; once a message has
-/// begun, the rest must arrive within `messageTimeoutSeconds`, so a client that stops
-/// mid-request cannot hold the connection's thread and buffers forever.
+/// begun, the rest must arrive within `messageTimeoutSeconds` of its first byte, so a client
+/// that stops mid-request, or sends a byte now and then, cannot hold the connection's thread
+/// and buffers forever.
 final class InputStream {
     private let socket: Socket
     private let storage: UnsafeMutableRawBufferPointer
@@ -107,6 +108,7 @@ final class InputStream {
     func withBytes<Result, Failure: Error>(
         _ byteCount: Int, _ body: (UnsafeRawBufferPointer) throws(Failure) -> Result
     ) throws -> Result {
+        var deadline: Double? = nil
         while end - start < byteCount {
             if start > 0 {
                 // Move the partial message to the front; it is shorter than one header.
@@ -115,8 +117,11 @@ final class InputStream {
                 end -= start
                 start = 0
             }
-            // Idle between requests is fine; a half-received header is not.
-            let deadline = end > start ? monotonicSeconds() + messageTimeoutSeconds : nil
+            // Idle between requests is fine; a half-received header is not. The deadline is
+            // set once, when the header has begun, not renewed by each byte that trickles in.
+            if deadline == nil && end > start {
+                deadline = monotonicSeconds() + messageTimeoutSeconds
+            }
             end += try socket.receiveSome(
                 into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]), deadline: deadline)
         }

@@ -10,10 +10,20 @@ import Synchronization
 /// A connection's life. `@unchecked Sendable`: `session` is written once by the reader before
 /// any worker starts; sends are serialised by `sendLock`.
 final class Connection: @unchecked Sendable {
+    /// Where a connection is in its life, as far as making room for new clients goes.
+    enum Phase: UInt8, AtomicRepresentable {
+        case handshake
+        case transmission
+        /// Closed by the server before it chose an export, to admit a newer client.
+        case evicted
+    }
+
     let id: Int
     let socket: Socket
     let server: NBDServer
     let logger: Logger
+    let acceptedAtSeconds = monotonicSeconds()
+    let phase = Atomic<Phase>(.handshake)
     private(set) var session: NegotiatedSession! = nil
     private let sendLock = Mutex<Void>(())
     /// Set when a send failed: the reader stops taking requests.
@@ -33,6 +43,12 @@ final class Connection: @unchecked Sendable {
     func run() {
         do {
             guard try negotiate() else { return }
+            // An eviction racing with the end of the handshake wins: the socket is already shut.
+            guard
+                phase.compareExchange(
+                    expected: .handshake, desired: .transmission, ordering: .relaxed
+                ).exchanged
+            else { throw ServerError.peerClosed }
             logger.info(
                 "client attached",
                 metadata: [
@@ -43,16 +59,41 @@ final class Connection: @unchecked Sendable {
                 ])
             try transmit()
             logger.info("client detached")
-        } catch ServerError.peerClosed {
-            logger.info("client closed the connection")
         } catch {
+            logEnd(error)
+        }
+    }
+
+    /// One line for every connection that ends on an error, naming why.
+    private func logEnd(_ error: any Error) {
+        if phase.load(ordering: .relaxed) == .evicted {
+            let seconds = Int((monotonicSeconds() - acceptedAtSeconds).rounded())
+            logger.warning(
+                "connection ended: evicted to admit a new client (--max-connections \(server.configuration.maxConnections)); its handshake was unfinished after \(seconds) s"
+            )
+        } else if case ServerError.peerClosed = error {
+            logger.info("client closed the connection")
+        } else {
             logger.warning("connection ended: \(error)")
         }
+    }
+
+    /// Ends a connection that has not finished its handshake, to make room for a new one.
+    /// False if the handshake finished first (the connection is then left alone).
+    func evictIfNegotiating() -> Bool {
+        guard
+            phase.compareExchange(expected: .handshake, desired: .evicted, ordering: .relaxed)
+                .exchanged
+        else { return false }
+        socket.shutdownBoth()
+        return true
     }
 
     /// The handshake. Returns false if it ended without choosing an export.
     private func negotiate() throws(ServerError) -> Bool {
         let deadline = monotonicSeconds() + server.configuration.handshakeTimeoutSeconds
+        // A client that never reads the replies to its options must not hold the thread either.
+        socket.setSendTimeout(seconds: server.configuration.handshakeTimeoutSeconds)
         var handshake = Handshake(exports: [server.exportDescription])
         try socket.send(Handshake.greeting())
         var word = [UInt8](repeating: 0, count: 16)

@@ -12,8 +12,10 @@ import SystemPackage
 final class Listener: @unchecked Sendable {
     let address: ListenAddress
     let descriptor: Int32
-    /// Keeps accept bounded: a burst beyond this waits in the kernel's queue.
-    static let backlog: Int32 = 128
+    /// Connections the kernel queues until `accept` takes them (capped by `somaxconn`). A full
+    /// queue drops new TCP clients' SYNs, which costs them a second or more to retry, so it is
+    /// deep enough for a burst of thousands of connections a second.
+    static let backlog: Int32 = 1024
 
     init(address: ListenAddress) throws(ServerError) {
         self.address = address

@@ -14,7 +14,9 @@ public final class NBDServer: Sendable {
         public var listenAddresses: [ListenAddress] = [.defaultAddress]
         public var exportName = ""
         public var description = ""
-        /// Connections served at once; more are closed as soon as they are accepted.
+        /// Connections served at once. At the limit a new client evicts the oldest connection
+        /// still in its handshake; if every one has finished its handshake, the new client is
+        /// closed as soon as it is accepted.
         public var maxConnections = 64
         /// A client must finish the handshake within this many seconds.
         public var handshakeTimeoutSeconds: Double = 120
@@ -77,10 +79,21 @@ public final class NBDServer: Sendable {
         }
     }
 
+    /// Registers a new client, making room if needed: clients that connect and never finish
+    /// the handshake must not lock out the ones that do, however many there are.
     private func admit(_ socket: Socket) {
         let connection: Connection? = registry.withLock { registry in
-            guard !registry.stopping, registry.connections.count < configuration.maxConnections
-            else { return nil }
+            guard !registry.stopping else { return nil }
+            if registry.connections.count >= configuration.maxConnections {
+                // The oldest is the one most likely idle; the evicted thread logs its own end.
+                let negotiating = registry.connections.values.filter {
+                    $0.phase.load(ordering: .relaxed) == .handshake
+                }
+                guard let oldest = negotiating.min(by: { $0.id < $1.id }),
+                    oldest.evictIfNegotiating()
+                else { return nil }
+                registry.connections[oldest.id] = nil
+            }
             let connection = Connection(id: registry.nextID, socket: socket, server: self)
             registry.nextID += 1
             registry.connections[connection.id] = connection

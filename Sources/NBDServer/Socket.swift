@@ -128,8 +128,12 @@ final class Socket: @unchecked Sendable {
 
     /// Bounds how long a send may block (a client that never reads its replies).
     /// The corresponding C function is `setsockopt(SO_SNDTIMEO)`.
-    func setSendTimeout(seconds: Int) {
-        var value = timeval(tv_sec: seconds, tv_usec: 0)
+    func setSendTimeout(seconds: Double) {
+        // The kernel treats anything beyond its own maximum as "wait forever" anyway.
+        let bounded = min(seconds, Double(Int32.max))
+        let wholeSeconds = bounded.rounded(.down)
+        var value = timeval(
+            tv_sec: Int(wholeSeconds), tv_usec: Int((bounded - wholeSeconds) * 1_000_000))
         _ = setsockopt(
             descriptor, SOL_SOCKET, SO_SNDTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
     }

@@ -49,11 +49,22 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Write the server's pid to this file (removed on exit).")
     var pidFile: String?
 
-    @Option(help: "Connections served at once; more are closed at accept.")
+    @Option(
+        help: """
+            Connections served at once. At the limit a new client evicts the oldest one still \
+            in its handshake; if none is, the new client is closed at accept.
+            """)
     var maxConnections: Int = 64
 
     @Option(help: "Seconds a client has to finish the handshake.")
     var handshakeTimeout: Double = 120
+
+    @Option(
+        help: """
+            Seconds a request may take to arrive once its first byte has, and a reply may wait \
+            for the client to read it; then the connection is closed.
+            """)
+    var messageTimeout: Double = 120
 
     @Option(help: "Requests of one connection executed at once.")
     var threads: Int = 4
@@ -77,6 +88,9 @@ struct ServeCommand: ParsableCommand {
         }
         guard handshakeTimeout > 0 else {
             throw ValidationError("--handshake-timeout must be positive")
+        }
+        guard messageTimeout > 0 else {
+            throw ValidationError("--message-timeout must be positive")
         }
         guard let cacheByteCount = try? ByteSize.parse(cacheSize), cacheByteCount <= 1 << 40 else {
             throw ValidationError("--cache-size: invalid size '\(cacheSize)' (up to 1T)")
@@ -112,6 +126,7 @@ struct ServeCommand: ParsableCommand {
             configuration.description = description
             configuration.maxConnections = maxConnections
             configuration.handshakeTimeoutSeconds = handshakeTimeout
+            configuration.messageTimeoutSeconds = messageTimeout
             configuration.workersPerConnection = threads
             let server = try NBDServer(disk: disk, configuration: configuration, logger: logger)
             if let pidFile { try writePidFile(pidFile) }

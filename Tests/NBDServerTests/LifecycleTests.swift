@@ -93,6 +93,23 @@ import Testing
         }
     }
 
+    @Test func aNewClientAtTheLimitEvictsTheOldestUnfinishedHandshake() throws {
+        var options = ServerOptions()
+        options.extraArguments = ["--max-connections", "3"]
+        try withTestServer(options) { server in
+            let attached = try server.connect()
+            let oldest = try RawSocket(unixSocketPath: server.socketPath)
+            _ = try oldest.receive(18)  // the greeting; then say nothing
+            let newer = try RawSocket(unixSocketPath: server.socketPath)
+            _ = try newer.receive(18)
+            // At the limit, the oldest silent handshake makes room: the new client is served.
+            let fresh = try server.connect()
+            #expect(oldest.peerCloses(), "the oldest unfinished handshake was not evicted")
+            try expectRead(fresh, matches: DiskModel(), at: 0, byteCount: 4096)
+            try expectRead(attached, matches: DiskModel(), at: 4096, byteCount: 4096)
+        }
+    }
+
     @Test func connectionsBeyondMaxConnectionsAreClosedAndServedOnceOthersLeave() throws {
         var options = ServerOptions()
         options.extraArguments = ["--max-connections", "2"]

@@ -22,9 +22,10 @@ die() { echo "bench: $*" >&2; exit 1; }
 install_bench_tools() {
     # shellcheck disable=SC1091  # a path known at run time
     source "$REPO_DIR/tools/lib/packages.sh"
+    # fuse3, util-linux: the kernel section (nbdfuse, losetup); xz-utils: the compressed one.
     # shellcheck disable=SC2086  # a list of package names, split on purpose
     ensure_packages $COWBD_BUILD_PACKAGES fio nbdkit qemu-utils libnbd-bin python3-matplotlib \
-        e2fsprogs
+        e2fsprogs fuse3 util-linux xz-utils
 }
 
 # build_cowbd [BINARY]: prints the path of the cowbd to measure. With BINARY, checks it and
@@ -144,10 +145,14 @@ stop_all_servers() {
 }
 
 FIO_PID=""
+# Commands clean_up runs first (e.g. unmounting what a section mounted), each a string to eval.
+CLEAN_UP_COMMANDS=()
 
-# clean_up: the EXIT trap of both scripts. Ends a fio still running (its timeout process), stops
-# every server, removes the work folder.
+# clean_up: the EXIT trap of both scripts. Runs CLEAN_UP_COMMANDS, ends a fio still running (its
+# timeout process), stops every server, removes the work folder.
 clean_up() {
+    local command
+    for command in "${CLEAN_UP_COMMANDS[@]}"; do eval "$command" || true; done
     if [ -n "$FIO_PID" ]; then
         kill -TERM "$FIO_PID" 2>/dev/null || true
         wait "$FIO_PID" 2>/dev/null || true

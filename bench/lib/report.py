@@ -1,6 +1,7 @@
-"""Turns a bench run folder (meta.env, raw/<job>.<target>.fio.json and .env) into results.json,
-results.md (a table per job, ratios cowbd / peer) and chart.png. `--line PREFIX TARGET` prints
-one progress line for a single job instead. Run with Debian's python3 (matplotlib)."""
+"""Turns a bench run folder (meta.env, raw/[SECTION.]<job>.<target>.fio.json and .env) into
+results.json, results.md (a table per job, ratios cowbd / peer) and chart.png: the core section
+here, the others in report_sections.py. `--line PREFIX TARGET` prints one progress line for a
+single job instead. Run with Debian's python3 (matplotlib)."""
 
 import json
 import sys
@@ -114,15 +115,17 @@ def no_overlay_reason(target):
     return {"nbdkit-file": "in place", "nbdkit-memory": "RAM"}.get(target, "n/a")
 
 
-def job_table(job):
-    """Markdown rows for one job: each target, and cowbd's headline divided by the target's."""
+def job_table(job, reference=COWBD):
+    """Markdown rows for one job: each target, and the reference's (cowbd's) headline divided by
+    the target's."""
     is_write = any(record["write"] for record in job["results"].values())
-    cowbd = job["results"].get(COWBD)
+    cowbd = job["results"].get(reference)
     header = ["target", job["metric"], "IOPS" if job["metric"] == "MiB/s" else "MiB/s",
               "p99 µs", "server CPU s/GiB", "peak RSS MiB"]
     if is_write:
         header += ["write ampl.", "overlay file MiB"]
-    header += [f"cowbd ÷ target ({job['metric']})", "cowbd ÷ target (p99)", "CPU elsewhere %"]
+    header += [f"{reference} ÷ target ({job['metric']})", f"{reference} ÷ target (p99)",
+               "CPU elsewhere %"]
     round_count = len(next(iter(job["results"].values()))["round_headlines"])
     if round_count > 1:
         header.append(f"{job['metric']} of the {round_count} rounds")
@@ -130,7 +133,7 @@ def job_table(job):
     for target, record in job["results"].items():
         direction = record["write"] or record["read"]
         secondary = direction["iops"] if job["metric"] == "MiB/s" else direction["mib_per_second"]
-        row = [f"**{target}**" if target == COWBD else target,
+        row = [f"**{target}**" if target == reference else target,
                format_number(primary(record, job), 1 if job["metric"] == "MiB/s" else 0),
                format_number(secondary, 1 if job["metric"] == "IOPS" else 0),
                format_number(direction["p99_latency_us"]),
@@ -143,7 +146,7 @@ def job_table(job):
                         format_number(overlay["file_allocated_bytes"] / MIB, 1)]
             else:
                 row += [no_overlay_reason(target)] * 2
-        if cowbd and target != COWBD:
+        if cowbd and target != reference:
             cowbd_direction = cowbd["write"] or cowbd["read"]
             row += [ratio_text(primary(cowbd, job), primary(record, job)),
                     ratio_text(cowbd_direction["p99_latency_us"], direction["p99_latency_us"])]
@@ -173,16 +176,15 @@ def summary_table(results):
 
 
 def markdown(results):
+    import report_sections
+
     meta = results["meta"]
+    durations = ", ".join(f"{name} {int(meta.get(f'section.{name}.seconds', 0)) / 60:.1f} min"
+                          for name in results["sections"])
     lines = [
         f"# cowbd benchmark, {meta['started']}",
         "",
-        f"- {results['round_count']} round(s) of every job on fresh overlays; each row is the "
-        "target's median round (by the headline metric).",
-        f"- Disk: {int(meta['disk_byte_count']) / GIB:g} GiB raw base (ext4 ~60% full of system "
-        f"files, last 1/8 random), page cache warm; {meta['runtime_seconds']} s per timed job; "
-        "fio nbd engine, one connection, unix socket. Jobs run in the order below, each target "
-        "in turn; every overlay is fresh at the start of each round and again before seq-write.",
+        f"- Sections: {durations}.",
         f"- cowbd {meta['cowbd_commit']} (Sources changed since: {meta['cowbd_work_tree_dirty']}),"
         f" serve --threads {meta['cowbd_threads']}; {meta['fio_version']}, "
         f"{meta['nbdkit_version']}, {meta['qemu_nbd_version']}.",
@@ -191,34 +193,56 @@ def markdown(results):
         f"{meta.get('load_average_end', '?')}. Before: {meta['machine_activity_start']}. After: "
         f"{meta.get('machine_activity_end', '?')}.",
         "",
-        "## cowbd ÷ peer (headline metric; above 1.00 means cowbd is faster)",
+    ]
+    if "core" in results["sections"]:
+        lines += core_markdown(results)
+    lines += report_sections.markdown(results)
+    lines += ["", "Columns: see bench/README.md."]
+    if {"core", "compressed", "multiconn"} & set(results["sections"]):
+        lines[-1] += " Ratios of p99 latency below 1.00 mean cowbd answers faster."
+    return "\n".join(lines + [""])
+
+
+def core_markdown(results):
+    meta = results["meta"]
+    lines = [
+        "## Core: one connection, raw base",
+        "",
+        f"- {results['round_count']} round(s) of every job on fresh overlays; each row is the "
+        "target's median round (by the headline metric).",
+        f"- Disk: {int(meta['disk_byte_count']) / GIB:g} GiB raw base (ext4 ~60% full of system "
+        f"files, last 1/8 random), page cache warm; {meta['runtime_seconds']} s per timed job; "
+        "fio nbd engine, one connection, unix socket. Jobs run in the order below, each target "
+        "in turn; every overlay is fresh at the start of each round and again before seq-write.",
+        "",
+        "### cowbd ÷ peer (headline metric; above 1.00 means cowbd is faster)",
         "",
         *summary_table(results),
     ]
     for job in results["jobs"]:
-        lines += ["", f"## {job['name']}: {job['description']}", "",
+        lines += ["", f"### {job['name']}: {job['description']}", "",
                   f"fio: `{job['fio_arguments']}`", "", *job_table(job)]
     lines += ["", "FLUSH: cowbd (fsync, then the bitmap, then fdatasync), nbdkit-file (fdatasync) "
               "and qemu-nbd (fdatasync) make the writes durable; nbdkit-cow's overlay is a "
-              "temporary file and nbdkit-memory is RAM, so their FLUSH costs nothing.",
-              "", "Columns: see bench/README.md. Ratios of p99 latency below 1.00 mean cowbd "
-              "answers faster.", ""]
-    return "\n".join(lines)
+              "temporary file and nbdkit-memory is RAM, so their FLUSH costs nothing."]
+    return lines
 
 
 CEILINGS = ("nbdkit-file", "nbdkit-memory")
 
 
-def bar_color(target):
-    """cowbd stands out; the ceilings (no copy-on-write) are paler than the COW peers."""
-    if target == COWBD:
+def bar_color(label):
+    """cowbd stands out; the ceilings (no copy-on-write) are paler than the COW peers. A label
+    is a target, maybe with a suffix ("cowbd ×2", "cowbd-lz4-high")."""
+    target = label.split(" ")[0]
+    if target == COWBD or target.startswith(COWBD + "-"):
         return "#d9480f"
     return "#ced4da" if target in CEILINGS else "#868e96"
 
 
-def horizontal_bars(axis, labels, values, title, value_format):
+def horizontal_bars(axis, labels, values, title, value_format, colors=None):
     positions = list(range(len(labels)))
-    axis.barh(positions, values, color=[bar_color(label) for label in labels])
+    axis.barh(positions, values, color=colors or [bar_color(label) for label in labels])
     axis.set_yticks(positions, labels)
     axis.invert_yaxis()
     axis.set_title(title, fontsize=10)
@@ -228,40 +252,47 @@ def horizontal_bars(axis, labels, values, title, value_format):
     axis.set_xlim(0, max(values) * 1.3 if values and max(values) > 0 else 1)
 
 
-def chart(results, path):
-    """One panel per job (its headline metric) and one for rand-write's write amplification."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    jobs = results["jobs"]
-    panel_count = len(jobs) + 1
-    column_count = 3
-    row_count = (panel_count + column_count - 1) // column_count
-    figure, axes = plt.subplots(row_count, column_count, figsize=(13, 3.4 * row_count),
-                                squeeze=False)
-    panels = list(axes.flat)
-    for axis, job in zip(panels, jobs):
+def core_panels(results):
+    """(title, labels, values, format) per core job, and rand-write's write amplification."""
+    panels = []
+    for job in results["jobs"]:
         targets = list(job["results"])
-        horizontal_bars(axis, targets, [primary(job["results"][target], job) for target in targets],
-                        f"{job['name']}: {job['metric']} (higher is better)", "{:,.0f}")
-    amplification = {}
-    for job in jobs:
+        panels.append((f"{job['name']}: {job['metric']} (higher is better)", targets,
+                       [primary(job["results"][target], job) for target in targets], "{:,.0f}"))
+    for job in results["jobs"]:
         if job["name"] == "rand-write":
             amplification = {target: record["overlay"]["write_amplification"]
                              for target, record in job["results"].items() if record["overlay"]}
-    axis = panels[len(jobs)]
-    if amplification:
-        horizontal_bars(axis, list(amplification), list(amplification.values()),
-                        "rand-write: write amplification (lower is better)", "{:.2f}")
-    else:
-        axis.set_visible(False)
-    for axis in panels[panel_count:]:
+            if amplification:
+                panels.append(("rand-write: write amplification (lower is better)",
+                               list(amplification), list(amplification.values()), "{:.2f}"))
+    return panels
+
+
+def chart(results, path):
+    """One panel per core job, rand-write's write amplification, then the other sections'."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import report_sections
+
+    panels = (core_panels(results) if "core" in results["sections"] else []) \
+        + report_sections.panels(results)
+    if not panels:
+        return
+    column_count = 3
+    row_count = (len(panels) + column_count - 1) // column_count
+    figure, axes = plt.subplots(row_count, column_count, figsize=(13, 3.4 * row_count),
+                                squeeze=False)
+    for axis, (title, labels, values, value_format) in zip(axes.flat, panels):
+        horizontal_bars(axis, labels, values, title, value_format)
+    for axis in list(axes.flat)[len(panels):]:
         axis.set_visible(False)
     figure.suptitle(f"cowbd (orange) vs COW peers (grey) and no-COW ceilings (pale), "
                     f"{int(results['meta']['disk_byte_count']) / GIB:g} GiB base, "
                     f"{results['meta']['started']}", fontsize=11)
-    figure.tight_layout()
+    # Keep half an inch at the top for the title, whatever the number of rows.
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.4 * row_count)))
     figure.savefig(path, dpi=100)
 
 
@@ -274,20 +305,37 @@ def median_round(records, job):
     return chosen
 
 
-def build_results(run_dir):
-    meta = read_env(run_dir / "meta.env")
-    targets = meta["targets"].split()
+def build_fio_jobs(run_dir, meta, section):
+    """The fio jobs of a section, each target's median round: core's records are
+    raw/<job>.<target>.round<N>, other sections' raw/<section>.<job>.<target>.round<N>."""
+    key_prefix = "" if section == "core" else f"{section}."
+    targets = meta[f"{key_prefix}targets"].split()
     round_count = int(meta.get("round_count", 1))
-    results = {"meta": meta, "targets": targets, "round_count": round_count, "jobs": []}
-    for name in meta["jobs"].split():
-        job = {"name": name, "description": meta[f"job.{name}.description"],
-               "fio_arguments": meta[f"job.{name}.fio"], "metric": job_metric(name),
+    jobs = []
+    for name in meta[f"{key_prefix}jobs"].split():
+        job = {"name": name, "description": meta[f"{key_prefix}job.{name}.description"],
+               "fio_arguments": meta[f"{key_prefix}job.{name}.fio"], "metric": job_metric(name),
                "results": {}}
         for target in targets:
-            records = [job_record(run_dir / "raw" / f"{name}.{target}.round{round_number}", target)
-                       for round_number in range(1, round_count + 1)]
+            records = [job_record(run_dir / "raw" / f"{key_prefix}{name}.{target}.round{number}",
+                                  target)
+                       for number in range(1, round_count + 1)]
             job["results"][target] = median_round(records, job)
-        results["jobs"].append(job)
+        jobs.append(job)
+    return targets, jobs
+
+
+def build_results(run_dir):
+    import report_sections
+
+    meta = read_env(run_dir / "meta.env")
+    sections = meta.get("sections", "core").split()
+    round_count = int(meta.get("round_count", 1))
+    results = {"meta": meta, "sections": sections, "targets": [], "round_count": round_count,
+               "jobs": []}
+    if "core" in sections:
+        results["targets"], results["jobs"] = build_fio_jobs(run_dir, meta, "core")
+    results.update(report_sections.build(run_dir, meta, sections))
     return results
 
 

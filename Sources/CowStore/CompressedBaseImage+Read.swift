@@ -20,8 +20,15 @@ extension CompressedBaseImage {
                 piece.initializeMemory(as: UInt8.self, repeating: 0)
                 return true
             }
+            // On a miss only the prefix the read needs is decompressed; a later read past it
+            // decompresses the whole block, so sequential small reads pay at most twice.
             try cache.withBlock(
-                blockIndex, load: { try loadBlock(blockIndex, entry, into: $0) },
+                blockIndex, neededByteCount: offsetInBlock + piece.count,
+                load: { slot, wholeBlock in
+                    try loadBlock(
+                        blockIndex, entry, into: slot,
+                        upTo: wholeBlock ? nil : offsetInBlock + piece.count)
+                },
                 { block in
                     piece.copyMemory(
                         from: UnsafeRawBufferPointer(
@@ -46,7 +53,9 @@ extension CompressedBaseImage {
                 piece.initializeMemory(as: UInt8.self, repeating: 0)
                 return true
             }
-            let hit: Void? = cache.withCachedBlock(blockIndex) { block in
+            let hit: Void? = cache.withCachedBlock(
+                blockIndex, neededByteCount: offsetInBlock + piece.count
+            ) { block in
                 piece.copyMemory(
                     from: UnsafeRawBufferPointer(
                         rebasing: block[offsetInBlock..<(offsetInBlock + piece.count)]))
@@ -121,11 +130,15 @@ extension CompressedBaseImage {
 
     /// Fills `slot` with block `blockIndex`'s bytes from its stored form: reads them (an LZ4
     /// block goes to the end of the slot, to be decompressed in place), checks their checksum,
-    /// then decompresses. Throws `StoreError.io` (EIO) naming the block and offset if the
-    /// bytes are missing, damaged or do not decompress to the block's size.
+    /// then decompresses them all, or with `prefixByteCount` only that many first bytes.
+    /// Returns how many bytes of the slot are now the block's. Throws `StoreError.io` (EIO)
+    /// naming the block and offset if the bytes are missing, damaged or do not decompress to
+    /// the block's size.
+    @discardableResult
     func loadBlock(
-        _ blockIndex: UInt64, _ entry: LZ4BlockEntry, into slot: UnsafeMutableRawBufferPointer
-    ) throws {
+        _ blockIndex: UInt64, _ entry: LZ4BlockEntry, into slot: UnsafeMutableRawBufferPointer,
+        upTo prefixByteCount: Int? = nil
+    ) throws -> Int {
         let blockByteCount = header.geometry.byteCount(
             ofBlock: blockIndex, virtualByteCount: header.virtualByteCount)
         let storedByteCount = Int(entry.storedByteCount)
@@ -143,15 +156,21 @@ extension CompressedBaseImage {
                     + "computed 0x\(String(checksum, radix: 16)))",
                 byteOffset: entry.dataByteOffset)
         }
-        guard entry.storage == .lz4 else { return }
-        guard
-            LZ4Decompressor.decompressInPlace(
+        guard entry.storage == .lz4 else { return blockByteCount }
+        let targetByteCount = min(prefixByteCount ?? blockByteCount, blockByteCount)
+        let decompressed =
+            targetByteCount == blockByteCount
+            ? LZ4Decompressor.decompressInPlace(
                 slot, compressedByteCount: storedByteCount, decompressedByteCount: blockByteCount)
-        else {
+            : LZ4Decompressor.decompressPrefixInPlace(
+                slot, compressedByteCount: storedByteCount, decompressedByteCount: blockByteCount,
+                targetByteCount: targetByteCount)
+        guard decompressed else {
             throw blockError(
                 blockIndex, "LZ4 data does not decompress to \(blockByteCount) bytes",
                 byteOffset: entry.dataByteOffset)
         }
+        return targetByteCount
     }
 
     /// Reads a block's stored bytes in full; a short read means the file was cut short.

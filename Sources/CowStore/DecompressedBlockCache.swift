@@ -31,6 +31,8 @@ final class DecompressedBlockCache: @unchecked Sendable {
         /// CLOCK's reference bit: set by each use, cleared as the hand passes.
         var isReferenced = false
         var buffer: UnsafeMutableRawBufferPointer?
+        /// Bytes at the start of the buffer that hold the block (a prefix, or all of it).
+        var validByteCount = 0
     }
 
     /// Bytes in one slot's buffer: a block plus what in-place decompression needs.
@@ -64,34 +66,43 @@ final class DecompressedBlockCache: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    /// Runs `body` on block `blockIndex`'s slot buffer. On a miss, `load` fills the buffer
-    /// first (once, however many threads ask at the same moment); if `load` throws, the slot
-    /// is dropped and the error goes to this caller (a waiter then tries the load itself).
+    /// Runs `body` on block `blockIndex`'s slot buffer, of which at least the first
+    /// `neededByteCount` bytes hold the block. On a miss, `load` fills the buffer first (once,
+    /// however many threads ask at the same moment) and returns how many bytes it filled: at
+    /// least `neededByteCount`, or the whole block when its second argument says so (a slot
+    /// that holds a shorter prefix is loaded again whole, once no reader uses it). If `load`
+    /// throws, the slot is dropped and the error goes to this caller (a waiter then tries the
+    /// load itself).
     func withBlock<Result>(
-        _ blockIndex: UInt64, load: (UnsafeMutableRawBufferPointer) throws -> Void,
+        _ blockIndex: UInt64, neededByteCount: Int,
+        load: (UnsafeMutableRawBufferPointer, _ wholeBlock: Bool) throws -> Int,
         _ body: (UnsafeRawBufferPointer) -> Result
     ) throws -> Result {
-        let (slotIndex, buffer, mustLoad) = acquire(blockIndex)
+        let (slotIndex, buffer, mustLoad, wholeBlock) = acquire(
+            blockIndex, neededByteCount: neededByteCount)
         if mustLoad {
+            let validByteCount: Int
             do {
-                try load(buffer)
+                validByteCount = try load(buffer, wholeBlock)
             } catch {
-                finishLoad(slotIndex, blockIndex, succeeded: false)
+                finishLoad(slotIndex, blockIndex, validByteCount: 0)
                 throw error
             }
-            finishLoad(slotIndex, blockIndex, succeeded: true)
+            precondition(validByteCount >= neededByteCount, "load filled less than needed")
+            finishLoad(slotIndex, blockIndex, validByteCount: validByteCount)
         }
         defer { unpin(slotIndex) }
         return body(UnsafeRawBufferPointer(buffer))
     }
 
-    /// Runs `body` on block `blockIndex`'s bytes only if they are loaded; nil otherwise.
-    func withCachedBlock<Result>(_ blockIndex: UInt64, _ body: (UnsafeRawBufferPointer) -> Result)
-        -> Result?
-    {
+    /// Runs `body` on block `blockIndex`'s bytes only if at least its first `neededByteCount`
+    /// are loaded; nil otherwise.
+    func withCachedBlock<Result>(
+        _ blockIndex: UInt64, neededByteCount: Int, _ body: (UnsafeRawBufferPointer) -> Result
+    ) -> Result? {
         pthread_mutex_lock(mutex)
         guard let slotIndex = slotIndexOfBlock[blockIndex], slots[slotIndex].state == .ready,
-            let buffer = slots[slotIndex].buffer
+            slots[slotIndex].validByteCount >= neededByteCount, let buffer = slots[slotIndex].buffer
         else {
             pthread_mutex_unlock(mutex)
             return nil
@@ -111,20 +122,31 @@ final class DecompressedBlockCache: @unchecked Sendable {
     }
 
     /// Pins the block's slot, waiting while another thread loads it or while every slot is
-    /// in use. `mustLoad`: the slot was just claimed for this caller to fill.
-    private func acquire(_ blockIndex: UInt64) -> (
-        slotIndex: Int, buffer: UnsafeMutableRawBufferPointer, mustLoad: Bool
+    /// in use. `mustLoad`: the slot was just claimed for this caller to fill; `wholeBlock`:
+    /// fill all of it (the slot held a prefix too short for this reader).
+    private func acquire(_ blockIndex: UInt64, neededByteCount: Int) -> (
+        slotIndex: Int, buffer: UnsafeMutableRawBufferPointer, mustLoad: Bool, wholeBlock: Bool
     ) {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         while true {
             if let slotIndex = slotIndexOfBlock[blockIndex] {
-                if slots[slotIndex].state == .ready, let buffer = slots[slotIndex].buffer {
-                    slots[slotIndex].pinCount += 1
-                    slots[slotIndex].isReferenced = true
-                    return (slotIndex, buffer, false)
+                let slot = slots[slotIndex]
+                if slot.state == .ready, let buffer = slot.buffer {
+                    if slot.validByteCount >= neededByteCount {
+                        slots[slotIndex].pinCount += 1
+                        slots[slotIndex].isReferenced = true
+                        return (slotIndex, buffer, false, false)
+                    }
+                    if slot.pinCount == 0 {
+                        // Reloading rewrites the buffer, so no reader may be using it.
+                        slots[slotIndex].state = .loading
+                        slots[slotIndex].pinCount = 1
+                        slots[slotIndex].isReferenced = true
+                        return (slotIndex, buffer, true, true)
+                    }
                 }
-                waitForChange()  // another thread is loading it
+                waitForChange()  // another thread is loading it, or reading a short prefix
                 continue
             }
             guard let slotIndex = takeVictim() else {
@@ -141,7 +163,7 @@ final class DecompressedBlockCache: @unchecked Sendable {
                 blockIndex: blockIndex, state: .loading, pinCount: 1, isReferenced: true,
                 buffer: buffer)
             slotIndexOfBlock[blockIndex] = slotIndex
-            return (slotIndex, buffer, true)
+            return (slotIndex, buffer, true, false)
         }
     }
 
@@ -163,13 +185,15 @@ final class DecompressedBlockCache: @unchecked Sendable {
         return nil
     }
 
-    private func finishLoad(_ slotIndex: Int, _ blockIndex: UInt64, succeeded: Bool) {
+    /// Ends a load: `validByteCount` 0 means it failed and the slot is dropped.
+    private func finishLoad(_ slotIndex: Int, _ blockIndex: UInt64, validByteCount: Int) {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         precondition(
             slots[slotIndex].blockIndex == blockIndex && slots[slotIndex].state == .loading)
-        if succeeded {
+        if validByteCount > 0 {
             slots[slotIndex].state = .ready
+            slots[slotIndex].validByteCount = validByteCount
         } else {
             slots[slotIndex].state = .empty
             slots[slotIndex].pinCount = 0

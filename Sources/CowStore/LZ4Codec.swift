@@ -85,6 +85,29 @@ enum LZ4Decompressor {
         return result == Int32(decompressedByteCount)
     }
 
+    /// Like `decompressInPlace`, but stops once the first `targetByteCount` bytes are out: a
+    /// read near the start of a block decompresses only what it needs. Returns false on
+    /// malformed input or a short block. The corresponding C function is
+    /// `LZ4_decompress_safe_partial`, whose source size here is the block's exact size.
+    static func decompressPrefixInPlace(
+        _ buffer: UnsafeMutableRawBufferPointer, compressedByteCount: Int,
+        decompressedByteCount: Int, targetByteCount: Int
+    ) -> Bool {
+        precondition(compressedByteCount < decompressedByteCount)
+        precondition(targetByteCount > 0 && targetByteCount <= decompressedByteCount)
+        precondition(
+            buffer.count
+                >= decompressedByteCount
+                + inPlaceMargin(decompressedByteCount: decompressedByteCount))
+        guard let start = buffer.baseAddress else { return false }
+        let source = (start + (buffer.count - compressedByteCount)).assumingMemoryBound(
+            to: CChar.self)
+        let result = LZ4_decompress_safe_partial(
+            source, start.assumingMemoryBound(to: CChar.self), Int32(compressedByteCount),
+            Int32(targetByteCount), Int32(decompressedByteCount))
+        return result == Int32(targetByteCount)
+    }
+
     /// Decompresses all of `source` into `destination`; returns false unless it fills
     /// `destination` exactly. The corresponding C function is `LZ4_decompress_safe`.
     static func decompress(

@@ -139,85 +139,111 @@ public final class StoreFile: Sendable {
     public func flush() throws {
         precondition(isWritable, "flush on a read-only store")
         try flushLock.withLock { _ in
-            // 1. Snapshot the dirty pages now: every bit in the snapshot was set after its
-            //    chunk's data was written, so step 2 makes that data durable.
-            let pages = snapshotDirtyPages()
+            let pages = takeDirtyPages()
+            var done = 0
             do {
-                // 2. Data (and punched holes) durable.
-                try sync(operation: "fsync (data)") { () throws(Errno) in
-                    try descriptor.synchronizeAll()
-                }
-                guard !pages.byteOffsets.isEmpty else { return }
-                // 3. Then the bits.
-                let pageByteCount = ChunkBitmap.pageByteCount
-                try pages.words.withUnsafeBytes { bytes in
-                    for (slot, byteOffset) in pages.byteOffsets.enumerated() {
-                        let page = UnsafeRawBufferPointer(
-                            rebasing: bytes[(slot * pageByteCount)..<((slot + 1) * pageByteCount)])
-                        do {
-                            try descriptor.writeFully(at: byteOffset, from: page)
-                        } catch let error as Errno {
-                            throw StoreError.io(
-                                path: path, operation: "write bitmap", byteOffset: byteOffset,
-                                error)
-                        }
+                // In batches, so a flush of many pages (scattered writes over a large disk) holds
+                // a bounded copy of them; one batch for the usual flush.
+                repeat {
+                    let batch = pages[done..<min(pages.count, done + Self.flushBatchPageCount)]
+                    // 1. Copy the pages now: every bit in the copy was set after its chunk's
+                    //    data was written, so step 2 makes that data durable.
+                    let words = copyPages(batch)
+                    // 2. Data (and punched holes) durable.
+                    try sync(operation: "fsync (data)") { () throws(Errno) in
+                        try descriptor.synchronizeAll()
                     }
-                }
+                    // 3. Then the bits.
+                    try writePages(batch, words)
+                    done += batch.count
+                } while done < pages.count
+                guard !pages.isEmpty else { return }
                 try sync(operation: "fdatasync (bitmap)") { () throws(Errno) in
                     try descriptor.synchronizeData()
                 }
             } catch {
-                bitmap.withLock { $0.markDirty(pages.chunkPages) }
-                checkpoints.withLock { state in
-                    for (slot, pageIndexes) in pages.checkpointPages {
-                        state.bitmaps[slot]?.markDirty(pageIndexes)
-                    }
-                }
+                markDirty(pages)
                 throw error
             }
         }
     }
 
-    /// Bitmap pages changed since the last flush, copied, with where each goes in the file.
-    private struct DirtyPages {
-        var byteOffsets: [UInt64] = []
-        /// The pages' bytes, end to end, in `byteOffsets` order.
-        var words: [UInt64] = []
-        var chunkPages: [Int] = []
-        var checkpointPages: [(slot: Int, pageIndexes: [Int])] = []
+    /// Bitmap pages a flush copies and writes at a time: 8 MiB.
+    public static let flushBatchPageCount = 2048
+
+    /// A bitmap page to write at a flush: of the chunk bitmap (`slot` nil) or of a checkpoint's.
+    private struct DirtyPage {
+        var slot: Int?
+        var pageIndex: Int
+        var byteOffset: UInt64
     }
 
-    /// Takes and copies the dirty pages of the chunk bitmap, under its lock, then those of every
-    /// checkpoint's bitmap. A checkpoint's bit is set before its write's data is, so it may
-    /// reach the disk first: a crash then shows a chunk as changed that is not, never the reverse.
-    private func snapshotDirtyPages() -> DirtyPages {
-        let pageByteCount = ChunkBitmap.pageByteCount
-        let chunkCopy = bitmap.withLock { chunks in
-            let pageIndexes = chunks.takeDirtyPages()
-            return (pageIndexes, Self.copyPages(pageIndexes, of: chunks))
+    /// Takes the dirty pages of the chunk bitmap, then of every checkpoint's bitmap, by slot.
+    private func takeDirtyPages() -> [DirtyPage] {
+        let pageByteCount = UInt64(ChunkBitmap.pageByteCount)
+        var pages = bitmap.withLock { $0.takeDirtyPages() }.map {
+            DirtyPage(
+                slot: nil, pageIndex: $0,
+                byteOffset: header.bitmapByteOffset + UInt64($0) * pageByteCount)
         }
-        let checkpointCopies = checkpoints.withLock { state in
-            state.bitmaps.sorted { $0.key < $1.key }.compactMap {
-                slot, changed -> (slot: Int, pageIndexes: [Int], words: [UInt64])? in
-                let pageIndexes = changed.takeDirtyPages()
-                guard !pageIndexes.isEmpty else { return nil }
-                return (slot, pageIndexes, Self.copyPages(pageIndexes, of: changed))
+        let checkpointPages = checkpoints.withLock { state in
+            state.bitmaps.sorted { $0.key < $1.key }.map { ($0.key, $0.value.takeDirtyPages()) }
+        }
+        for (slot, pageIndexes) in checkpointPages {
+            let regionByteOffset = header.checkpointBitmapByteOffset(slot: slot)
+            pages += pageIndexes.map {
+                DirtyPage(
+                    slot: slot, pageIndex: $0,
+                    byteOffset: regionByteOffset + UInt64($0) * pageByteCount)
             }
-        }
-        var pages = DirtyPages()
-        pages.chunkPages = chunkCopy.0
-        pages.words = chunkCopy.1
-        pages.byteOffsets = chunkCopy.0.map {
-            header.bitmapByteOffset + UInt64($0 * pageByteCount)
-        }
-        for copy in checkpointCopies {
-            pages.checkpointPages.append((copy.slot, copy.pageIndexes))
-            pages.byteOffsets += copy.pageIndexes.map {
-                header.checkpointBitmapByteOffset(slot: copy.slot) + UInt64($0 * pageByteCount)
-            }
-            pages.words += copy.words
         }
         return pages
+    }
+
+    /// The pages' current bytes, end to end, as little-endian words, each bitmap copied under
+    /// its lock. A checkpoint's bit is set before its write's data is, so it may reach the disk
+    /// first: a crash then shows a chunk as changed that is not, never the reverse.
+    private func copyPages(_ pages: ArraySlice<DirtyPage>) -> [UInt64] {
+        let wordsPerPage = ChunkBitmap.pageByteCount / 8
+        var words: [UInt64] = []
+        words.reserveCapacity(pages.count * wordsPerPage)
+        let chunkPages = pages.filter { $0.slot == nil }.map(\.pageIndex)
+        words += bitmap.withLock { Self.copyPages(chunkPages, of: $0) }
+        let slots = pages.compactMap(\.slot)
+        for slot in Set(slots).sorted() {
+            let pageIndexes = pages.filter { $0.slot == slot }.map(\.pageIndex)
+            words += checkpoints.withLock { state in
+                state.bitmaps[slot].map { Self.copyPages(pageIndexes, of: $0) }
+                    ?? [UInt64](repeating: 0, count: pageIndexes.count * wordsPerPage)
+            }
+        }
+        return words
+    }
+
+    private func writePages(_ pages: ArraySlice<DirtyPage>, _ words: [UInt64]) throws {
+        let pageByteCount = ChunkBitmap.pageByteCount
+        try words.withUnsafeBytes { bytes in
+            for (position, page) in pages.enumerated() {
+                let pageBytes = UnsafeRawBufferPointer(
+                    rebasing: bytes[(position * pageByteCount)..<((position + 1) * pageByteCount)])
+                do {
+                    try descriptor.writeFully(at: page.byteOffset, from: pageBytes)
+                } catch let error as Errno {
+                    throw StoreError.io(
+                        path: path, operation: "write bitmap", byteOffset: page.byteOffset, error)
+                }
+            }
+        }
+    }
+
+    /// After a failed flush: its pages must be written again by the next one.
+    private func markDirty(_ pages: [DirtyPage]) {
+        bitmap.withLock { $0.markDirty(pages.filter { $0.slot == nil }.map(\.pageIndex)) }
+        checkpoints.withLock { state in
+            for page in pages {
+                if let slot = page.slot { state.bitmaps[slot]?.markDirty([page.pageIndex]) }
+            }
+        }
     }
 
     /// Pages in their on-disk form, end to end, as little-endian words.
@@ -225,12 +251,12 @@ public final class StoreFile: Sendable {
         let wordsPerPage = ChunkBitmap.pageByteCount / 8
         var words = [UInt64](repeating: 0, count: pageIndexes.count * wordsPerPage)
         words.withUnsafeMutableBytes { bytes in
-            for (slot, pageIndex) in pageIndexes.enumerated() {
+            for (position, pageIndex) in pageIndexes.enumerated() {
                 bitmap.copyPage(
                     pageIndex,
                     into: UnsafeMutableRawBufferPointer(
                         rebasing: bytes[
-                            (slot * ChunkBitmap.pageByteCount)..<((slot + 1)
+                            (position * ChunkBitmap.pageByteCount)..<((position + 1)
                                 * ChunkBitmap.pageByteCount)]))
             }
         }

@@ -126,3 +126,33 @@ import Testing
     let leftovers = try FileManager.default.contentsOfDirectory(atPath: scratch.url.path)
     #expect(leftovers.sorted() == ["base", "cow"])
 }
+
+@Test func aFlushOfMoreBitmapPagesThanOneBatchPersistsThemAll() throws {
+    let scratch = try Scratch()
+    _ = try makeBase(at: scratch.path("base"), byteCount: 1 << 20, seed: 51)
+    // One 4 KiB write in each of 2100 bitmap pages (a page covers 128 MiB of disk).
+    let pageSpan: UInt64 = 128 << 20
+    let pageCount = StoreFile.flushBatchPageCount + 52
+    try createStore(
+        at: scratch.path("cow"), base: scratch.path("base"),
+        virtualByteCount: UInt64(pageCount) * pageSpan)
+    let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
+    let chunkScratch = disk.makeScratch()
+    for page in 0..<UInt64(pageCount) {
+        try disk.writeBytes(
+            [UInt8](repeating: UInt8(truncatingIfNeeded: page | 1), count: 4096),
+            at: page * pageSpan + 8192, scratch: chunkScratch)
+    }
+    try disk.flush()
+    disk.close()
+    let reopened = try retryingWhileInUse {
+        try VirtualDisk.open(storePath: FilePath(scratch.path("cow")), readOnly: true)
+    }
+    defer { reopened.close() }
+    #expect(reopened.store.writtenChunkCount == UInt64(pageCount))
+    for page in [0, 2047, 2048, UInt64(pageCount) - 1] as [UInt64] {
+        #expect(
+            try reopened.readBytes(at: page * pageSpan + 8192, count: 4096)
+                == [UInt8](repeating: UInt8(truncatingIfNeeded: page | 1), count: 4096))
+    }
+}

@@ -239,6 +239,9 @@ public struct StoreHeader: Equatable, Sendable {
         guard virtualByteCount > 0, virtualByteCount <= Self.maxVirtualByteCount else {
             throw .invalidField(name: "virtual size", value: virtualByteCount)
         }
+        guard chunkCount <= Self.maxChunkCount else {
+            throw .invalidField(name: "chunk count", value: chunkCount)
+        }
         guard fingerprintScheme == BaseFingerprintPlan.scheme else {
             throw .invalidField(name: "fingerprint scheme", value: UInt64(fingerprintScheme))
         }
@@ -256,6 +259,11 @@ public struct StoreHeader: Equatable, Sendable {
 
     /// Largest virtual disk: 2^60 bytes keeps `dataByteOffset + virtual offset` far from overflow.
     public static let maxVirtualByteCount: UInt64 = 1 << 60
+
+    /// Most chunks a store may have. Open allocates the bitmap's page table whole (8 bytes for
+    /// each page of 32768 chunks), so this bounds what a header can make it allocate: 64 MiB.
+    /// That is 1 PiB of 4 KiB chunks, or 256 PiB of 1 MiB chunks.
+    public static let maxChunkCount: UInt64 = 1 << 38
 
     /// Writes the header, with its checksum, into the first `StoreHeader.byteCount` bytes.
     public func encode(into bytes: UnsafeMutableRawBufferPointer) {

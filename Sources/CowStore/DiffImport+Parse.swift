@@ -166,7 +166,11 @@ extension DiffImport {
                 let byteOffset = try input.read(UInt64.self)
                 let byteCount = try input.read(UInt64.self)
                 let isWrite = tag == RBDDiff.write
-                guard payloadByteCount == nil || payloadByteCount == 16 + (isWrite ? byteCount : 0)
+                // Compared as payload - 16, not 16 + extent: an extent near 2^64 bytes would
+                // overflow the sum (its range is refused just below).
+                guard
+                    payloadByteCount.map({ $0 >= 16 && $0 - 16 == (isWrite ? byteCount : 0) })
+                        ?? true
                 else {
                     throw bad(.invalidField(name: "record length", value: payloadByteCount ?? 0))
                 }

@@ -81,6 +81,24 @@ private func sampleHeader() throws -> StoreHeader {
     }
 }
 
+@Test func diskWithMoreChunksThanTheLimitIsRefused() throws {
+    // Open allocates the bitmap's page table from the chunk count: a header must not be able
+    // to ask for gigabytes of it (2^60 bytes of 4 KiB chunks would be 64 GiB).
+    #expect(throws: FormatError.invalidField(name: "chunk count", value: 1 << 48)) {
+        try StoreHeader(
+            geometry: ChunkGeometry(shift: 12), virtualByteCount: 1 << 60, baseByteCount: 0,
+            baseFingerprint: BaseFingerprint(low: 0, high: 0),
+            fingerprintScheme: BaseFingerprintPlan.scheme, basePathGiven: "b",
+            basePathResolved: "/b", createdUnixSeconds: 0)
+    }
+    let largest = try StoreHeader(
+        geometry: ChunkGeometry(shift: 12), virtualByteCount: StoreHeader.maxChunkCount << 12,
+        baseByteCount: 0, baseFingerprint: BaseFingerprint(low: 0, high: 0),
+        fingerprintScheme: BaseFingerprintPlan.scheme, basePathGiven: "b",
+        basePathResolved: "/b", createdUnixSeconds: 0)
+    #expect(largest.chunkCount == StoreHeader.maxChunkCount)
+}
+
 @Test func sizesParseTheWayUsersWriteThem() throws {
     #expect(try ByteSize.parse("4096") == 4096)
     #expect(try ByteSize.parse("4K") == 4096)

@@ -110,6 +110,22 @@ func everyDiffFormatImportsOntoACopyOfTheBaseAndOntoAStoreAsTheDisk(seed: UInt64
     }
 }
 
+@Test func rbdV2ExtentOfAlmostTwoToTheSixtyFourBytesIsRefused() throws {
+    // Its record length (16 + extent length) would overflow: the import must refuse the
+    // record, not trap (found by the diff-rbd fuzz target).
+    let scratch = try Scratch()
+    var bytes = RBDDiff.bannerV2 + [RBDDiff.size]
+    for value: UInt64 in [8, 1 << 20] { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+    bytes.append(RBDDiff.write)
+    for value: UInt64 in [15, 0, .max] { withUnsafeBytes(of: value.littleEndian) { bytes += $0 } }
+    bytes.append(RBDDiff.end)
+    try Data(bytes).write(to: URL(fileURLWithPath: scratch.path("rbd")))
+    try Data(count: 1 << 20).write(to: URL(fileURLWithPath: scratch.path("raw")))
+    #expect(throws: StoreError.self) {
+        _ = try importDiff(scratch, "rbd", into: "raw", force: true)
+    }
+}
+
 @Test func aDiffForAnotherBaseIsRefusedUnlessForced() throws {
     let scratch = try Scratch()
     let expected = try storeWithRandomChanges(scratch, seed: 5, grow: false)

@@ -11,7 +11,11 @@ let package = Package(
     name: "cowbd",
     platforms: [.macOS(.v15)],
     products: [
-        .executable(name: "cowbd", targets: ["cowbd"])
+        .executable(name: "cowbd", targets: ["cowbd"]),
+        // The parsers of outside bytes, for the fuzz targets in Fuzz/ (a separate package).
+        .library(name: "CowFormat", targets: ["CowFormat"]),
+        .library(name: "CowStore", targets: ["CowStore"]),
+        .library(name: "NBDProtocol", targets: ["NBDProtocol"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

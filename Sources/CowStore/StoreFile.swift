@@ -28,12 +28,12 @@ public final class StoreFile: Sendable {
     public let isWritable: Bool
     let descriptor: FileDescriptor
     /// Guards the in-memory bitmap. Never held across I/O.
-    let bitmap: Mutex<ChunkBitmap>
+    let bitmap: Locked<ChunkBitmap>
     /// The checkpoints' table and bitmaps (StoreFile+Checkpoints.swift). Never held across I/O;
     /// taken after `bitmap` when both are needed.
-    let checkpoints: Mutex<CheckpointState>
+    let checkpoints: Locked<CheckpointState>
     /// Serialises flushes and table writes, so pages reach the disk in order.
-    let flushLock = Mutex<Void>(())
+    let flushLock = Locked<Void>(())
     /// Set by `close`, so the descriptor is closed exactly once.
     private let isClosed = Atomic<Bool>(false)
 
@@ -69,11 +69,11 @@ public final class StoreFile: Sendable {
                         expectedByteCount: Int(header.dataByteOffset),
                         actualByteCount: Int(fileByteCount)))
             }
-            bitmap = Mutex(
+            bitmap = Locked(
                 try Self.readBitmap(
                     descriptor, header: header, regionByteOffset: header.bitmapByteOffset,
                     path: path))
-            checkpoints = Mutex(try Self.readCheckpoints(descriptor, header: header, path: path))
+            checkpoints = Locked(try Self.readCheckpoints(descriptor, header: header, path: path))
         } catch {
             try? descriptor.close()
             if let errno = error as? Errno {

@@ -25,7 +25,7 @@ final class Connection: @unchecked Sendable {
     let acceptedAtSeconds = monotonicSeconds()
     let phase = Atomic<Phase>(.handshake)
     private(set) var session: NegotiatedSession! = nil
-    private let sendLock = Mutex<Void>(())
+    private let sendLock = Locked<Void>(())
     /// Set when a send failed: the reader stops taking requests.
     let broken = Atomic<Bool>(false)
 

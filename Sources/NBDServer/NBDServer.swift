@@ -5,7 +5,6 @@ import CowStore
 import Dispatch
 import Logging
 import NBDProtocol
-import Synchronization
 
 /// An NBD server over one virtual disk.
 public final class NBDServer: Sendable {
@@ -42,7 +41,7 @@ public final class NBDServer: Sendable {
     let logger: Logger
     let exportDescription: ExportDescription
     private let listeners: [Listener]
-    private let registry = Mutex(Registry())
+    private let registry = Locked(Registry())
     private let running = DispatchGroup()
 
     /// Binds every listen address; throws (and binds nothing) if one fails.

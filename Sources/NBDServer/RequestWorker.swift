@@ -4,7 +4,6 @@
 import CowStore
 import Dispatch
 import NBDProtocol
-import Synchronization
 
 /// One set of request buffers: the reader's own, or a pool thread's.
 /// `@unchecked Sendable`: a pool worker's `job` and buffers are written by the reader only while
@@ -45,14 +44,14 @@ final class RequestWorker: @unchecked Sendable {
 /// is idle, which bounds requests in flight and memory), fills its buffer, and wakes it.
 final class WorkerPool: Sendable {
     let workers: [RequestWorker]
-    private let free: Mutex<[Int]>
+    private let free: Locked<[Int]>
     private let available: DispatchSemaphore
 
     init(count: Int, payloadByteCount: Int, makeScratch: () -> ChunkScratch) {
         workers = (0..<count).map {
             RequestWorker(index: $0, payloadByteCount: payloadByteCount, scratch: makeScratch())
         }
-        free = Mutex(Array((0..<count).reversed()))
+        free = Locked(Array((0..<count).reversed()))
         available = DispatchSemaphore(value: count)
     }
 

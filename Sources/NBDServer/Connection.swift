@@ -43,12 +43,6 @@ final class Connection: @unchecked Sendable {
     func run() {
         do {
             guard try negotiate() else { return }
-            // An eviction racing with the end of the handshake wins: the socket is already shut.
-            guard
-                phase.compareExchange(
-                    expected: .handshake, desired: .transmission, ordering: .relaxed
-                ).exchanged
-            else { throw ServerError.peerClosed }
             logger.info(
                 "client attached",
                 metadata: [
@@ -119,6 +113,14 @@ final class Connection: @unchecked Sendable {
             case .reply(let bytes):
                 try socket.send(bytes)
             case .replyAndTransmit(let bytes):
+                // Past the handshake before the client hears so: once it has the reply, a new
+                // client at the limit must not evict it. An eviction that came first wins (the
+                // socket is already shut).
+                guard
+                    phase.compareExchange(
+                        expected: .handshake, desired: .transmission, ordering: .relaxed
+                    ).exchanged
+                else { throw .peerClosed }
                 try socket.send(bytes)
                 guard let chosen = handshake.session else {
                     preconditionFailure("transmission without a session")

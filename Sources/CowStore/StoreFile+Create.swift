@@ -75,7 +75,7 @@ extension StoreFile {
     /// Runs `fill` on a new temporary file beside `path`, syncs it, and moves it to `path`
     /// (failing if `path` exists when `noReplace`), then syncs the folder. On any failure the
     /// temporary file is removed and `path` is untouched.
-    static func writeAtomically(
+    package static func writeAtomically(
         to path: FilePath, noReplace: Bool, _ fill: (FileDescriptor, FilePath) throws -> Void
     ) throws {
         let folder = path.removingLastComponent()

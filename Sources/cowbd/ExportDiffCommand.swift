@@ -68,32 +68,42 @@ struct ExportDiffCommand: ParsableCommand {
         let result = try exitingOnError {
             let export = try StoreDiffExport(storePath: FilePath(store), sinceCheckpoint: since)
             defer { export.close() }
-            let descriptor: FileDescriptor
-            if output == "-" {
-                descriptor = .standardOutput
-            } else {
-                do {
-                    descriptor = try FileDescriptor.open(
-                        FilePath(output), .writeOnly,
-                        options: force
-                            ? [.create, .truncate, .closeOnExec]
-                            : [
-                                .create, .exclusiveCreate, .closeOnExec,
-                            ],
-                        permissions: [.ownerReadWrite, .groupRead, .otherRead])
-                } catch let errno as Errno {
-                    throw errno == .fileExists
-                        ? StoreError.exists(path: FilePath(output))
-                        : StoreError.open(path: FilePath(output), errno)
-                }
-            }
-            defer { if output != "-" { try? descriptor.close() } }
             let progress = ProgressLine(label: "export-diff")
             defer { progress.finish() }
             let total = try export.store.allocatedDataByteCount()
-            return try export.write(
-                format: format, to: descriptor, name: output == "-" ? "stdout" : output,
-                progress: { done, _ in progress.update(done, max(done, total)) })
+            func write(to descriptor: FileDescriptor, name: String) throws
+                -> StoreDiffExport.Summary
+            {
+                try export.write(
+                    format: format, to: descriptor, name: name,
+                    progress: { done, _ in progress.update(done, max(done, total)) })
+            }
+            guard output != "-" else { return try write(to: .standardOutput, name: "stdout") }
+            let path = FilePath(output)
+            var status = stat()
+            if stat(output, &status) == 0 {
+                if status.st_mode & S_IFMT != S_IFREG {
+                    // A pipe or a device (/dev/stdout, a FIFO): written as it is.
+                    let descriptor: FileDescriptor
+                    do {
+                        descriptor = try FileDescriptor.open(
+                            path, .writeOnly, options: [.closeOnExec])
+                    } catch let errno as Errno {
+                        throw StoreError.open(path: path, errno)
+                    }
+                    defer { try? descriptor.close() }
+                    return try write(to: descriptor, name: output)
+                }
+                if !force { throw StoreError.exists(path: path) }
+            }
+            // A file is written under a temporary name, synced, then moved into place: an
+            // interrupted export never leaves a partial OUT.
+            var written: StoreDiffExport.Summary?
+            try StoreFile.writeAtomically(to: path, noReplace: !force) {
+                descriptor, _ in written = try write(to: descriptor, name: output)
+            }
+            guard let written else { preconditionFailure("the export ran") }
+            return written
         }
         guard summary else { return }
         let value = JSONValue.object([

@@ -158,14 +158,11 @@ extension CompressedBaseImage {
         }
         guard entry.storage == .lz4 else { return blockByteCount }
         let targetByteCount = min(prefixByteCount ?? blockByteCount, blockByteCount)
-        let decompressed =
-            targetByteCount == blockByteCount
-            ? LZ4Decompressor.decompressInPlace(
-                slot, compressedByteCount: storedByteCount, decompressedByteCount: blockByteCount)
-            : LZ4Decompressor.decompressPrefixInPlace(
+        guard
+            LZ4Decompressor.decompressInPlace(
                 slot, compressedByteCount: storedByteCount, decompressedByteCount: blockByteCount,
-                targetByteCount: targetByteCount)
-        guard decompressed else {
+                prefixByteCount: targetByteCount)
+        else {
             throw blockError(
                 blockIndex, "LZ4 data does not decompress to \(blockByteCount) bytes",
                 byteOffset: entry.dataByteOffset)

@@ -63,36 +63,17 @@ enum LZ4Decompressor {
     }
 
     /// Decompresses `compressedByteCount` bytes that end `buffer` into its first
-    /// `decompressedByteCount` bytes. Returns false unless exactly that many came out (damaged
-    /// input never writes outside `buffer`). The corresponding C function is
-    /// `LZ4_decompress_safe`, used in place as lz4.h's "In-place compression and
-    /// decompression" describes.
+    /// `decompressedByteCount` bytes, or with `prefixByteCount` only that many first bytes (a
+    /// read near the start of a block decompresses only what it needs). Returns false unless
+    /// exactly that many came out (damaged input never writes outside `buffer`). The
+    /// corresponding C functions are `LZ4_decompress_safe` and `LZ4_decompress_safe_partial`
+    /// (whose source size here is the block's exact size), used in place as lz4.h's "In-place
+    /// compression and decompression" describes.
     static func decompressInPlace(
         _ buffer: UnsafeMutableRawBufferPointer, compressedByteCount: Int,
-        decompressedByteCount: Int
+        decompressedByteCount: Int, prefixByteCount: Int? = nil
     ) -> Bool {
-        precondition(compressedByteCount < decompressedByteCount)
-        precondition(
-            buffer.count
-                >= decompressedByteCount
-                + inPlaceMargin(decompressedByteCount: decompressedByteCount))
-        guard let start = buffer.baseAddress else { return false }
-        let source = (start + (buffer.count - compressedByteCount)).assumingMemoryBound(
-            to: CChar.self)
-        let result = LZ4_decompress_safe(
-            source, start.assumingMemoryBound(to: CChar.self), Int32(compressedByteCount),
-            Int32(decompressedByteCount))
-        return result == Int32(decompressedByteCount)
-    }
-
-    /// Like `decompressInPlace`, but stops once the first `targetByteCount` bytes are out: a
-    /// read near the start of a block decompresses only what it needs. Returns false on
-    /// malformed input or a short block. The corresponding C function is
-    /// `LZ4_decompress_safe_partial`, whose source size here is the block's exact size.
-    static func decompressPrefixInPlace(
-        _ buffer: UnsafeMutableRawBufferPointer, compressedByteCount: Int,
-        decompressedByteCount: Int, targetByteCount: Int
-    ) -> Bool {
+        let targetByteCount = prefixByteCount ?? decompressedByteCount
         precondition(compressedByteCount < decompressedByteCount)
         precondition(targetByteCount > 0 && targetByteCount <= decompressedByteCount)
         precondition(
@@ -102,9 +83,14 @@ enum LZ4Decompressor {
         guard let start = buffer.baseAddress else { return false }
         let source = (start + (buffer.count - compressedByteCount)).assumingMemoryBound(
             to: CChar.self)
-        let result = LZ4_decompress_safe_partial(
-            source, start.assumingMemoryBound(to: CChar.self), Int32(compressedByteCount),
-            Int32(targetByteCount), Int32(decompressedByteCount))
+        let destination = start.assumingMemoryBound(to: CChar.self)
+        let result =
+            targetByteCount == decompressedByteCount
+            ? LZ4_decompress_safe(
+                source, destination, Int32(compressedByteCount), Int32(decompressedByteCount))
+            : LZ4_decompress_safe_partial(
+                source, destination, Int32(compressedByteCount), Int32(targetByteCount),
+                Int32(decompressedByteCount))
         return result == Int32(targetByteCount)
     }
 

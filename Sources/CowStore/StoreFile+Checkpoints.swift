@@ -203,12 +203,4 @@ extension StoreFile {
         }
         return state
     }
-
-    private func io(_ operation: String, at byteOffset: UInt64, _ call: () throws(Errno) -> Void)
-        throws
-    {
-        do { try call() } catch {
-            throw StoreError.io(path: path, operation: operation, byteOffset: byteOffset, error)
-        }
-    }
 }

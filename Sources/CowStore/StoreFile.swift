@@ -150,7 +150,7 @@ public final class StoreFile: Sendable {
                     //    data was written, so step 2 makes that data durable.
                     let words = copyPages(batch)
                     // 2. Data (and punched holes) durable.
-                    try sync(operation: "fsync (data)") { () throws(Errno) in
+                    try io("fsync (data)") { () throws(Errno) in
                         try descriptor.synchronizeAll()
                     }
                     // 3. Then the bits.
@@ -158,7 +158,7 @@ public final class StoreFile: Sendable {
                     done += batch.count
                 } while done < pages.count
                 guard !pages.isEmpty else { return }
-                try sync(operation: "fdatasync (bitmap)") { () throws(Errno) in
+                try io("fdatasync (bitmap)") { () throws(Errno) in
                     try descriptor.synchronizeData()
                 }
             } catch {
@@ -283,9 +283,12 @@ public final class StoreFile: Sendable {
         }
     }
 
-    private func sync(operation: String, _ call: () throws(Errno) -> Void) throws {
+    /// Runs `call`, turning its error into a `StoreError` that names the file and operation.
+    func io(_ operation: String, at byteOffset: UInt64 = 0, _ call: () throws(Errno) -> Void)
+        throws
+    {
         do { try call() } catch {
-            throw StoreError.io(path: path, operation: operation, byteOffset: 0, error)
+            throw StoreError.io(path: path, operation: operation, byteOffset: byteOffset, error)
         }
     }
 

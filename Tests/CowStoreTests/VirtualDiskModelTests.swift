@@ -116,18 +116,9 @@ struct ModelRun {
     }
 }
 
-/// Opens the store again. Other tests in this process spawn `cowbd` children; between fork and
-/// exec a child briefly shares every open file description, flock included, so a reopen right
-/// after close can find the old lock for a moment. Retry for up to a second.
+/// Opens the store again (see `retryingWhileInUse` for why a reopen can find it locked).
 func reopen(_ storePath: String) throws -> VirtualDisk {
-    for _ in 0..<100 {
-        do {
-            return try VirtualDisk.open(storePath: FilePath(storePath))
-        } catch StoreError.inUse {
-            usleep(10_000)
-        }
-    }
-    return try VirtualDisk.open(storePath: FilePath(storePath))
+    try retryingWhileInUse { try VirtualDisk.open(storePath: FilePath(storePath)) }
 }
 
 @Test(arguments: [1, 2, 3, 4, 5, 6] as [UInt64])

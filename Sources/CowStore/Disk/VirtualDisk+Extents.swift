@@ -64,7 +64,7 @@ extension VirtualDisk {
         let limit = end - virtualByteOffset
         do {
             let storeByteOffset = dataByteOffset + virtualByteOffset
-            guard let dataStart = try store.descriptor.nextData(from: storeByteOffset) else {
+            guard let dataStart = try store.io.nextData(from: storeByteOffset) else {
                 return DiskExtent(byteCount: limit, isHole: true, isZero: true, source: .store)
             }
             if dataStart > storeByteOffset {
@@ -72,7 +72,7 @@ extension VirtualDisk {
                     byteCount: min(limit, dataStart - storeByteOffset), isHole: true, isZero: true,
                     source: .store)
             }
-            let holeStart = try store.descriptor.nextHole(from: storeByteOffset)
+            let holeStart = try store.io.nextHole(from: storeByteOffset)
             return DiskExtent(
                 byteCount: min(limit, max(holeStart, storeByteOffset + 1) - storeByteOffset),
                 isHole: false,

@@ -191,9 +191,9 @@ extension VirtualDisk {
             let storeByteOffset = store.header.dataByteOffset + start
             do {
                 if mayPunch {
-                    try store.descriptor.punchHole(at: storeByteOffset, byteCount: end - start)
+                    try store.io.punchHole(at: storeByteOffset, byteCount: end - start)
                 } else {
-                    try store.descriptor.zeroRange(at: storeByteOffset, byteCount: end - start)
+                    try store.io.zeroRange(at: storeByteOffset, byteCount: end - start)
                 }
             } catch {
                 throw StoreError.io(
@@ -208,7 +208,7 @@ extension VirtualDisk {
     {
         let storeByteOffset = store.header.dataByteOffset + virtualByteOffset
         do {
-            try store.descriptor.writeFully(at: storeByteOffset, from: data)
+            try store.io.write(at: storeByteOffset, from: data)
         } catch {
             throw StoreError.io(
                 path: store.path, operation: "write", byteOffset: storeByteOffset, error)

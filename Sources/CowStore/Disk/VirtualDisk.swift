@@ -90,7 +90,7 @@ public final class VirtualDisk: Sendable {
                 rebasing: buffer[Int(cursor - virtualByteOffset)..<Int(runEnd - virtualByteOffset)])
             if isWritten {
                 guard
-                    store.descriptor.readIfCached(
+                    store.io.readIfCached(
                         at: store.header.dataByteOffset + cursor, into: piece)
                 else {
                     return false
@@ -131,7 +131,7 @@ public final class VirtualDisk: Sendable {
         let storeByteOffset = store.header.dataByteOffset + virtualByteOffset
         let done: Int
         do {
-            done = try store.descriptor.readUpToFully(at: storeByteOffset, into: buffer)
+            done = try store.io.read(at: storeByteOffset, into: buffer)
         } catch {
             throw StoreError.io(
                 path: store.path, operation: "read", byteOffset: storeByteOffset, error)
@@ -176,7 +176,7 @@ public final class VirtualDisk: Sendable {
             virtualByteOffset < base.byteCount
             ? min(byteCount, base.byteCount - virtualByteOffset) : 0
         if inBase > 0 { base.prefetch(at: virtualByteOffset, byteCount: inBase) }
-        store.descriptor.adviseWillNeed(
+        store.io.adviseWillNeed(
             at: store.header.dataByteOffset + virtualByteOffset, byteCount: byteCount)
     }
 

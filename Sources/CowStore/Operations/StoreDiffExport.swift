@@ -135,12 +135,12 @@ public final class StoreDiffExport {
             let storeByteOffset = dataByteOffset + cursor
             var extent = ChangedExtent(byteOffset: cursor, byteCount: end - cursor, isZero: false)
             do {
-                if let dataStart = try store.descriptor.nextData(from: storeByteOffset) {
+                if let dataStart = try store.io.nextData(from: storeByteOffset) {
                     if dataStart > storeByteOffset {
                         extent.isZero = true
                         extent.byteCount = min(extent.byteCount, dataStart - storeByteOffset)
                     } else {
-                        let holeStart = try store.descriptor.nextHole(from: storeByteOffset)
+                        let holeStart = try store.io.nextHole(from: storeByteOffset)
                         extent.byteCount = min(
                             extent.byteCount, max(holeStart, storeByteOffset + 1) - storeByteOffset)
                     }
@@ -308,7 +308,7 @@ public final class StoreDiffExport {
     {
         let storeByteOffset = store.header.dataByteOffset + virtualByteOffset
         let done: Int
-        do { done = try store.descriptor.readUpToFully(at: storeByteOffset, into: buffer) } catch {
+        do { done = try store.io.read(at: storeByteOffset, into: buffer) } catch {
             throw StoreError.io(
                 path: store.path, operation: "read", byteOffset: storeByteOffset, error)
         }

@@ -141,7 +141,7 @@ extension StoreMerge {
         let targetFile = FilePath(targetPath)
         var cursor = start
         while cursor < end {
-            let dataStart = (try? store.descriptor.nextData(from: dataOffset + cursor)).flatMap {
+            let dataStart = (try? store.io.nextData(from: dataOffset + cursor)).flatMap {
                 $0
             }
             let holeEnd = min(end, (dataStart ?? (dataOffset + end)) - dataOffset)
@@ -157,14 +157,14 @@ extension StoreMerge {
             }
             let dataEnd = min(
                 end,
-                ((try? store.descriptor.nextHole(from: dataOffset + cursor)) ?? dataOffset + end)
+                ((try? store.io.nextHole(from: dataOffset + cursor)) ?? dataOffset + end)
                     - dataOffset)
             while cursor < dataEnd {
                 let count = Int(min(UInt64(Self.copyByteCount), dataEnd - cursor))
                 let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<count])
                 let done: Int
                 do {
-                    done = try store.descriptor.readUpToFully(at: dataOffset + cursor, into: piece)
+                    done = try store.io.read(at: dataOffset + cursor, into: piece)
                 } catch {
                     throw StoreError.io(
                         path: storePath, operation: "read", byteOffset: dataOffset + cursor, error)
@@ -213,20 +213,20 @@ extension StoreMerge {
     private func emptyStore(resumed: Bool) throws {
         let header = store.header
         do {
-            try store.descriptor.punchHole(
+            try store.io.punchHole(
                 at: header.bitmapByteOffset, byteCount: header.bitmapByteCount)
-            try store.descriptor.synchronizeAll()
+            try store.io.synchronizeAll()
             if resumed {
-                try store.descriptor.punchHole(
+                try store.io.punchHole(
                     at: header.dataByteOffset, byteCount: header.virtualByteCount)
             } else {
                 // The in-memory bitmap still holds the runs just punched from the file.
                 try forEachWrittenRun { start, end in
-                    try store.descriptor.punchHole(
+                    try store.io.punchHole(
                         at: header.dataByteOffset + start, byteCount: end - start)
                 }
             }
-            try store.descriptor.synchronizeAll()
+            try store.io.synchronizeAll()
         } catch let error as Errno {
             throw StoreError.io(path: storePath, operation: "empty store", byteOffset: 0, error)
         }

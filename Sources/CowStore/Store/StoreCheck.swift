@@ -27,7 +27,9 @@ public enum StoreCheck {
 private final class Checker {
     let path: FilePath
     let repair: Bool
+    /// Opened, locked and closed here; read and written only through `file`.
     let descriptor: FileDescriptor
+    let file: any StoreIO
     var report: StoreCheckReport
     /// Whether a repair wrote anything, so the file must be synced.
     var changedFile = false
@@ -55,6 +57,7 @@ private final class Checker {
             try? descriptor.close()
             throw StoreError.inUse(path: path)
         }
+        file = FileStoreIO(descriptor)
     }
 
     deinit { try? descriptor.close() }
@@ -63,7 +66,7 @@ private final class Checker {
         report.checkedAreas.append(.header)
         guard var header = try checkHeader() else { return report }
         report.header = header
-        let fileByteCount = try io("fstat") { try descriptor.byteCount() }
+        let fileByteCount = try io("fstat") { try file.byteCount() }
         // Shorter than its data region: the bitmap cannot be read, so there is no store to check.
         guard fileByteCount >= header.dataByteOffset else {
             throw StoreError.format(
@@ -83,7 +86,7 @@ private final class Checker {
         try checkLeakedData(header, fileByteCount: fileByteCount, bitmap: bitmap)
         report.checkedAreas.append(.base)
         checkBase(header)
-        if changedFile { try io("fsync") { try descriptor.synchronizeAll() } }
+        if changedFile { try io("fsync") { try file.synchronizeAll() } }
         return report
     }
 
@@ -95,7 +98,7 @@ private final class Checker {
         var bytes = [UInt8](repeating: 0, count: StoreHeader.byteCount)
         let done = try io("read header") {
             try bytes.withUnsafeMutableBytes { buffer in
-                try descriptor.readUpToFully(at: 0, into: buffer)
+                try file.read(at: 0, into: buffer)
             }
         }
         do {
@@ -137,7 +140,7 @@ private final class Checker {
                 header.bitmapByteOffset + UInt64(currentPage * ChunkBitmap.pageByteCount)
             let done = try io("read bitmap", at: byteOffset) {
                 try page.withUnsafeMutableBytes { buffer in
-                    try descriptor.readUpToFully(at: byteOffset, into: buffer)
+                    try file.read(at: byteOffset, into: buffer)
                 }
             }
             guard done == page.count else {
@@ -171,7 +174,7 @@ private final class Checker {
         let regionEnd = header.bitmapByteOffset + UInt64(pageCount) * pageByteCount
         let found: UInt64?
         do {
-            found = try descriptor.nextData(
+            found = try file.nextData(
                 from: header.bitmapByteOffset + UInt64(pageIndex) * pageByteCount)
         } catch {
             return pageIndex
@@ -211,7 +214,7 @@ private final class Checker {
         // Bits past the end address no data: clearing them cannot change what the disk reads.
         try io("write bitmap", at: byteOffset) {
             try page.withUnsafeBytes { bytes in
-                try descriptor.writeFully(at: byteOffset, from: bytes)
+                try file.write(at: byteOffset, from: bytes)
             }
         }
         changedFile = true
@@ -227,7 +230,7 @@ private final class Checker {
     private func checkCheckpoints(_ header: StoreHeader) throws -> StoreHeader {
         guard header.hasCheckpoints else { return header }
         do {
-            let state = try StoreFile.readCheckpoints(descriptor, header: header, path: path)
+            let state = try StoreFile.readCheckpoints(file, header: header, path: path)
             report.checkpointCount = state.table?.checkpoints.count ?? 0
             return header
         } catch let error as StoreError {
@@ -243,8 +246,8 @@ private final class Checker {
             plain.setHasCheckpoints(false)
             let bytes = plain.encoded()
             try io("write header") {
-                try bytes.withUnsafeBytes { try descriptor.writeFully(at: 0, from: $0) }
-                try descriptor.synchronizeData()
+                try bytes.withUnsafeBytes { try file.write(at: 0, from: $0) }
+                try file.synchronizeData()
             }
             changedFile = true
             report.header = plain
@@ -279,7 +282,7 @@ private final class Checker {
                     .fileSize, .note, note, .available("truncate the file to \(expected) bytes"))
                 return
             }
-            try io("ftruncate", at: expected) { try descriptor.setByteCount(expected) }
+            try io("ftruncate", at: expected) { try file.setByteCount(expected) }
             changedFile = true
             report.add(.fileSize, .note, note, .done("truncated the file to \(expected) bytes"))
             return
@@ -316,7 +319,7 @@ private final class Checker {
             report.add(.fileSize, .problem, message, .available(offer))
             return
         }
-        try io("ftruncate", at: expected) { try descriptor.setByteCount(expected) }
+        try io("ftruncate", at: expected) { try file.setByteCount(expected) }
         changedFile = true
         report.add(.fileSize, .problem, message, .done(done))
     }
@@ -347,7 +350,7 @@ private final class Checker {
         while cursor < regionEnd {
             let found: UInt64?
             do {
-                found = try descriptor.nextData(from: cursor)
+                found = try file.nextData(from: cursor)
             } catch {
                 report.add(
                     .leakedData, .note,
@@ -357,7 +360,7 @@ private final class Checker {
             }
             guard let dataStart = found, dataStart < regionEnd else { break }
             let holeStart = try io("lseek(SEEK_HOLE)", at: dataStart) {
-                try descriptor.nextHole(from: dataStart)
+                try file.nextHole(from: dataStart)
             }
             let dataEnd = min(regionEnd, holeStart)
             try collectLeaks(
@@ -412,7 +415,7 @@ private final class Checker {
     /// Safe at any time: the bytes lie in chunks whose bit is clear, which nothing reads.
     private func punch(at storeByteOffset: UInt64, byteCount: UInt64) throws {
         try io("punch hole", at: storeByteOffset) {
-            try descriptor.punchHole(at: storeByteOffset, byteCount: byteCount)
+            try file.punchHole(at: storeByteOffset, byteCount: byteCount)
         }
         changedFile = true
     }

@@ -65,8 +65,8 @@ extension StoreFile {
             // The slot's region may hold a deleted checkpoint's bits: clear it before use.
             let regionByteOffset = header.checkpointBitmapByteOffset(slot: slot)
             try io("punch hole", at: regionByteOffset) { () throws(Errno) in
-                try descriptor.punchHole(at: regionByteOffset, byteCount: header.bitmapByteCount)
-                try descriptor.synchronizeAll()
+                try io.punchHole(at: regionByteOffset, byteCount: header.bitmapByteCount)
+                try io.synchronizeAll()
             }
             table.slots[slot] = checkpoint
             try writeCheckpointTable(&table)
@@ -92,7 +92,7 @@ extension StoreFile {
                 $0.bitmaps[slot] = nil
             }
             let regionByteOffset = header.checkpointBitmapByteOffset(slot: slot)
-            try? descriptor.punchHole(at: regionByteOffset, byteCount: header.bitmapByteCount)
+            try? io.punchHole(at: regionByteOffset, byteCount: header.bitmapByteCount)
             guard table.checkpoints.isEmpty else { return }
             // Header first: a crash before the truncate leaves only unused bytes past the end.
             var plain = header
@@ -101,8 +101,8 @@ extension StoreFile {
             checkpoints.withLock { $0 = CheckpointState() }
             let dataEnd = header.dataByteOffset + header.virtualByteCount
             try io("ftruncate", at: dataEnd) { () throws(Errno) in
-                try descriptor.setByteCount(dataEnd)
-                try descriptor.synchronizeAll()
+                try io.setByteCount(dataEnd)
+                try io.synchronizeAll()
             }
         }
     }
@@ -114,7 +114,7 @@ extension StoreFile {
         var withArea = header
         withArea.setHasCheckpoints(true)
         try io("ftruncate", at: withArea.expectedFileByteCount) { () throws(Errno) in
-            try descriptor.setByteCount(withArea.expectedFileByteCount)
+            try io.setByteCount(withArea.expectedFileByteCount)
         }
         var table = CheckpointTable()
         table.isOpen = true
@@ -134,8 +134,8 @@ extension StoreFile {
             * UInt64(CheckpointTable.byteCount)
         let bytes = table.encoded()
         do {
-            try bytes.withUnsafeBytes { try descriptor.writeFully(at: byteOffset, from: $0) }
-            try descriptor.synchronizeData()
+            try bytes.withUnsafeBytes { try io.write(at: byteOffset, from: $0) }
+            try io.synchronizeData()
         } catch let error as Errno {
             throw StoreError.io(
                 path: path, operation: "write checkpoint table", byteOffset: byteOffset, error)
@@ -173,14 +173,14 @@ extension StoreFile {
     }
 
     /// Reads the checkpoint table and the bitmaps of the checkpoints it holds.
-    static func readCheckpoints(_ descriptor: FileDescriptor, header: StoreHeader, path: FilePath)
+    static func readCheckpoints(_ io: any StoreIO, header: StoreHeader, path: FilePath)
         throws -> CheckpointState
     {
         guard header.hasCheckpoints else { return CheckpointState() }
         let byteCount = 2 * CheckpointTable.byteCount
         var bytes = [UInt8](repeating: 0, count: byteCount)
         let done = try bytes.withUnsafeMutableBytes {
-            try descriptor.readUpToFully(at: header.checkpointAreaByteOffset, into: $0)
+            try io.read(at: header.checkpointAreaByteOffset, into: $0)
         }
         let table: CheckpointTable
         do {
@@ -198,7 +198,7 @@ extension StoreFile {
         var state = CheckpointState(table: table)
         for (slot, _) in table.checkpoints {
             state.bitmaps[slot] = try readBitmap(
-                descriptor, header: header,
+                io, header: header,
                 regionByteOffset: header.checkpointBitmapByteOffset(slot: slot), path: path)
         }
         return state

@@ -26,7 +26,10 @@ public final class StoreFile: Sendable {
     public let path: FilePath
     public let header: StoreHeader
     public let isWritable: Bool
-    let descriptor: FileDescriptor
+    /// Opened, locked and closed here; never read or written but through `io`.
+    private let descriptor: FileDescriptor
+    /// Every I/O on the file (StoreIO.swift).
+    let io: any StoreIO
     /// Guards the in-memory bitmap. Never held across I/O.
     let bitmap: Locked<ChunkBitmap>
     /// The checkpoints' table and bitmaps (StoreFile+Checkpoints.swift). Never held across I/O;
@@ -38,7 +41,12 @@ public final class StoreFile: Sendable {
     private let isClosed = Atomic<Bool>(false)
 
     /// Opens and validates an existing store. The base is not opened here.
-    public init(path: FilePath, access: Access) throws {
+    /// `wrappingIO` receives the file's `FileStoreIO` and returns what the store uses for every
+    /// I/O from then on (the header read included): a recorder or a fault injector in tests.
+    public init(
+        path: FilePath, access: Access,
+        wrappingIO wrap: (any StoreIO) -> any StoreIO = { $0 }
+    ) throws {
         self.path = path
         isWritable = access == .exclusiveWrite
         do {
@@ -47,6 +55,8 @@ public final class StoreFile: Sendable {
         } catch let errno as Errno {
             throw StoreError.open(path: path, errno)
         }
+        let io = wrap(FileStoreIO(descriptor))
+        self.io = io
         do {
             switch access {
             case .exclusiveWrite, .exclusiveRead:
@@ -60,8 +70,8 @@ public final class StoreFile: Sendable {
             case .unlockedRead:
                 break
             }
-            header = try Self.readHeader(descriptor, path: path)
-            let fileByteCount = try descriptor.byteCount()
+            header = try Self.readHeader(io, path: path)
+            let fileByteCount = try io.byteCount()
             guard fileByteCount >= header.dataByteOffset else {
                 throw StoreError.format(
                     path: path,
@@ -71,9 +81,9 @@ public final class StoreFile: Sendable {
             }
             bitmap = Locked(
                 try Self.readBitmap(
-                    descriptor, header: header, regionByteOffset: header.bitmapByteOffset,
+                    io, header: header, regionByteOffset: header.bitmapByteOffset,
                     path: path))
-            checkpoints = Locked(try Self.readCheckpoints(descriptor, header: header, path: path))
+            checkpoints = Locked(try Self.readCheckpoints(io, header: header, path: path))
         } catch {
             try? descriptor.close()
             if let errno = error as? Errno {
@@ -107,12 +117,9 @@ public final class StoreFile: Sendable {
 
     /// Bytes the file occupies on disk (its allocated blocks).
     public func allocatedByteCount() throws -> UInt64 {
-        var status = Glibc.stat()
-        guard fstat(descriptor.rawValue, &status) == 0 else {
-            throw StoreError.io(
-                path: path, operation: "fstat", byteOffset: 0, Errno(rawValue: errno))
+        do { return try io.allocatedByteCount() } catch {
+            throw StoreError.io(path: path, operation: "fstat", byteOffset: 0, error)
         }
-        return UInt64(status.st_blocks) * 512
     }
 
     /// Bytes of the data region actually allocated: what the writes cost on disk.
@@ -121,10 +128,10 @@ public final class StoreFile: Sendable {
         var cursor = header.dataByteOffset
         let end = header.dataByteOffset + header.virtualByteCount
         do {
-            while cursor < end, let dataStart = try descriptor.nextData(from: cursor),
+            while cursor < end, let dataStart = try io.nextData(from: cursor),
                 dataStart < end
             {
-                let holeStart = min(end, try descriptor.nextHole(from: dataStart))
+                let holeStart = min(end, try io.nextHole(from: dataStart))
                 total += holeStart - dataStart
                 cursor = holeStart
             }
@@ -151,7 +158,7 @@ public final class StoreFile: Sendable {
                     let words = copyPages(batch)
                     // 2. Data (and punched holes) durable.
                     try io("fsync (data)") { () throws(Errno) in
-                        try descriptor.synchronizeAll()
+                        try io.synchronizeAll()
                     }
                     // 3. Then the bits.
                     try writePages(batch, words)
@@ -159,7 +166,7 @@ public final class StoreFile: Sendable {
                 } while done < pages.count
                 guard !pages.isEmpty else { return }
                 try io("fdatasync (bitmap)") { () throws(Errno) in
-                    try descriptor.synchronizeData()
+                    try io.synchronizeData()
                 }
             } catch {
                 markDirty(pages)
@@ -227,7 +234,7 @@ public final class StoreFile: Sendable {
                 let pageBytes = UnsafeRawBufferPointer(
                     rebasing: bytes[(position * pageByteCount)..<((position + 1) * pageByteCount)])
                 do {
-                    try descriptor.writeFully(at: page.byteOffset, from: pageBytes)
+                    try io.write(at: page.byteOffset, from: pageBytes)
                 } catch let error as Errno {
                     throw StoreError.io(
                         path: path, operation: "write bitmap", byteOffset: page.byteOffset, error)
@@ -276,8 +283,8 @@ public final class StoreFile: Sendable {
         do { try header.validate() } catch { throw StoreError.format(path: path, error) }
         let bytes = header.encoded()
         do {
-            try bytes.withUnsafeBytes { try descriptor.writeFully(at: 0, from: $0) }
-            try descriptor.synchronizeData()
+            try bytes.withUnsafeBytes { try io.write(at: 0, from: $0) }
+            try io.synchronizeData()
         } catch let error as Errno {
             throw StoreError.io(path: path, operation: "write header", byteOffset: 0, error)
         }
@@ -292,10 +299,10 @@ public final class StoreFile: Sendable {
         }
     }
 
-    static func readHeader(_ descriptor: FileDescriptor, path: FilePath) throws -> StoreHeader {
+    static func readHeader(_ io: any StoreIO, path: FilePath) throws -> StoreHeader {
         var bytes = [UInt8](repeating: 0, count: StoreHeader.byteCount)
         let done = try bytes.withUnsafeMutableBytes {
-            try descriptor.readUpToFully(at: 0, into: $0)
+            try io.read(at: 0, into: $0)
         }
         do {
             guard done == StoreHeader.byteCount else {
@@ -312,7 +319,7 @@ public final class StoreFile: Sendable {
 
     /// Reads the bitmap region, skipping its holes, so a large empty bitmap costs nothing.
     static func readBitmap(
-        _ descriptor: FileDescriptor, header: StoreHeader, regionByteOffset: UInt64, path: FilePath
+        _ io: any StoreIO, header: StoreHeader, regionByteOffset: UInt64, path: FilePath
     ) throws -> ChunkBitmap {
         let bitmap = ChunkBitmap(chunkCount: header.chunkCount)
         let pageByteCount = UInt64(ChunkBitmap.pageByteCount)
@@ -326,7 +333,7 @@ public final class StoreFile: Sendable {
             // SEEK_DATA finds the written pages; where it is unsupported, read everything.
             let dataStart: UInt64
             do {
-                guard let found = try descriptor.nextData(from: cursor), found < regionEnd else {
+                guard let found = try io.nextData(from: cursor), found < regionEnd else {
                     break
                 }
                 dataStart = found
@@ -334,12 +341,12 @@ public final class StoreFile: Sendable {
                 dataStart = cursor
             }
             let pageStart = dataStart - (dataStart - regionByteOffset) % pageByteCount
-            let dataEnd = min(regionEnd, (try? descriptor.nextHole(from: dataStart)) ?? regionEnd)
+            let dataEnd = min(regionEnd, (try? io.nextHole(from: dataStart)) ?? regionEnd)
             let batchEnd = min(dataEnd, pageStart + UInt64(batchByteCount))
             let batchByteCountRounded = Int(
                 roundUp(batchEnd - pageStart, toMultipleOf: pageByteCount))
             let batch = UnsafeMutableRawBufferPointer(rebasing: buffer[..<batchByteCountRounded])
-            let done = try descriptor.readUpToFully(at: pageStart, into: batch)
+            let done = try io.read(at: pageStart, into: batch)
             guard done == batch.count else {
                 throw StoreError.shortRead(
                     path: path, byteOffset: pageStart, expectedByteCount: batch.count,

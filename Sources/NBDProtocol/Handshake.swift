@@ -26,6 +26,10 @@ public struct ExportDescription: Sendable {
         self.preferredBlockByteCount = preferredBlockByteCount
         self.maximumPayloadByteCount = maximumPayloadByteCount
     }
+
+    /// Longest NBD_CMD_CACHE served: the maximum payload, the bound the spec lets a server put
+    /// on commands without payload (NBD_EOVERFLOW beyond it).
+    public var maximumCacheByteCount: UInt64 { UInt64(maximumPayloadByteCount) }
 }
 
 /// A metadata context a client can select for NBD_CMD_BLOCK_STATUS.

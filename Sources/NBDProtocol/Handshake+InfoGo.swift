@@ -37,7 +37,7 @@ extension Handshake {
         if requested.contains(InfoType.description.rawValue), !export.description.isEmpty {
             var payload: [UInt8] = []
             payload.appendBigEndian(InfoType.description.rawValue)
-            payload += Array(export.description.utf8.prefix(4096))
+            payload += Array(export.description.utf8.prefix(Self.maxStringByteCount))
             bytes += Self.reply(raw, .info, payload: payload)
         }
         // Sent whether asked or not: the constraints are the protocol's defaults or looser,

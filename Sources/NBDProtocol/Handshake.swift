@@ -26,6 +26,10 @@ public struct ExportDescription: Sendable {
         self.preferredBlockByteCount = preferredBlockByteCount
         self.maximumPayloadByteCount = maximumPayloadByteCount
     }
+
+    /// Longest NBD_CMD_CACHE served: the maximum payload, the bound the spec lets a server put
+    /// on commands without payload (NBD_EOVERFLOW beyond it).
+    public var maximumCacheByteCount: UInt64 { UInt64(maximumPayloadByteCount) }
 }
 
 /// A metadata context a client can select for NBD_CMD_BLOCK_STATUS.
@@ -82,6 +86,8 @@ public struct Handshake {
     public static let maxOptionByteCount: UInt32 = 16 << 10
     /// Options accepted before the server gives up on a client that never chooses an export.
     public static let maxOptionCount = 256
+    /// Longest string the protocol allows (names, descriptions, messages): a MUST of the spec.
+    public static let maxStringByteCount = 4096
 
     public let exports: [ExportDescription]
     public private(set) var clientFlags: ClientFlags = []
@@ -259,6 +265,6 @@ public struct Handshake {
 
     /// An error reply carrying a human-readable message.
     static func reply(_ option: UInt32, _ type: OptionReply, message: String) -> [UInt8] {
-        reply(option, type, payload: Array(message.utf8.prefix(4096)))
+        reply(option, type, payload: Array(message.utf8.prefix(maxStringByteCount)))
     }
 }

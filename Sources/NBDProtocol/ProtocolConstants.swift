@@ -136,7 +136,8 @@ public struct CommandFlags: OptionSet, Sendable {
     public static let requestOne = CommandFlags(rawValue: 1 << 3)
     /// `NBD_CMD_FLAG_FAST_ZERO`.
     public static let fastZero = CommandFlags(rawValue: 1 << 4)
-    /// `NBD_CMD_FLAG_PAYLOAD_LEN` (EXTENDED_HEADERS): not supported by cowbd.
+    /// `NBD_CMD_FLAG_PAYLOAD_LEN` (EXTENDED_HEADERS): the length is a payload's; cowbd takes
+    /// one with WRITE only.
     public static let payloadLength = CommandFlags(rawValue: 1 << 5)
 }
 

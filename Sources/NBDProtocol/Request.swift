@@ -63,8 +63,15 @@ public struct RequestHeader: Equatable, Sendable {
         return bytes
     }
 
-    /// Bytes of payload that follow this header on the wire (only WRITE carries one).
-    public var payloadByteCount: UInt64 { type == Command.write.rawValue ? length : 0 }
+    /// Bytes of payload that follow this header on the wire. A WRITE always carries its
+    /// length in bytes. With extended headers `NBD_CMD_FLAG_PAYLOAD_LEN` says the length is a
+    /// payload's on any command (the EXTENDED_HEADERS extension, which
+    /// ../shared/reference/nbd-protocol.md refers to): cowbd takes no payload but WRITE's, so
+    /// the server reads such a payload to stay in step and refuses the request (`validate`).
+    public func payloadByteCount(extended: Bool) -> UInt64 {
+        if type == Command.write.rawValue { return length }
+        return extended && flags.contains(.payloadLength) ? length : 0
+    }
 }
 
 /// A request that may be executed: known command, valid flags, range inside the export.
@@ -100,6 +107,9 @@ extension NegotiatedSession {
         var allowed: CommandFlags = [.fua]
         switch command {
         case .read: if structuredReplies { allowed.insert(.dontFragment) }
+        // With extended headers a client may mark a WRITE's length as its payload's; on other
+        // commands cowbd accepts no payload, so the flag is refused there.
+        case .write: if extendedHeaders { allowed.insert(.payloadLength) }
         case .writeZeroes: allowed.formUnion([.noHole, .fastZero])
         case .blockStatus: allowed.insert(.requestOne)
         default: break
@@ -113,8 +123,16 @@ extension NegotiatedSession {
             command: command, flags: header.flags, cookie: header.cookie, offset: header.offset,
             length: header.length)
         switch command {
-        case .disconnect, .flush:
+        case .disconnect:
             return .success(request)
+        case .flush:
+            // Offset and length are reserved and MUST be zero. The spec leaves what a server
+            // does with other values to it; cowbd is liberal and ignores them (a flush has no
+            // range), and the request carries zeros so every `Request` lies inside the export.
+            return .success(
+                Request(
+                    command: .flush, flags: header.flags, cookie: header.cookie, offset: 0,
+                    length: 0))
         case .write, .trim, .writeZeroes:
             if export.isReadOnly { return reject(.perm, "the export is read-only") }
         case .blockStatus:
@@ -126,6 +144,13 @@ extension NegotiatedSession {
         }
         if command == .read && header.length > UInt64(export.maximumPayloadByteCount) {
             return reject(.overflow, "read of \(header.length) bytes exceeds the maximum payload")
+        }
+        // The spec allows EOVERFLOW for a command without payload longer than the maximum
+        // payload; a CACHE that long would keep a thread reading ahead for too long.
+        if command == .cache && header.length > export.maximumCacheByteCount {
+            return reject(
+                .overflow,
+                "cache of \(header.length) bytes exceeds \(export.maximumCacheByteCount) bytes")
         }
         guard header.offset <= export.byteCount, header.length <= export.byteCount - header.offset
         else {

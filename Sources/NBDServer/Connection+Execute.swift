@@ -6,7 +6,8 @@ import Logging
 import NBDProtocol
 
 extension Connection {
-    /// Most extents one block status chunk lists; clients ask again for the rest.
+    /// Most extents one block status chunk lists; clients ask again for the rest. Its payload
+    /// fits any maximum payload cowbd offers (the spec's limit on a reply's variable part).
     static let maxExtentCount = 16384
 
     func execute(_ job: RequestWorker.Job, _ worker: RequestWorker) {
@@ -49,13 +50,12 @@ extension Connection {
             ])
         switch request.command {
         case .read:
-            let data = UnsafeMutableRawBufferPointer(
-                rebasing: worker.buffer[..<Int(request.length)])
+            let data = worker.payload.prefix(Int(request.length))
             try disk.read(at: request.offset, into: data)
             replyRead(request, UnsafeRawBufferPointer(data), worker)
             return
         case .write:
-            let data = UnsafeRawBufferPointer(rebasing: worker.buffer[..<Int(request.length)])
+            let data = UnsafeRawBufferPointer(worker.payload.prefix(Int(request.length)))
             try disk.write(at: request.offset, from: data, fua: fua, scratch: worker.scratch)
         case .flush:
             try disk.flush()
@@ -100,22 +100,12 @@ extension Connection {
         }
         guard data.count > 0 else {
             // OFFSET_DATA must carry at least one byte: an empty read is just "done".
-            let count = Reply.encodeChunk(
-                flags: replyFlagDone, type: .none, cookie: request.cookie,
-                requestOffset: request.offset,
-                payloadByteCount: 0, extended: session.extendedHeaders, into: worker.header)
-            sendReply(
-                UnsafeRawBufferPointer(rebasing: worker.header[..<count]),
-                UnsafeRawBufferPointer(start: nil, count: 0))
+            replySuccess(cookie: request.cookie, offset: request.offset, worker)
             return
         }
-        var count = Reply.encodeChunk(
-            flags: replyFlagDone, type: .offsetData, cookie: request.cookie,
-            requestOffset: request.offset,
-            payloadByteCount: 8 + UInt64(data.count), extended: session.extendedHeaders,
-            into: worker.header)
-        worker.header.storeBigEndian(request.offset, at: count)
-        count += 8
+        let count = Reply.encodeReadChunkHeader(
+            cookie: request.cookie, offset: request.offset, dataByteCount: data.count,
+            extended: session.extendedHeaders, into: worker.header)
         sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), data)
     }
 
@@ -123,30 +113,14 @@ extension Connection {
         _ code: ErrorCode, message: String, cookie: UInt64, offset: UInt64, isRead: Bool,
         _ worker: RequestWorker
     ) {
-        guard session.structuredReplies else {
-            let count = Reply.encodeSimple(
-                error: code.rawValue, cookie: cookie, into: worker.header)
-            sendReply(
-                UnsafeRawBufferPointer(rebasing: worker.header[..<count]),
-                UnsafeRawBufferPointer(start: nil, count: 0))
-            return
-        }
-        let headerRoom = Reply.extendedByteCount
-        let payloadCount = Reply.encodeErrorPayload(
-            code, message: message,
-            into: UnsafeMutableRawBufferPointer(
-                rebasing: worker.header[headerRoom..<(headerRoom + 512)]))
-        let count = Reply.encodeChunk(
-            flags: replyFlagDone, type: .error, cookie: cookie, requestOffset: offset,
-            payloadByteCount: UInt64(payloadCount), extended: session.extendedHeaders,
-            into: worker.header)
-        // Close the gap between the header and the payload encoded after the widest header.
-        if count < headerRoom {
-            (worker.header.baseAddress! + count).copyMemory(
-                from: worker.header.baseAddress! + headerRoom, byteCount: payloadCount)
-        }
+        let count =
+            session.structuredReplies
+            ? Reply.encodeErrorChunk(
+                ErrorChunkPayload(error: code.rawValue, message: message), cookie: cookie,
+                requestOffset: offset, extended: session.extendedHeaders, into: worker.header)
+            : Reply.encodeSimple(error: code.rawValue, cookie: cookie, into: worker.header)
         sendReply(
-            UnsafeRawBufferPointer(rebasing: worker.header[..<(count + payloadCount)]),
+            UnsafeRawBufferPointer(rebasing: worker.header[..<count]),
             UnsafeRawBufferPointer(start: nil, count: 0))
     }
 
@@ -159,14 +133,12 @@ extension Connection {
             at: request.offset, byteCount: request.length,
             maxExtentCount: request.flags.contains(.requestOne) ? 1 : Self.maxExtentCount)
         let extended = session.extendedHeaders
+        let payload = worker.payload.prefix(
+            BlockStatusPrefix.payloadByteCount(descriptorCount: extents.count, extended: extended))
         for (position, context) in session.metaContexts.enumerated() {
-            let payload = worker.buffer
-            payload.storeBigEndian(context.id, at: 0)
-            var used = 4
-            if extended {
-                payload.storeBigEndian(UInt32(extents.count), at: 4)
-                used = 8
-            }
+            var used = BlockStatusPrefix(
+                contextID: context.id, descriptorCount: UInt32(extents.count)
+            ).encode(into: payload, extended: extended)
             for extent in extents {
                 let status: UInt32
                 switch context {
@@ -177,15 +149,8 @@ extension Connection {
                 case .allocationDepth:
                     status = extent.source.rawValue
                 }
-                if extended {
-                    payload.storeBigEndian(extent.byteCount, at: used)
-                    payload.storeBigEndian(UInt64(status), at: used + 8)
-                    used += 16
-                } else {
-                    payload.storeBigEndian(UInt32(extent.byteCount), at: used)
-                    payload.storeBigEndian(status, at: used + 4)
-                    used += 8
-                }
+                used += BlockStatusDescriptor(byteCount: extent.byteCount, status: status)
+                    .encode(into: payload, at: used, extended: extended)
             }
             let isLast = position == session.metaContexts.count - 1
             let count = Reply.encodeChunk(

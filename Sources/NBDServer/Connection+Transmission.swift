@@ -13,17 +13,20 @@ extension Connection {
     static let inputByteCount = 256 << 10
 
     func transmit() throws {
-        socket.setSendTimeout(seconds: server.configuration.messageTimeoutSeconds)
+        transport.setSendTimeout(seconds: server.configuration.messageTimeoutSeconds)
         let payloadByteCount = Int(session.export.maximumPayloadByteCount)
         let pool = WorkerPool(
             count: server.configuration.workersPerConnection, payloadByteCount: payloadByteCount,
             makeScratch: { server.disk.makeScratch() })
-        pool.start { [self] job, worker in execute(job, worker) }
+        pool.start { [self] job, worker in
+            execute(job, worker)
+            finish(worker)
+        }
         defer { pool.drainAndStop() }
         let inline = RequestWorker(
             index: -1, payloadByteCount: payloadByteCount, scratch: server.disk.makeScratch())
         let input = InputStream(
-            socket: socket, byteCount: Self.inputByteCount,
+            transport: transport, byteCount: Self.inputByteCount,
             messageTimeoutSeconds: server.configuration.messageTimeoutSeconds)
         let extended = session.extendedHeaders
         let headerByteCount =
@@ -38,21 +41,29 @@ extension Connection {
             } catch let violation as ProtocolViolation {
                 throw ServerError.protocolViolation(violation.description)
             }
-            let payloadByteCount = header.payloadByteCount
+            let payloadByteCount = header.payloadByteCount(extended: extended)
             guard payloadByteCount <= maxPayload else {
                 throw ServerError.protocolViolation(
-                    "write payload of \(payloadByteCount) bytes exceeds \(maxPayload)")
+                    "request payload of \(payloadByteCount) bytes exceeds \(maxPayload)")
             }
             if header.type == Command.disconnect.rawValue { return }
-            let mayBlock = header.flags.contains(.fua) || header.type == Command.flush.rawValue
+            // Budget before any buffer is touched: the payload about to be received, or the
+            // data a READ will put in its buffer.
+            let budgetByteCount = Self.budgetByteCount(
+                header, payloadByteCount: Int(payloadByteCount), maxPayload: maxPayload)
+            if budgetByteCount > 0 { server.payloadBudget.acquire(budgetByteCount) }
+            // CACHE may wait for the device to read ahead (a compressed base reads its index).
+            let mayBlock =
+                header.flags.contains(.fua) || header.type == Command.flush.rawValue
+                || header.type == Command.cache.rawValue
             // A request that may block takes a pool worker before its payload is read, so the
             // payload lands in the buffer of the thread that will use it.
             let worker = mayBlock ? pool.acquire() : inline
+            worker.heldBudgetByteCount = budgetByteCount
             do {
-                try input.read(
-                    into: UnsafeMutableRawBufferPointer(
-                        rebasing: worker.buffer[..<Int(payloadByteCount)]))
+                try input.read(into: worker.payload.prefix(Int(payloadByteCount)))
             } catch {
+                finish(worker)
                 if mayBlock { pool.release(worker) }
                 throw error
             }
@@ -64,40 +75,69 @@ extension Connection {
             if mayBlock {
                 pool.submit(worker, job)
             } else if case .execute(let request) = job, request.command == .read {
-                if !readIfCached(request, inline) { pool.submit(pool.acquire(), job) }
+                if !readIfCached(request, inline) {
+                    let blocking = pool.acquire()
+                    swap(&blocking.heldBudgetByteCount, &inline.heldBudgetByteCount)
+                    inline.payload.giveBackPages()
+                    pool.submit(blocking, job)
+                }
             } else {
                 execute(job, inline)
+                finish(inline)
             }
+        }
+    }
+
+    /// Bytes of the payload budget a request takes: what its buffer will hold, if that is more
+    /// than the part of a buffer that stays resident anyway.
+    private static func budgetByteCount(
+        _ header: RequestHeader, payloadByteCount: Int, maxPayload: UInt64
+    ) -> Int {
+        // A READ over the maximum is refused without touching a buffer.
+        let readByteCount =
+            header.type == Command.read.rawValue && header.length <= maxPayload
+            ? Int(header.length) : 0
+        let bufferByteCount = max(payloadByteCount, readByteCount)
+        return bufferByteCount > PayloadBuffer.keptResidentByteCount ? bufferByteCount : 0
+    }
+
+    /// After a request's reply: gives its buffer's pages and its budget back.
+    func finish(_ worker: RequestWorker) {
+        worker.payload.giveBackPages()
+        if worker.heldBudgetByteCount > 0 {
+            server.payloadBudget.release(worker.heldBudgetByteCount)
+            worker.heldBudgetByteCount = 0
         }
     }
 
     /// Answers a read from memory if every byte is cached; false means "send it to the pool".
     private func readIfCached(_ request: Request, _ worker: RequestWorker) -> Bool {
-        let data = UnsafeMutableRawBufferPointer(rebasing: worker.buffer[..<Int(request.length)])
+        let data = worker.payload.prefix(Int(request.length))
         do {
             guard try server.disk.readIfCached(at: request.offset, into: data) else { return false }
         } catch {
             return false  // the pool's blocking read reports the error properly
         }
         replyRead(request, UnsafeRawBufferPointer(data), worker)
+        finish(worker)
         return true
     }
 }
 
-/// A receive buffer over the socket. Used by the reader thread only.
+/// A receive buffer over the transport. Used by the reader thread only.
 /// Between requests the client may stay silent for as long as it likes; once a message has
 /// begun, the rest must arrive within `messageTimeoutSeconds` of its first byte, so a client
 /// that stops mid-request, or sends a byte now and then, cannot hold the connection's thread
 /// and buffers forever.
 final class InputStream {
-    private let socket: Socket
+    private let transport: any Transport
     private let storage: UnsafeMutableRawBufferPointer
     private let messageTimeoutSeconds: Double
     private var start = 0
     private var end = 0
 
-    init(socket: Socket, byteCount: Int, messageTimeoutSeconds: Double) {
-        self.socket = socket
+    init(transport: any Transport, byteCount: Int, messageTimeoutSeconds: Double) {
+        self.transport = transport
         self.messageTimeoutSeconds = messageTimeoutSeconds
         storage = .allocate(byteCount: byteCount, alignment: 64)
     }
@@ -122,14 +162,14 @@ final class InputStream {
             if deadline == nil && end > start {
                 deadline = monotonicSeconds() + messageTimeoutSeconds
             }
-            end += try socket.receiveSome(
+            end += try transport.receiveSome(
                 into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]), deadline: deadline)
         }
         defer { start += byteCount }
         return try body(UnsafeRawBufferPointer(rebasing: storage[start..<(start + byteCount)]))
     }
 
-    /// Fills `destination`: first from what is buffered, then straight from the socket.
+    /// Fills `destination`: first from what is buffered, then straight from the transport.
     func read(into destination: UnsafeMutableRawBufferPointer) throws {
         let buffered = min(end - start, destination.count)
         if buffered > 0 {
@@ -138,7 +178,7 @@ final class InputStream {
             start += buffered
         }
         if buffered < destination.count {
-            try socket.receive(
+            try transport.receive(
                 into: UnsafeMutableRawBufferPointer(rebasing: destination[buffered...]),
                 deadline: monotonicSeconds() + messageTimeoutSeconds)
         }

@@ -19,7 +19,7 @@ final class Connection: @unchecked Sendable {
     }
 
     let id: Int
-    let socket: Socket
+    let transport: any Transport
     let server: NBDServer
     let logger: Logger
     let acceptedAtSeconds = monotonicSeconds()
@@ -29,13 +29,13 @@ final class Connection: @unchecked Sendable {
     /// Set when a send failed: the reader stops taking requests.
     let broken = Atomic<Bool>(false)
 
-    init(id: Int, socket: Socket, server: NBDServer) {
+    init(id: Int, transport: any Transport, server: NBDServer) {
         self.id = id
-        self.socket = socket
+        self.transport = transport
         self.server = server
         var logger = server.logger
         logger[metadataKey: "connection"] = "\(id)"
-        logger[metadataKey: "peer"] = "\(socket.peer)"
+        logger[metadataKey: "peer"] = "\(transport.peer)"
         self.logger = logger
     }
 
@@ -79,7 +79,7 @@ final class Connection: @unchecked Sendable {
             phase.compareExchange(expected: .handshake, desired: .evicted, ordering: .relaxed)
                 .exchanged
         else { return false }
-        socket.shutdownBoth()
+        transport.shutdownBoth()
         return true
     }
 
@@ -87,89 +87,77 @@ final class Connection: @unchecked Sendable {
     private func negotiate() throws(ServerError) -> Bool {
         let deadline = monotonicSeconds() + server.configuration.handshakeTimeoutSeconds
         // A client that never reads the replies to its options must not hold the thread either.
-        socket.setSendTimeout(seconds: server.configuration.handshakeTimeoutSeconds)
+        transport.setSendTimeout(seconds: server.configuration.handshakeTimeoutSeconds)
         var handshake = Handshake(exports: [server.exportDescription])
-        try socket.send(Handshake.greeting())
-        var word = [UInt8](repeating: 0, count: 16)
-        try receive(&word, byteCount: 4, deadline: deadline)
-        if let reason = handshake.receiveClientFlags(UInt32(bigEndianBytes: word[0..<4])) {
+        try transport.send(Handshake.greeting())
+        var fixed = [UInt8](repeating: 0, count: max(ClientFlags.byteCount, OptionHeader.byteCount))
+        let flags = try receive(&fixed, byteCount: ClientFlags.byteCount, deadline: deadline) {
+            ClientFlags(parsing: $0)
+        }
+        if let reason = handshake.receiveClientFlags(flags.rawValue) {
             throw .protocolViolation(reason)
         }
         while true {
-            try receive(&word, byteCount: 16, deadline: deadline)
-            guard UInt64(bigEndianBytes: word[0..<8]) == Magic.option else {
-                throw .protocolViolation("bad option magic")
+            let header = try receive(&fixed, byteCount: OptionHeader.byteCount, deadline: deadline)
+            {
+                bytes throws(ServerError) in
+                do throws(ProtocolViolation) { return try OptionHeader(parsing: bytes) } catch {
+                    throw .protocolViolation(error.description)
+                }
             }
-            let option = UInt32(bigEndianBytes: word[8..<12])
-            let length = UInt32(bigEndianBytes: word[12..<16])
-            guard length <= Handshake.maxOptionByteCount else {
-                throw .protocolViolation(
-                    "option \(option) has \(length) bytes of data (limit \(Handshake.maxOptionByteCount))"
-                )
-            }
-            var data = [UInt8](repeating: 0, count: Int(length))
-            try receive(&data, byteCount: Int(length), deadline: deadline)
-            switch handshake.handle(option: option, data: data) {
+            var data = [UInt8](repeating: 0, count: Int(header.dataByteCount))
+            _ = try receive(&data, byteCount: data.count, deadline: deadline) { _ in () }
+            switch handshake.handle(option: header.option, data: data) {
             case .reply(let bytes):
-                try socket.send(bytes)
+                try transport.send(bytes)
             case .replyAndTransmit(let bytes):
                 // Past the handshake before the client hears so: once it has the reply, a new
                 // client at the limit must not evict it. An eviction that came first wins (the
-                // socket is already shut).
+                // transport is already shut).
                 guard
                     phase.compareExchange(
                         expected: .handshake, desired: .transmission, ordering: .relaxed
                     ).exchanged
                 else { throw .peerClosed }
-                try socket.send(bytes)
+                try transport.send(bytes)
                 guard let chosen = handshake.session else {
                     preconditionFailure("transmission without a session")
                 }
                 session = chosen
                 return true
             case .replyAndClose(let bytes, let reason):
-                if !bytes.isEmpty { try? socket.send(bytes) }
+                if !bytes.isEmpty { try? transport.send(bytes) }
                 logger.info("handshake ended: \(reason)")
                 return false
             }
         }
     }
 
-    private func receive(_ bytes: inout [UInt8], byteCount: Int, deadline: Double)
-        throws(ServerError)
-    {
+    /// Receives `byteCount` bytes into `bytes` before `deadline` and hands them to `parse`.
+    private func receive<Value>(
+        _ bytes: inout [UInt8], byteCount: Int, deadline: Double,
+        _ parse: (UnsafeRawBufferPointer) throws(ServerError) -> Value
+    ) throws(ServerError) -> Value {
         let outcome = bytes.withUnsafeMutableBytes { buffer in
             Result { () throws(ServerError) in
-                try socket.receive(
-                    into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<byteCount]),
-                    deadline: deadline)
+                let received = UnsafeMutableRawBufferPointer(rebasing: buffer[..<byteCount])
+                try transport.receive(into: received, deadline: deadline)
+                return try parse(UnsafeRawBufferPointer(received))
             }
         }
-        try outcome.get()
+        return try outcome.get()
     }
 
     /// Sends one reply: `header` then `payload`, as one unit on the wire.
     func sendReply(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) {
         let outcome = sendLock.withLock { _ in
-            Result { () throws(ServerError) in try socket.send(header, payload) }
+            Result { () throws(ServerError) in try transport.send(header, payload) }
         }
         if case .failure(let error) = outcome {
             if !broken.exchange(true, ordering: .relaxed) {
                 logger.warning("cannot send a reply: \(error)")
             }
-            socket.shutdownBoth()
+            transport.shutdownBoth()
         }
-    }
-}
-
-extension UInt32 {
-    init(bigEndianBytes bytes: ArraySlice<UInt8>) {
-        self = bytes.reduce(0) { $0 << 8 | UInt32($1) }
-    }
-}
-
-extension UInt64 {
-    init(bigEndianBytes bytes: ArraySlice<UInt8>) {
-        self = bytes.reduce(0) { $0 << 8 | UInt64($1) }
     }
 }

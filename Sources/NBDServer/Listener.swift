@@ -34,7 +34,7 @@ final class Listener: @unchecked Sendable {
 
     /// Waits for the next client; nil once the listener was shut down.
     /// The corresponding C functions are `accept` and `fcntl(FD_CLOEXEC)`.
-    func accept() -> Socket? {
+    func accept() -> SocketTransport? {
         while true {
             var storage = sockaddr_storage()
             var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
@@ -45,7 +45,12 @@ final class Listener: @unchecked Sendable {
             }
             if client >= 0 {
                 _ = fcntl(client, F_SETFD, FD_CLOEXEC)
-                return Socket(descriptor: client, peer: Self.describe(storage, fallback: address))
+                let transport = SocketTransport(
+                    descriptor: client, peer: Self.describe(storage, fallback: address))
+                // Both fail harmlessly on unix sockets.
+                transport.setNoDelay()
+                transport.enableKeepAlive()
+                return transport
             }
             switch errno {
             case EINTR, ECONNABORTED, EPROTO: continue

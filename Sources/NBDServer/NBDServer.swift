@@ -26,6 +26,9 @@ public final class NBDServer: Sendable {
         public var workersPerConnection = 4
         /// Largest READ or WRITE payload (NBD_INFO_BLOCK_SIZE maximum).
         public var maximumPayloadByteCount: UInt32 = 32 << 20
+        /// Memory for the payloads of requests in flight, across all connections
+        /// (`--max-inflight-bytes`): at least one largest payload, so no request waits forever.
+        public var maxInflightByteCount = 256 << 20
 
         public init() {}
     }
@@ -40,6 +43,7 @@ public final class NBDServer: Sendable {
     let configuration: Configuration
     let logger: Logger
     let exportDescription: ExportDescription
+    let payloadBudget: PayloadBudget
     private let listeners: [Listener]
     private let registry = Locked(Registry())
     private let running = DispatchGroup()
@@ -49,6 +53,15 @@ public final class NBDServer: Sendable {
         self.disk = disk
         self.configuration = configuration
         self.logger = logger
+        precondition(
+            configuration.maxInflightByteCount >= Int(configuration.maximumPayloadByteCount),
+            "the payload budget holds at least one largest request")
+        precondition(
+            BlockStatusPrefix.payloadByteCount(
+                descriptorCount: Connection.maxExtentCount, extended: true)
+                <= Int(configuration.maximumPayloadByteCount),
+            "a block status reply fits the maximum payload")
+        payloadBudget = PayloadBudget(byteCount: configuration.maxInflightByteCount)
         exportDescription = ExportDescription(
             name: configuration.exportName, description: configuration.description,
             byteCount: disk.byteCount,
@@ -73,14 +86,14 @@ public final class NBDServer: Sendable {
             running.enter()
             startThread { [self] in
                 defer { running.leave() }
-                while let socket = listener.accept() { admit(socket) }
+                while let transport = listener.accept() { admit(transport) }
             }
         }
     }
 
     /// Registers a new client, making room if needed: clients that connect and never finish
     /// the handshake must not lock out the ones that do, however many there are.
-    private func admit(_ socket: Socket) {
+    private func admit(_ transport: any Transport) {
         let connection: Connection? = registry.withLock { registry in
             guard !registry.stopping else { return nil }
             if registry.connections.count >= configuration.maxConnections {
@@ -93,7 +106,7 @@ public final class NBDServer: Sendable {
                 else { return nil }
                 registry.connections[oldest.id] = nil
             }
-            let connection = Connection(id: registry.nextID, socket: socket, server: self)
+            let connection = Connection(id: registry.nextID, transport: transport, server: self)
             registry.nextID += 1
             registry.connections[connection.id] = connection
             return connection
@@ -101,17 +114,14 @@ public final class NBDServer: Sendable {
         guard let connection else {
             logger.warning(
                 "refusing a connection: \(configuration.maxConnections) already open (--max-connections)",
-                metadata: ["peer": "\(socket.peer)"])
+                metadata: ["peer": "\(transport.peer)"])
             return
         }
-        // Both fail harmlessly on unix sockets.
-        socket.setNoDelay()
-        socket.enableKeepAlive()
         running.enter()
         startThread { [self] in
             defer {
                 _ = registry.withLock { $0.connections.removeValue(forKey: connection.id) }
-                connection.socket.shutdownBoth()
+                connection.transport.shutdownBoth()
                 running.leave()
             }
             connection.run()
@@ -126,7 +136,7 @@ public final class NBDServer: Sendable {
             return Array(registry.connections.values)
         }
         for listener in listeners { listener.shutdownAndRemove() }
-        for connection in connections { connection.socket.shutdownReceiving() }
+        for connection in connections { connection.transport.shutdownReceiving() }
         if running.wait(timeout: .now() + timeoutSeconds) == .timedOut {
             logger.warning("connections still busy after \(timeoutSeconds) s; flushing anyway")
         }

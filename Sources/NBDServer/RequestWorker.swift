@@ -1,14 +1,15 @@
 // Request buffers and the per-connection pool of threads for requests that may block. Every
-// buffer is allocated once, so the data path allocates nothing per request.
+// buffer is allocated once, so the data path allocates nothing per request; payload buffers
+// give their pages back after large requests (PayloadBuffer).
 
 import CowStore
 import Dispatch
 import NBDProtocol
 
 /// One set of request buffers: the reader's own, or a pool thread's.
-/// `@unchecked Sendable`: a pool worker's `job` and buffers are written by the reader only while
-/// the worker is idle (taken from the free list) and read by the worker only after `wake` is
-/// signalled; the semaphore orders the two.
+/// `@unchecked Sendable`: a pool worker's `job`, `heldBudgetByteCount` and buffers are written
+/// by the reader only while the worker is idle (taken from the free list) and used by the
+/// worker only after `wake` is signalled; the semaphore orders the two.
 final class RequestWorker: @unchecked Sendable {
     /// What a worker is asked to do.
     enum Job {
@@ -19,25 +20,23 @@ final class RequestWorker: @unchecked Sendable {
 
     let index: Int
     /// Payload in (WRITE) and out (READ, BLOCK_STATUS): the export's maximum payload.
-    let buffer: UnsafeMutableRawBufferPointer
-    /// Reply headers and fixed payload prefixes.
+    let payload: PayloadBuffer
+    /// Reply headers with their fixed payload prefixes, and whole error chunks.
     let header: UnsafeMutableRawBufferPointer
     let scratch: ChunkScratch
     var job: Job = .stop
+    /// Bytes of the server's payload budget the job holds, given back when it is done.
+    var heldBudgetByteCount = 0
     let wake = DispatchSemaphore(value: 0)
 
     init(index: Int, payloadByteCount: Int, scratch: ChunkScratch) {
         self.index = index
-        // Large allocations are mapped lazily by the kernel: untouched pages cost no memory.
-        buffer = .allocate(byteCount: payloadByteCount, alignment: 4096)
-        header = .allocate(byteCount: Reply.maxHeaderByteCount + 4200, alignment: 64)
+        payload = PayloadBuffer(byteCount: payloadByteCount)
+        header = .allocate(byteCount: Reply.headerBufferByteCount, alignment: 64)
         self.scratch = scratch
     }
 
-    deinit {
-        buffer.deallocate()
-        header.deallocate()
-    }
+    deinit { header.deallocate() }
 }
 
 /// A fixed set of threads with a free list. The reader takes an idle worker (waiting if none

@@ -78,6 +78,15 @@ struct ServeCommand: ParsableCommand {
             valueName: "size"))
     var cacheSize: String = "64M"
 
+    @Option(
+        help: ArgumentHelp(
+            """
+            Memory for the payloads of requests in flight, shared by all connections; a large \
+            request waits for it. At least 32M, the largest request.
+            """,
+            valueName: "size"))
+    var maxInflightBytes: String = "256M"
+
     func validate() throws {
         for address in listen { _ = try parseAddress(address) }
         guard maxConnections >= 1 else {
@@ -94,6 +103,13 @@ struct ServeCommand: ParsableCommand {
         }
         guard let cacheByteCount = try? ByteSize.parse(cacheSize), cacheByteCount <= 1 << 40 else {
             throw ValidationError("--cache-size: invalid size '\(cacheSize)' (up to 1T)")
+        }
+        let largestPayload = UInt64(NBDServer.Configuration().maximumPayloadByteCount)
+        guard let inflightByteCount = try? ByteSize.parse(maxInflightBytes),
+            inflightByteCount >= largestPayload, inflightByteCount <= 1 << 40
+        else {
+            throw ValidationError(
+                "--max-inflight-bytes: invalid size '\(maxInflightBytes)' (32M to 1T)")
         }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("unknown --log-level '\(logLevel)'")
@@ -128,6 +144,8 @@ struct ServeCommand: ParsableCommand {
             configuration.handshakeTimeoutSeconds = handshakeTimeout
             configuration.messageTimeoutSeconds = messageTimeout
             configuration.workersPerConnection = threads
+            configuration.maxInflightByteCount = Int(
+                (try? ByteSize.parse(maxInflightBytes)) ?? 256 << 20)
             let server = try NBDServer(disk: disk, configuration: configuration, logger: logger)
             if let pidFile { try writePidFile(pidFile) }
             defer { if let pidFile { _ = unlink(pidFile) } }

@@ -120,3 +120,57 @@ private func header(
             0, 0, 0, 0, 0, 0, 0, 9,
         ] + [0, 0, 0, 0, 0, 0, 0, 5] + [UInt8](repeating: 0, count: 8))
 }
+
+private func extendedSession(contexts: [MetaContext] = [.baseAllocation]) -> NegotiatedSession {
+    NegotiatedSession(
+        export: ExportDescription(
+            name: "", description: "", byteCount: 1 << 40, isReadOnly: false),
+        structuredReplies: true, extendedHeaders: true, metaContexts: contexts,
+        transmissionFlags: [.hasFlags])
+}
+
+@Test func payloadLengthFlagMakesTheLengthAPayloadOnlyWithExtendedHeaders() {
+    let blockStatus = header(7, flags: .payloadLength, length: 40)
+    #expect(blockStatus.payloadByteCount(extended: true) == 40)
+    #expect(blockStatus.payloadByteCount(extended: false) == 0)
+    #expect(header(1, length: 512).payloadByteCount(extended: false) == 512)
+    #expect(header(1, length: 512).payloadByteCount(extended: true) == 512)
+    #expect(header(0, length: 512).payloadByteCount(extended: true) == 0)
+}
+
+@Test func payloadLengthFlagIsAcceptedOnWritesWithExtendedHeadersOnly() {
+    let write = header(1, flags: [.payloadLength, .fua], length: 512)
+    #expect((try? extendedSession().validate(write).get()) != nil)
+    guard case .failure(let compact) = session().validate(write) else {
+        Issue.record("PAYLOAD_LEN accepted without extended headers")
+        return
+    }
+    #expect(compact.error == .invalid)
+    // No other command takes a payload: the server reads it and refuses the request.
+    for command: UInt16 in [0, 3, 4, 5, 6, 7] {
+        let withPayload = header(command, flags: .payloadLength, length: 16)
+        guard case .failure(let rejection) = extendedSession().validate(withPayload) else {
+            Issue.record("command \(command) with a payload accepted")
+            continue
+        }
+        #expect(rejection.error == .invalid)
+    }
+}
+
+@Test func flushIgnoresItsReservedOffsetAndLength() throws {
+    let flush = try session().validate(header(3, offset: 1 << 62, length: 77)).get()
+    #expect(flush.command == .flush && flush.offset == 0 && flush.length == 0)
+    #expect(flush.cookie == 0xC00C1E)
+}
+
+@Test func cacheLongerThanTheMaximumPayloadIsRefusedWithEOVERFLOW() {
+    let limit = extendedSession().export.maximumCacheByteCount
+    #expect(limit == 32 << 20)
+    #expect((try? extendedSession().validate(header(5, length: limit)).get()) != nil)
+    guard case .failure(let rejection) = extendedSession().validate(header(5, length: limit + 1))
+    else {
+        Issue.record("a cache over the limit was accepted")
+        return
+    }
+    #expect(rejection.error == .overflow)
+}

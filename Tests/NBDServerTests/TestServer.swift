@@ -17,6 +17,8 @@ struct ServerOptions {
     var writesPidFile = false
     /// More `cowbd serve` options, such as `--max-connections 2`.
     var extraArguments: [String] = []
+    /// A base of this many zero bytes (a sparse file) instead of `TestImage`.
+    var zeroBaseByteCount: UInt64? = nil
 }
 
 /// Runs `body` with a started server, and always stops it: checked (SIGTERM, exit status 0)
@@ -70,7 +72,16 @@ final class TestServer {
         folder = URL(fileURLWithPath: "/tmp").appendingPathComponent(
             "cowbd-nbd-\(UUID().uuidString.prefix(8))")
         try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
-        try TestImage.write(to: basePath)
+        if let zeroBaseByteCount = options.zeroBaseByteCount {
+            guard FileManager.default.createFile(atPath: basePath, contents: nil) else {
+                throw TestFailure("cannot create base image \(basePath)")
+            }
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: basePath))
+            defer { try? handle.close() }
+            try handle.truncate(atOffset: zeroBaseByteCount)
+        } else {
+            try TestImage.write(to: basePath)
+        }
         try createStore()
         try start()
     }

@@ -1,6 +1,6 @@
-// Fuzz target: the option phase of the handshake, read as `NBDServer` reads it (client flags,
-// then option headers and their data, with the same length limit), fed to `Handshake`.
-// Input: the bytes a client sends after the server's greeting.
+// Fuzz target: the option phase of the handshake, read as `NBDServer` reads it (client flags
+// and option headers parsed by `ClientFlags(parsing:)` and `OptionHeader(parsing:)`, then
+// the option's data), fed to `Handshake`. Input: the bytes a client sends after the greeting.
 
 import FuzzSupport
 import NBDProtocol
@@ -11,28 +11,47 @@ let exports = [
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func testOneInput(_ data: UnsafePointer<UInt8>?, _ byteCount: Int) -> CInt {
-    var reader = ByteReader(Array(UnsafeBufferPointer(start: data, count: byteCount)))
+    let bytes = UnsafeRawBufferPointer(start: data, count: byteCount)
     var handshake = Handshake(exports: exports)
-    guard let flags = reader.read(UInt32.self), handshake.receiveClientFlags(flags) == nil else {
-        return 0
-    }
-    while let magic = reader.read(UInt64.self), magic == Magic.option,
-        let option = reader.read(UInt32.self), let length = reader.read(UInt32.self),
-        length <= Handshake.maxOptionByteCount,
-        let optionData = reader.read(byteCount: Int(length))
-    {
-        switch handshake.handle(option: option, data: Array(optionData)) {
-        case .reply(let bytes):
-            checkReplies(bytes, option: option)
-        case .replyAndTransmit(let bytes):
+    guard bytes.count >= ClientFlags.byteCount else { return 0 }
+    let flags = ClientFlags(
+        parsing: UnsafeRawBufferPointer(rebasing: bytes[..<ClientFlags.byteCount]))
+    guard handshake.receiveClientFlags(flags.rawValue) == nil else { return 0 }
+    var position = ClientFlags.byteCount
+    while position + OptionHeader.byteCount <= bytes.count {
+        let headerBytes = UnsafeRawBufferPointer(
+            rebasing: bytes[position..<(position + OptionHeader.byteCount)])
+        guard let header = try? OptionHeader(parsing: headerBytes) else {
+            return 0  // the server ends the connection
+        }
+        checkRoundTrip(header)
+        position += OptionHeader.byteCount
+        let dataByteCount = Int(header.dataByteCount)
+        guard position + dataByteCount <= bytes.count else { return 0 }
+        let optionData = Array(bytes[position..<(position + dataByteCount)])
+        position += dataByteCount
+        switch handshake.handle(option: header.option, data: optionData) {
+        case .reply(let replyBytes):
+            checkReplies(replyBytes, option: header.option)
+        case .replyAndTransmit(let replyBytes):
             precondition(handshake.session != nil, "transmission without a session")
-            if option != Option.exportName.rawValue { checkReplies(bytes, option: option) }
+            if header.option != Option.exportName.rawValue {
+                checkReplies(replyBytes, option: header.option)
+            }
             return 0
         case .replyAndClose:
             return 0
         }
     }
     return 0
+}
+
+/// Encoding a parsed option header gives back the same header.
+func checkRoundTrip(_ header: OptionHeader) {
+    var encoded = [UInt8](repeating: 0, count: OptionHeader.byteCount)
+    encoded.withUnsafeMutableBytes { _ = header.encode(into: $0) }
+    let again = encoded.withUnsafeBytes { try? OptionHeader(parsing: $0) }
+    precondition(again == header, "option header does not survive encoding")
 }
 
 /// Every reply is whole option-reply frames for the option asked, with bounded payloads.

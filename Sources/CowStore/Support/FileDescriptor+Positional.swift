@@ -44,16 +44,18 @@ extension FileDescriptor {
         }
     }
 
-    /// Writes all of `buffer` at `byteOffset`, looping over short writes.
-    /// The corresponding C function is `pwrite`.
+    /// Writes all of `buffer` at `byteOffset`, looping over short writes; a write of nothing
+    /// fails with EIO. The corresponding C function is `pwrite`.
     func writeFully(at byteOffset: UInt64, from buffer: UnsafeRawBufferPointer) throws(Errno) {
         var done = 0
         while done < buffer.count {
             let result = Glibc.pwrite(
                 rawValue, buffer.baseAddress! + done, buffer.count - done,
                 off_t(byteOffset) + off_t(done))
-            if result >= 0 {
+            if result > 0 {
                 done += result
+            } else if result == 0 {
+                throw Errno.ioError  // no progress: retrying would spin forever
             } else if Glibc.errno != EINTR {
                 throw Errno(rawValue: Glibc.errno)
             }

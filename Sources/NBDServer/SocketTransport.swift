@@ -1,5 +1,6 @@
-// A connected stream socket: whole-buffer receives with an optional deadline, and gathered
-// sends that never raise SIGPIPE. Short reads and writes loop here and nowhere else.
+// The plain-socket transport: a connected stream socket with whole-buffer receives under an
+// optional deadline, and gathered sends that never raise SIGPIPE. Short reads and writes loop
+// here and nowhere else.
 
 import SystemPackage
 
@@ -9,7 +10,7 @@ import SystemPackage
 
 /// One connected socket. `@unchecked Sendable`: the descriptor is immutable; receives happen on
 /// the connection's reader thread only, sends under the connection's send lock.
-final class Socket: @unchecked Sendable {
+final class SocketTransport: Transport, @unchecked Sendable {
     let descriptor: Int32
     let peer: String
 
@@ -22,7 +23,7 @@ final class Socket: @unchecked Sendable {
 
     /// Fills `buffer` completely. With a `deadline` (monotonic seconds, see `monotonicSeconds`)
     /// gives up when it passes. The corresponding C functions are `poll` and `recv`.
-    func receive(into buffer: UnsafeMutableRawBufferPointer, deadline: Double? = nil)
+    func receive(into buffer: UnsafeMutableRawBufferPointer, deadline: Double?)
         throws(ServerError)
     {
         var done = 0
@@ -51,7 +52,7 @@ final class Socket: @unchecked Sendable {
 
     /// Receives whatever is available, up to `buffer.count` bytes (at least one), waiting at most
     /// until `deadline` when one is given. The corresponding C function is `recv`.
-    func receiveSome(into buffer: UnsafeMutableRawBufferPointer, deadline: Double? = nil)
+    func receiveSome(into buffer: UnsafeMutableRawBufferPointer, deadline: Double?)
         throws(ServerError) -> Int
     {
         while true {
@@ -79,10 +80,7 @@ final class Socket: @unchecked Sendable {
 
     /// Sends all of `first` then all of `second` with as few calls as possible.
     /// The corresponding C function is `sendmsg(MSG_NOSIGNAL)`.
-    func send(
-        _ first: UnsafeRawBufferPointer,
-        _ second: UnsafeRawBufferPointer = UnsafeRawBufferPointer(start: nil, count: 0)
-    )
+    func send(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer)
         throws(ServerError)
     {
         var parts = (first, second)
@@ -116,14 +114,6 @@ final class Socket: @unchecked Sendable {
             sent -= fromFirst
             parts.1 = UnsafeRawBufferPointer(rebasing: parts.1[sent...])
         }
-    }
-
-    /// Sends a byte array (handshake replies).
-    func send(_ bytes: [UInt8]) throws(ServerError) {
-        let outcome = bytes.withUnsafeBytes { buffer in
-            Result { () throws(ServerError) in try send(buffer) }
-        }
-        try outcome.get()
     }
 
     /// Bounds how long a send may block (a client that never reads its replies).

@@ -63,6 +63,58 @@ import Testing
         }
     }
 
+    /// systemd across `systemctl restart`: the supervisor keeps the socket while one cowbd stops
+    /// and the next starts, and a client of the second finds the first one's writes.
+    @Test func aPassedSocketOutlivesCowbdSoTheNextOneServesIt() throws {
+        let activate = URL(fileURLWithPath: "/usr/bin/systemd-socket-activate")
+        guard FileManager.default.isExecutableFile(atPath: activate.path) else {
+            throw TestFailure("systemd-socket-activate is missing (Debian package systemd)")
+        }
+        let fixture = try CommandFixture()
+        let socketPath = fixture.path("held.sock")
+        let pidPath = fixture.path("cowbd.pid")
+        let serve =
+            #"sh -c 'export LISTEN_PID=$$ LISTEN_FDS=1; exec "$0" serve disk.cow "#
+            + #"--pid-file cowbd.pid --log-level warning' "$0""#
+        var model = DiskModel()
+        let result = try fixture.run(
+            activate,
+            ["--listen", socketPath, "/bin/sh", "-c", "\(serve); \(serve)", fixture.cowbd.path]
+        ) { _ in
+            guard waitUntil(seconds: 10, { isSocket(socketPath) }) else {
+                throw TestFailure("systemd-socket-activate did not listen")
+            }
+            var previousPID = ""
+            for round in 0..<2 {
+                let connection = try NBDConnection()
+                try connection.connect(unixSocketPath: socketPath)
+                try expectExport(connection, matches: model, "cowbd number \(round + 1)")
+                let patch = patternBytes(count: 5000, seed: 190 + UInt64(round))
+                try connection.pwrite(patch, at: UInt64(round) * 100_000)
+                model.write(patch, at: UInt64(round) * 100_000)
+                try connection.flush()
+                try connection.shutdown()
+                var pid = ""
+                guard
+                    waitUntil(
+                        seconds: 10,
+                        {
+                            pid = (try? String(contentsOfFile: pidPath, encoding: .utf8)) ?? ""
+                            return !pid.isEmpty && pid != previousPID
+                        }),
+                    let processID = Int32(pid.trimmingCharacters(in: .whitespacesAndNewlines))
+                else { throw TestFailure("no pid file from cowbd number \(round + 1)") }
+                previousPID = pid
+                kill(processID, SIGTERM)
+                guard waitUntil(seconds: 10, { kill(processID, 0) != 0 }) else {
+                    throw TestFailure("cowbd number \(round + 1) did not stop on SIGTERM")
+                }
+                #expect(isSocket(socketPath), "the passed socket must outlive cowbd")
+            }
+        }
+        #expect(result.status == 0 && !result.killedBySignal, "\(result.summary)")
+    }
+
     @Test func variablesForAnotherProcessAreIgnoredAndUnset() throws {
         let fixture = try CommandFixture()
         let result = try fixture.runCowbd(

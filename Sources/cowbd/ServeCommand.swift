@@ -22,14 +22,16 @@ struct ServeCommand: ParsableCommand {
             standard output, logs to standard error. SIGTERM or SIGINT: stop accepting, finish
             the requests in flight, flush, remove the pid file and socket, exit 0.
 
-            Started by systemd (a socket unit) or another supervisor with LISTEN_PID and
-            LISTEN_FDS set, it serves the sockets passed to it instead, and --listen is refused.
+            Started by systemd (a socket unit) or another supervisor with LISTEN_PID
+            and LISTEN_FDS set, it serves the sockets passed to it instead, leaves
+            them listening when it stops, and refuses --listen.
 
-            With --run, COMMAND is run with /bin/sh -c once the server listens, with $uri,
-            $exportname and, on a unix socket, $unixsocket set; without --listen the socket is a
-            private one in a temporary folder. Nothing is printed on standard output. When
-            COMMAND exits the server stops, and cowbd exits with COMMAND's status (128+N if
-            signal N killed it); SIGTERM or SIGINT to cowbd is passed on to COMMAND.
+            With --run, COMMAND is run with /bin/sh -c once the server listens, with
+            $uri, $exportname and, on a unix socket, $unixsocket set; without --listen
+            the socket is a private one in a temporary folder. Nothing is printed on
+            standard output. When COMMAND exits the server stops, and cowbd exits with
+            COMMAND's status (128+N if signal N killed it); SIGTERM or SIGINT to cowbd
+            is passed on to COMMAND.
               cowbd serve disk.cow --read-only --run 'nbdcopy "$uri" disk.img'
 
             Attach it:

@@ -111,6 +111,19 @@ public final class NBDConnection {
         try check(nbd_connect_tcp(handle, host, port), "nbd_connect_tcp")
     }
 
+    /// Runs `arguments` (a server command line, the executable first) as a subprocess and
+    /// connects to it through a socket passed with systemd's LISTEN_PID/LISTEN_FDS; closing the
+    /// connection stops the subprocess. The corresponding C function is
+    /// `nbd_connect_systemd_socket_activation`.
+    public func connect(systemdSocketActivation arguments: [String]) throws {
+        let copies = arguments.map { strdup($0) }
+        defer { for copy in copies { free(copy) } }
+        var argv = copies + [nil]
+        try check(
+            nbd_connect_systemd_socket_activation(handle, &argv),
+            "nbd_connect_systemd_socket_activation")
+    }
+
     /// Sends `NBD_CMD_DISC` after in-flight commands finish, then closes the socket. The
     /// corresponding C function is `nbd_shutdown`.
     public func shutdown() throws {

@@ -1,5 +1,6 @@
-// A listening socket for one `--listen` address: TCP (IPv4 or IPv6) or a unix socket made
-// with mode 0600. Stale unix socket files are replaced; a live one is refused.
+// A listening socket: one bound for a `--listen` address (TCP, IPv4 or IPv6, or a unix socket
+// made with mode 0600; stale unix socket files are replaced, a live one is refused), or one
+// passed already listening by a supervisor (systemd socket activation, SocketActivation.swift).
 
 import SystemPackage
 
@@ -7,18 +8,24 @@ import SystemPackage
     import Glibc
 #endif
 
-/// A bound, listening socket. `@unchecked Sendable`: the descriptor is immutable; `accept`
-/// runs on one thread and `close` wakes it from another, which the kernel allows.
+/// A listening socket. `@unchecked Sendable`: the descriptors are immutable and closed only in
+/// `deinit`; `accept` runs on one thread and `shutdownAndRemove` wakes it from another.
 final class Listener: @unchecked Sendable {
     let address: ListenAddress
     let descriptor: Int32
+    /// False for a socket passed by a supervisor: systemd keeps it and queues the clients that
+    /// come while cowbd restarts, so stopping must neither shut it down nor remove its file.
+    let ownsSocket: Bool
+    /// A pipe written once by `shutdownAndRemove` (`[1]`) that wakes `accept` polling its read
+    /// end (`[0]`) without touching the socket itself (a passed socket must stay listening).
+    private let stopPipe: [Int32]
     /// Connections the kernel queues until `accept` takes them (capped by `somaxconn`). A full
     /// queue drops new TCP clients' SYNs, which costs them a second or more to retry, so it is
     /// deep enough for a burst of thousands of connections a second.
     static let backlog: Int32 = 1024
 
     init(address: ListenAddress) throws(ServerError) {
-        self.address = address
+        let descriptor: Int32
         switch address {
         case .tcp(let host, let port):
             descriptor = try Self.bindTCP(host: host, port: port, address: address.description)
@@ -30,12 +37,58 @@ final class Listener: @unchecked Sendable {
             close(descriptor)
             throw .socket(address: address.description, call: "listen", failure)
         }
+        do {
+            try Self.setNonBlocking(descriptor, address: address.description)
+            stopPipe = try Self.makeStopPipe(address: address.description)
+        } catch {
+            close(descriptor)
+            throw error
+        }
+        self.address = address
+        self.descriptor = descriptor
+        ownsSocket = true
     }
 
-    /// Waits for the next client; nil once the listener was shut down.
-    /// The corresponding C functions are `accept` and `fcntl(FD_CLOEXEC)`.
+    /// Takes a socket a supervisor bound and put in the listening state (systemd's
+    /// `ListenStream=`, libnbd's `nbd_connect_systemd_socket_activation`). Refuses anything
+    /// else: a datagram socket, a socket not listening, a file. The corresponding C functions
+    /// are `getsockopt(SO_TYPE, SO_ACCEPTCONN)` and `getsockname`.
+    init(passedDescriptor descriptor: Int32) throws(ServerError) {
+        let name = "descriptor \(descriptor) from LISTEN_FDS"
+        let type = try Self.socketOption(descriptor, SO_TYPE, name: name)
+        let acceptsConnections = try Self.socketOption(descriptor, SO_ACCEPTCONN, name: name)
+        guard type == Int32(SOCK_STREAM.rawValue), acceptsConnections == 1 else {
+            throw .invalidAddress(name, "not a listening stream socket")
+        }
+        // As sd_listen_fds does: commands cowbd starts must not inherit the socket.
+        _ = fcntl(descriptor, F_SETFD, FD_CLOEXEC)
+        try Self.setNonBlocking(descriptor, address: name)
+        address = try Self.localAddress(of: descriptor, name: name)
+        stopPipe = try Self.makeStopPipe(address: name)
+        self.descriptor = descriptor
+        ownsSocket = false
+    }
+
+    deinit {
+        close(descriptor)
+        for end in stopPipe { close(end) }
+    }
+
+    /// Waits for the next client; nil once the listener was shut down. The socket is
+    /// non-blocking (systemd passes it so), so `accept` runs only after `poll` says a client
+    /// is queued, and a client gone in between is waited for again.
+    /// The corresponding C functions are `poll`, `accept` and `fcntl(FD_CLOEXEC)`.
     func accept() -> SocketTransport? {
         while true {
+            var events = [
+                pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: stopPipe[0], events: Int16(POLLIN), revents: 0),
+            ]
+            if poll(&events, 2, -1) < 0 {
+                if errno == EINTR { continue }
+                return nil
+            }
+            if events[1].revents != 0 { return nil }
             var storage = sockaddr_storage()
             var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
             let client = withUnsafeMutablePointer(to: &storage) {
@@ -44,6 +97,7 @@ final class Listener: @unchecked Sendable {
                 }
             }
             if client >= 0 {
+                // Linux does not pass the listener's O_NONBLOCK on: the client socket blocks.
                 _ = fcntl(client, F_SETFD, FD_CLOEXEC)
                 let transport = SocketTransport(
                     descriptor: client, peer: Self.describe(storage, fallback: address))
@@ -53,7 +107,7 @@ final class Listener: @unchecked Sendable {
                 return transport
             }
             switch errno {
-            case EINTR, ECONNABORTED, EPROTO: continue
+            case EAGAIN, EWOULDBLOCK, EINTR, ECONNABORTED, EPROTO: continue
             case EMFILE, ENFILE, ENOBUFS, ENOMEM:
                 usleep(100_000)  // out of descriptors: back off rather than spin
                 continue
@@ -62,11 +116,76 @@ final class Listener: @unchecked Sendable {
         }
     }
 
-    /// Stops accepting: wakes `accept` and removes a unix socket file.
+    /// Stops accepting: wakes `accept`; a socket cowbd bound is also shut down, so new clients
+    /// are refused at once, and a unix socket's file is removed. A passed socket is left
+    /// listening for its supervisor. The descriptors are closed in `deinit`, when no thread
+    /// can be inside `accept`.
     func shutdownAndRemove() {
+        var byte: UInt8 = 1
+        _ = write(stopPipe[1], &byte, 1)
+        guard ownsSocket else { return }
         _ = shutdown(descriptor, Int32(SHUT_RDWR))
-        close(descriptor)
         if case .unix(let path) = address { _ = unlink(path) }
+    }
+
+    private static func makeStopPipe(address: String) throws(ServerError) -> [Int32] {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0 else {
+            throw .socket(address: address, call: "pipe", Errno(rawValue: errno))
+        }
+        for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+        return ends
+    }
+
+    private static func setNonBlocking(_ descriptor: Int32, address: String) throws(ServerError) {
+        let flags = fcntl(descriptor, F_GETFL)
+        guard flags >= 0, fcntl(descriptor, F_SETFL, flags | O_NONBLOCK) == 0 else {
+            throw .socket(address: address, call: "fcntl(O_NONBLOCK)", Errno(rawValue: errno))
+        }
+    }
+
+    private static func socketOption(_ descriptor: Int32, _ option: Int32, name: String)
+        throws(ServerError) -> Int32
+    {
+        var value: Int32 = 0
+        var length = socklen_t(MemoryLayout<Int32>.size)
+        guard getsockopt(descriptor, SOL_SOCKET, option, &value, &length) == 0 else {
+            throw .socket(address: name, call: "getsockopt", Errno(rawValue: errno))
+        }
+        return value
+    }
+
+    /// The address a passed socket is bound to, for the URIs cowbd prints and the peer names
+    /// it logs. An abstract unix socket is written `@NAME`, as systemd does.
+    private static func localAddress(of descriptor: Int32, name: String) throws(ServerError)
+        -> ListenAddress
+    {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let status = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                getsockname(descriptor, $0, &length)
+            }
+        }
+        guard status == 0 else {
+            throw .socket(address: name, call: "getsockname", Errno(rawValue: errno))
+        }
+        let family = Int32(storage.ss_family)
+        if family == AF_UNIX {
+            let pathOffset = MemoryLayout<sa_family_t>.size
+            let pathBytes = withUnsafeBytes(of: &storage) { raw in
+                Array(raw[pathOffset..<max(pathOffset, Int(length))])
+            }
+            if pathBytes.first == 0 {
+                return .unix(path: "@" + String(decoding: pathBytes.dropFirst(), as: UTF8.self))
+            }
+            let end = pathBytes.firstIndex(of: 0) ?? pathBytes.count
+            return .unix(path: String(decoding: pathBytes[..<end], as: UTF8.self))
+        }
+        guard let (host, port) = numericHostAndPort(storage) else {
+            throw .invalidAddress(name, "not a TCP or unix socket")
+        }
+        return .tcp(host: host, port: port)
     }
 
     private static func bindTCP(host: String, port: UInt16, address: String) throws(ServerError)
@@ -160,11 +279,18 @@ final class Listener: @unchecked Sendable {
     }
 
     private static func describe(_ storage: sockaddr_storage, fallback: ListenAddress) -> String {
+        guard let (host, port) = numericHostAndPort(storage) else { return fallback.description }
+        return host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+    }
+
+    /// The numeric host and port of an IPv4 or IPv6 address; nil for any other family.
+    /// The corresponding C function is `getnameinfo`.
+    private static func numericHostAndPort(_ storage: sockaddr_storage) -> (String, UInt16)? {
         var storage = storage
         var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
         var service = [CChar](repeating: 0, count: Int(NI_MAXSERV))
         let family = Int32(storage.ss_family)
-        guard family == AF_INET || family == AF_INET6 else { return fallback.description }
+        guard family == AF_INET || family == AF_INET6 else { return nil }
         let length = socklen_t(
             family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
         let status = withUnsafePointer(to: &storage) {
@@ -174,10 +300,8 @@ final class Listener: @unchecked Sendable {
                     NI_NUMERICHOST | NI_NUMERICSERV)
             }
         }
-        guard status == 0 else { return fallback.description }
-        let hostText = decodeCString(host)
-        let serviceText = decodeCString(service)
-        return family == AF_INET6 ? "[\(hostText)]:\(serviceText)" : "\(hostText):\(serviceText)"
+        guard status == 0, let port = UInt16(decodeCString(service)) else { return nil }
+        return (decodeCString(host), port)
     }
 }
 

@@ -11,6 +11,9 @@ public final class NBDServer: Sendable {
     /// What `cowbd serve` configures.
     public struct Configuration: Sendable {
         public var listenAddresses: [ListenAddress] = [.defaultAddress]
+        /// Listening sockets passed by a supervisor (`SocketActivation`), served as well as
+        /// `listenAddresses` (`cowbd serve` sets no address when it was passed sockets).
+        public var passedDescriptors: [Int32] = []
         public var exportName = ""
         public var description = ""
         /// Connections served at once. At the limit a new client evicts the oldest connection
@@ -72,6 +75,9 @@ public final class NBDServer: Sendable {
         do {
             for address in configuration.listenAddresses {
                 bound.append(try Listener(address: address))
+            }
+            for descriptor in configuration.passedDescriptors {
+                bound.append(try Listener(passedDescriptor: descriptor))
             }
         } catch {
             for listener in bound { listener.shutdownAndRemove() }
@@ -143,8 +149,8 @@ public final class NBDServer: Sendable {
         if !disk.isReadOnly { try disk.flush() }
     }
 
-    /// The URIs clients can use, one per listen address.
+    /// The URIs clients can use, one per listening socket.
     public var uris: [String] {
-        configuration.listenAddresses.map { $0.uri(exportName: configuration.exportName) }
+        listeners.map { $0.address.uri(exportName: configuration.exportName) }
     }
 }

@@ -14,6 +14,7 @@ struct Cowbd: ParsableCommand {
               cowbd serve disk.cow --listen unix:/tmp/disk.sock
               nbdinfo 'nbd+unix:///?socket=/tmp/disk.sock'
             """,
+        version: cowbdVersion,
         subcommands: [
             CreateCommand.self, InfoCommand.self, CheckCommand.self, ServeCommand.self,
             MergeCommand.self, CompressCommand.self, ExportDiffCommand.self,

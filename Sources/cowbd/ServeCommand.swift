@@ -22,6 +22,18 @@ struct ServeCommand: ParsableCommand {
             standard output, logs to standard error. SIGTERM or SIGINT: stop accepting, finish
             the requests in flight, flush, remove the pid file and socket, exit 0.
 
+            Started by systemd (a socket unit) or another supervisor with LISTEN_PID
+            and LISTEN_FDS set, it serves the sockets passed to it instead, leaves
+            them listening when it stops, and refuses --listen.
+
+            With --run, COMMAND is run with /bin/sh -c once the server listens, with
+            $uri, $exportname and, on a unix socket, $unixsocket set; without --listen
+            the socket is a private one in a temporary folder. Nothing is printed on
+            standard output. When COMMAND exits the server stops, and cowbd exits with
+            COMMAND's status (128+N if signal N killed it); SIGTERM or SIGINT to cowbd
+            is passed on to COMMAND.
+              cowbd serve disk.cow --read-only --run 'nbdcopy "$uri" disk.img'
+
             Attach it:
               nbdinfo 'nbd+unix:///?socket=/tmp/disk.sock'
               nbd-client -unix /tmp/disk.sock /dev/nbd0 -N NAME
@@ -45,6 +57,13 @@ struct ServeCommand: ParsableCommand {
 
     @Flag(help: "Refuse writes (EPERM); the store is not modified.")
     var readOnly = false
+
+    @Option(
+        name: .customLong("run"),
+        help: ArgumentHelp(
+            "Run COMMAND (/bin/sh -c) with $uri set; stop when it exits, with its status.",
+            valueName: "command"))
+    var captiveCommand: String?
 
     @Option(help: "Write the server's pid to this file (removed on exit).")
     var pidFile: String?
@@ -126,18 +145,33 @@ struct ServeCommand: ParsableCommand {
         sigemptyset(&signals)
         sigaddset(&signals, SIGTERM)
         sigaddset(&signals, SIGINT)
+        if captiveCommand != nil { sigaddset(&signals, SIGCHLD) }  // the end of COMMAND
         pthread_sigmask(SIG_BLOCK, &signals, nil)
         signal(SIGPIPE, SIG_IGN)
 
         try exitingOnError {
+            let passedDescriptors = try SocketActivation.takeListenDescriptors()
+            if !passedDescriptors.isEmpty && !listen.isEmpty {
+                throw ValidationError(
+                    "--listen cannot be used with sockets passed by systemd (LISTEN_FDS)")
+            }
+            if !passedDescriptors.isEmpty && captiveCommand != nil {
+                throw ValidationError(
+                    "--run cannot be used with sockets passed by systemd (LISTEN_FDS)")
+            }
+            let privateFolder = try captiveCommand.flatMap { _ in
+                listen.isEmpty ? try makePrivateFolder() : nil
+            }
+            defer { if let privateFolder { rmdir(privateFolder) } }
             let baseOptions = BaseOpenOptions(
                 cacheByteCount: Int((try? ByteSize.parse(cacheSize)) ?? 0), logger: logger)
             let disk = try BaseLocator.$openOptions.withValue(baseOptions) {
                 try VirtualDisk.open(storePath: FilePath(store), readOnly: readOnly, logger: logger)
             }
             var configuration = NBDServer.Configuration()
-            configuration.listenAddresses =
-                listen.isEmpty ? [.defaultAddress] : try listen.map(parseAddress)
+            configuration.listenAddresses = try listenAddresses(
+                passedDescriptors: passedDescriptors, privateFolder: privateFolder)
+            configuration.passedDescriptors = passedDescriptors
             configuration.exportName = exportName
             configuration.description = description
             configuration.maxConnections = maxConnections
@@ -156,6 +190,12 @@ struct ServeCommand: ParsableCommand {
                     "store": "\(store)", "base": "\(disk.base.path)", "size": "\(disk.byteCount)",
                     "readOnly": "\(readOnly)",
                 ])
+            if let captiveCommand {
+                throw ExitCode(
+                    try runCaptive(
+                        captiveCommand, server: server, addresses: configuration.listenAddresses,
+                        signals: signals, logger: logger))
+            }
             for uri in server.uris { print(uri) }
             fflushStandardOutput()
             var received: Int32 = 0
@@ -164,6 +204,16 @@ struct ServeCommand: ParsableCommand {
             try server.stop()
             logger.info("stopped; store flushed")
         }
+    }
+
+    /// What to bind: nothing beside passed sockets, a private socket for --run without
+    /// --listen, the --listen addresses, or the default address.
+    private func listenAddresses(passedDescriptors: [Int32], privateFolder: String?) throws
+        -> [ListenAddress]
+    {
+        if !passedDescriptors.isEmpty { return [] }
+        if let privateFolder { return [.unix(path: privateFolder + "/nbd.sock")] }
+        return listen.isEmpty ? [.defaultAddress] : try listen.map(parseAddress)
     }
 
     private func parseAddress(_ text: String) throws -> ListenAddress {

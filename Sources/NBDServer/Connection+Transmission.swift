@@ -25,9 +25,14 @@ extension Connection {
         defer { pool.drainAndStop() }
         let inline = RequestWorker(
             index: -1, payloadByteCount: payloadByteCount, scratch: server.disk.makeScratch())
+        defer { finish(inline) }
         let input = InputStream(
             transport: transport, byteCount: Self.inputByteCount,
             messageTimeoutSeconds: server.configuration.messageTimeoutSeconds)
+        // The reader's buffer keeps its pages (and their budget) while requests keep coming,
+        // and gives them back once the client has nothing more to send.
+        input.whenIdle = IdleRelease(
+            isHolding: { inline.heldBudgetByteCount > 0 }, release: { [self] in finish(inline) })
         let extended = session.extendedHeaders
         let headerByteCount =
             extended ? RequestHeader.extendedByteCount : RequestHeader.compactByteCount
@@ -47,24 +52,29 @@ extension Connection {
                     "request payload of \(payloadByteCount) bytes exceeds \(maxPayload)")
             }
             if header.type == Command.disconnect.rawValue { return }
-            // Budget before any buffer is touched: the payload about to be received, or the
-            // data a READ will put in its buffer.
             let budgetByteCount = Self.budgetByteCount(
                 header, payloadByteCount: Int(payloadByteCount), maxPayload: maxPayload)
-            if budgetByteCount > 0 { server.payloadBudget.acquire(budgetByteCount) }
             // CACHE may wait for the device to read ahead (a compressed base reads its index).
             let mayBlock =
                 header.flags.contains(.fua) || header.type == Command.flush.rawValue
                 || header.type == Command.cache.rawValue
-            // A request that may block takes a pool worker before its payload is read, so the
-            // payload lands in the buffer of the thread that will use it.
+            // Budget before any buffer is touched. A request that may block then takes a pool
+            // worker before its payload is read, so the payload lands in the buffer of the
+            // thread that will use it.
+            if mayBlock {
+                reserveForWorker(budgetByteCount, inline)
+            } else {
+                reserveForReader(budgetByteCount, inline)
+            }
             let worker = mayBlock ? pool.acquire() : inline
-            worker.heldBudgetByteCount = budgetByteCount
+            if mayBlock { worker.heldBudgetByteCount = budgetByteCount }
             do {
                 try input.read(into: worker.payload.prefix(Int(payloadByteCount)))
             } catch {
-                finish(worker)
-                if mayBlock { pool.release(worker) }
+                if mayBlock {
+                    finish(worker)
+                    pool.release(worker)
+                }
                 throw error
             }
             let job: RequestWorker.Job
@@ -76,16 +86,33 @@ extension Connection {
                 pool.submit(worker, job)
             } else if case .execute(let request) = job, request.command == .read {
                 if !readIfCached(request, inline) {
+                    // The reader's pages and budget go back before a worker's are taken.
+                    reserveForWorker(budgetByteCount, inline)
                     let blocking = pool.acquire()
-                    swap(&blocking.heldBudgetByteCount, &inline.heldBudgetByteCount)
-                    inline.payload.giveBackPages()
+                    blocking.heldBudgetByteCount = budgetByteCount
                     pool.submit(blocking, job)
                 }
             } else {
                 execute(job, inline)
-                finish(inline)
             }
         }
+    }
+
+    /// Takes `byteCount` bytes of the payload budget for the reader's own buffer. The budget
+    /// it already holds for its resident pages serves if it is enough.
+    private func reserveForReader(_ byteCount: Int, _ reader: RequestWorker) {
+        guard byteCount > reader.heldBudgetByteCount else { return }
+        reserveForWorker(byteCount, reader)
+        reader.heldBudgetByteCount = byteCount
+    }
+
+    /// Takes `byteCount` bytes of the payload budget for a request about to go to a pool
+    /// worker. The reader first gives back its own pages and budget, so it never waits for
+    /// budget while holding some: the budget cannot deadlock.
+    private func reserveForWorker(_ byteCount: Int, _ reader: RequestWorker) {
+        guard byteCount > 0 else { return }
+        finish(reader)
+        server.payloadBudget.acquire(byteCount)
     }
 
     /// Bytes of the payload budget a request takes: what its buffer will hold, if that is more
@@ -101,7 +128,8 @@ extension Connection {
         return bufferByteCount > PayloadBuffer.keptResidentByteCount ? bufferByteCount : 0
     }
 
-    /// After a request's reply: gives its buffer's pages and its budget back.
+    /// Gives a buffer's pages beyond its kept head and the budget held for them back: after
+    /// each request for a pool worker, when the client goes idle for the reader.
     func finish(_ worker: RequestWorker) {
         worker.payload.giveBackPages()
         if worker.heldBudgetByteCount > 0 {
@@ -119,7 +147,6 @@ extension Connection {
             return false  // the pool's blocking read reports the error properly
         }
         replyRead(request, UnsafeRawBufferPointer(data), worker)
-        finish(worker)
         return true
     }
 }
@@ -135,6 +162,8 @@ final class InputStream {
     private let messageTimeoutSeconds: Double
     private var start = 0
     private var end = 0
+    /// What to give back when the client has nothing more to send right now.
+    var whenIdle: IdleRelease? = nil
 
     init(transport: any Transport, byteCount: Int, messageTimeoutSeconds: Double) {
         self.transport = transport
@@ -162,8 +191,19 @@ final class InputStream {
             if deadline == nil && end > start {
                 deadline = monotonicSeconds() + messageTimeoutSeconds
             }
-            end += try transport.receiveSome(
-                into: UnsafeMutableRawBufferPointer(rebasing: storage[end...]), deadline: deadline)
+            let free = UnsafeMutableRawBufferPointer(rebasing: storage[end...])
+            // Between messages, before waiting for the client: if it has nothing to send, its
+            // connection is idle and what it holds goes back. One extra `recv` only while
+            // something is held.
+            if end == start, let whenIdle, whenIdle.isHolding() {
+                let received = try transport.receiveWithoutWaiting(into: free)
+                if received > 0 {
+                    end += received
+                    continue
+                }
+                whenIdle.release()
+            }
+            end += try transport.receiveSome(into: free, deadline: deadline)
         }
         defer { start += byteCount }
         return try body(UnsafeRawBufferPointer(rebasing: storage[start..<(start + byteCount)]))
@@ -183,4 +223,10 @@ final class InputStream {
                 deadline: monotonicSeconds() + messageTimeoutSeconds)
         }
     }
+}
+
+/// Resources a connection's reader gives back while its client is idle.
+struct IdleRelease {
+    let isHolding: () -> Bool
+    let release: () -> Void
 }

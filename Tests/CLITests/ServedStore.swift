@@ -65,10 +65,11 @@ final class ServedStore {
         }
     }
 
-    /// A new libnbd connection to the export.
-    func connect() throws -> NBDConnection {
+    /// A new libnbd connection to the export; `configure` runs before connecting.
+    func connect(_ configure: (NBDConnection) throws -> Void = { _ in }) throws -> NBDConnection {
         let connection = try NBDConnection()
         try connection.setExportName(exportName)
+        try configure(connection)
         try connection.connect(unixSocketPath: socketPath)
         return connection
     }

@@ -145,8 +145,8 @@ import Testing
             (try? connection.receive(18)) != nil
         else { return Outcome(ok: false, detail: "cannot connect") }
         connection.send(
-            NBDWire.bigEndian(NBDWire.clientFlags)
-                + NBDWire.option(NBDWire.optGo, length: 0xFFFF_FFFF)
+            bigEndian(NBDWire.clientFlags)
+                + NBDWire.option(Wire.optGo, length: 0xFFFF_FFFF)
                 + [UInt8](repeating: 0, count: 64))
         return closedOutcome(connection)
     }
@@ -158,20 +158,20 @@ import Testing
         }
         let port = connection.localPort
         connection.send(
-            NBDWire.request(NBDWire.cmdRead, byteOffset: 0, length: 0xFFFF_FFFF, cookie: 7))
+            NBDWire.request(Wire.cmdRead, byteOffset: 0, length: 0xFFFF_FFFF, cookie: 7))
         guard let refusal = try? connection.receive(16) else {
             return Outcome(ok: false, detail: "no reply to the 4 GiB READ", ports: [port])
         }
         let error = Int32(NBDWire.integer(refusal[4..<8]))
         let refused =
-            NBDWire.integer(refusal[0..<4]) == UInt64(NBDWire.simpleReplyMagic)
+            NBDWire.integer(refusal[0..<4]) == UInt64(Wire.simpleReplyMagic)
             && (error == EINVAL || error == EOVERFLOW) && NBDWire.integer(refusal[8..<16]) == 7
-        connection.send(NBDWire.request(NBDWire.cmdRead, byteOffset: 4096, length: 512, cookie: 8))
+        connection.send(NBDWire.request(Wire.cmdRead, byteOffset: 4096, length: 512, cookie: 8))
         let answer = try? connection.receive(16 + 512)
         let usable =
             answer.map { NBDWire.integer($0[4..<8]) == 0 && NBDWire.integer($0[8..<16]) == 8 }
             ?? false
-        connection.send(NBDWire.request(NBDWire.cmdDisc, byteOffset: 0, length: 0, cookie: 9))
+        connection.send(NBDWire.request(Wire.cmdDisc, byteOffset: 0, length: 0, cookie: 9))
         return Outcome(
             ok: refused && usable, detail: "error \(error), then a read answered: \(usable)",
             ports: [port])
@@ -182,7 +182,7 @@ import Testing
             return Outcome(ok: false, detail: "handshake failed")
         }
         connection.send(
-            NBDWire.request(NBDWire.cmdWrite, byteOffset: 0, length: 0xFFFF_FFFF, cookie: 1))
+            NBDWire.request(Wire.cmdWrite, byteOffset: 0, length: 0xFFFF_FFFF, cookie: 1))
         return closedOutcome(connection)
     }
 
@@ -200,7 +200,7 @@ import Testing
         // Send until the server stops taking requests for a second (it is blocked sending).
         while Date().timeIntervalSince(lastProgress) < 1 && Date().timeIntervalSince(started) < 10 {
             let request = NBDWire.request(
-                NBDWire.cmdRead, byteOffset: (requestCount % 60) * UInt64(mebibyte),
+                Wire.cmdRead, byteOffset: (requestCount % 60) * UInt64(mebibyte),
                 length: UInt32(mebibyte), cookie: requestCount)
             if connection.sendWithoutBlocking(request[...]) == request.count {
                 requestCount += 1
@@ -229,9 +229,9 @@ import Testing
             return Outcome(ok: false, detail: "cannot connect")
         }
         connection.shrinkReceiveBuffer()
-        connection.send(NBDWire.bigEndian(NBDWire.clientFlags))
+        connection.send(bigEndian(NBDWire.clientFlags))
         let options = Array(
-            repeatElement(NBDWire.option(NBDWire.optList, length: 0), count: 250).joined())
+            repeatElement(NBDWire.option(Wire.optList, length: 0), count: 250).joined())
         var sentCount = 0
         let started = Date()
         while sentCount < options.count && Date().timeIntervalSince(started) < 3 {
@@ -256,7 +256,7 @@ import Testing
         guard let connection = try? HostileSocket(tcpPort: fixture.port),
             (try? connection.receive(18)) != nil
         else { return Outcome(ok: false, detail: "cannot connect") }
-        let message = NBDWire.bigEndian(UInt32(1)) + NBDWire.option(NBDWire.optList, length: 0)
+        let message = bigEndian(UInt32(1)) + NBDWire.option(Wire.optList, length: 0)
         return trickle(
             Array(repeatElement(message, count: 4).joined()), connection,
             limitSeconds: handshakeTimeoutSeconds + 5)
@@ -267,7 +267,7 @@ import Testing
         guard let connection = try? HostileSocket.handshake(tcpPort: fixture.port) else {
             return Outcome(ok: false, detail: "handshake failed")
         }
-        let request = NBDWire.request(NBDWire.cmdRead, byteOffset: 0, length: 4096, cookie: 1)
+        let request = NBDWire.request(Wire.cmdRead, byteOffset: 0, length: 4096, cookie: 1)
         return trickle(
             Array(repeatElement(request, count: 3).joined()), connection,
             limitSeconds: messageTimeoutSeconds + 5)

@@ -1,40 +1,26 @@
 // A raw client socket for the hostile-client tests: TCP to 127.0.0.1 (so every server log line
 // names the client's port) or a unix socket, with the sends and receives a misbehaving client
-// makes. Spec numbers are written out here from nbd-protocol.md, not taken from NBDProtocol.
+// makes.
 
 import Foundation
 import TestSupport
 
-/// NBD numbers a hand-made client sends (nbd-protocol.md, "Values").
+/// The messages a hand-made client sends, from TestSupport's spec numbers.
 enum NBDWire {
-    static let initPassword: UInt64 = 0x4e42_444d_4147_4943  // "NBDMAGIC"
-    static let optionMagic: UInt64 = 0x4948_4156_454f_5054  // "IHAVEOPT"
-    static let optionReplyMagic: UInt64 = 0x0003_e889_0455_65a9
-    static let requestMagic: UInt32 = 0x2560_9513
-    static let simpleReplyMagic: UInt32 = 0x6744_6698
-    static let clientFlags: UInt32 = 3  // NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES
-    static let optList: UInt32 = 3
-    static let optGo: UInt32 = 7
-    static let repAck: UInt32 = 1
-    static let cmdRead: UInt16 = 0
-    static let cmdWrite: UInt16 = 1
-    static let cmdDisc: UInt16 = 2
-
-    static func bigEndian<Value: FixedWidthInteger>(_ value: Value) -> [UInt8] {
-        withUnsafeBytes(of: value.bigEndian) { Array($0) }
-    }
+    /// NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES.
+    static let clientFlags = UInt32(Wire.flagFixedNewstyle | Wire.flagNoZeroes)
 
     /// An option header: IHAVEOPT, the option, the length of its data.
     static func option(_ option: UInt32, length: UInt32) -> [UInt8] {
-        bigEndian(optionMagic) + bigEndian(option) + bigEndian(length)
+        bigEndian(Wire.optionMagic) + bigEndian(option) + bigEndian(length)
     }
 
     /// A simple-header request (28 bytes).
     static func request(_ command: UInt16, byteOffset: UInt64, length: UInt32, cookie: UInt64)
         -> [UInt8]
     {
-        bigEndian(requestMagic) + bigEndian(UInt16(0)) + bigEndian(command) + bigEndian(cookie)
-            + bigEndian(byteOffset) + bigEndian(length)
+        bigEndian(Wire.requestMagic) + bigEndian(UInt16(0)) + bigEndian(command)
+            + bigEndian(cookie) + bigEndian(byteOffset) + bigEndian(length)
     }
 
     static func integer(_ bytes: ArraySlice<UInt8>) -> UInt64 {
@@ -177,22 +163,22 @@ final class HostileSocket {
     static func handshake(tcpPort port: Int, exportName: String = "disk") throws -> HostileSocket {
         let connection = try HostileSocket(tcpPort: port)
         let greeting = try connection.receive(18)
-        guard NBDWire.integer(greeting[0..<8]) == NBDWire.initPassword,
-            NBDWire.integer(greeting[8..<16]) == NBDWire.optionMagic
+        guard NBDWire.integer(greeting[0..<8]) == Wire.initPassword,
+            NBDWire.integer(greeting[8..<16]) == Wire.optionMagic
         else { throw TestFailure("not an NBD greeting: \(greeting)") }
         let name = Array(exportName.utf8)
-        let data = NBDWire.bigEndian(UInt32(name.count)) + name + NBDWire.bigEndian(UInt16(0))
+        let data = bigEndian(UInt32(name.count)) + name + bigEndian(UInt16(0))
         connection.send(
-            NBDWire.bigEndian(NBDWire.clientFlags)
-                + NBDWire.option(NBDWire.optGo, length: UInt32(data.count)) + data)
+            bigEndian(NBDWire.clientFlags)
+                + NBDWire.option(Wire.optGo, length: UInt32(data.count)) + data)
         while true {
             let header = try connection.receive(20)
             let replyType = UInt32(NBDWire.integer(header[12..<16]))
             _ = try connection.receive(Int(NBDWire.integer(header[16..<20])))
-            guard NBDWire.integer(header[0..<8]) == NBDWire.optionReplyMagic else {
+            guard NBDWire.integer(header[0..<8]) == Wire.optionReplyMagic else {
                 throw TestFailure("bad option reply magic")
             }
-            if replyType == NBDWire.repAck { return connection }
+            if replyType == Wire.repAck { return connection }
             guard replyType < 0x8000_0000 else { throw TestFailure("GO refused: \(replyType)") }
         }
     }

@@ -47,7 +47,7 @@ harness_init() {
     [ "${2:-}" = --shm ] && [ -d /dev/shm ] && parent=/dev/shm
     work=$(mktemp -d "$parent/cowbd-$name.XXXXXX")
     HARNESS_WORK=$work
-    export PYTHONPATH
+    export PYTHONPATH PYTHONDONTWRITEBYTECODE=1
     PYTHONPATH="$(realpath "$(dirname "${BASH_SOURCE[0]}")")${PYTHONPATH:+:$PYTHONPATH}"
     trap 'harness_clean_up; rm -rf "$work"' EXIT
 }

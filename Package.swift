@@ -60,7 +60,13 @@ let package = Package(
         .testTarget(name: "CowStoreTests", dependencies: ["CowStore"], swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: strict),
         .testTarget(
-            name: "NBDServerTests", dependencies: ["NBDServer", "NBDClient", "CowStore"],
+            name: "NBDServerTests",
+            dependencies: ["NBDServer", "NBDClient", "CowStore", "TestSupport"],
             swiftSettings: strict),
+        // Runs the built cowbd: spawning, waiting and the watchdog, shared by the tests above
+        // and below.
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
+        .testTarget(
+            name: "CLITests", dependencies: ["NBDClient", "TestSupport"], swiftSettings: strict),
     ]
 )

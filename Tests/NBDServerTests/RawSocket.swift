@@ -1,34 +1,7 @@
-// A plain blocking Unix-socket client for tests that must send bytes libnbd never would.
-// Every number is written out from the spec here, not taken from NBDProtocol, so a wrong
-// constant in the server cannot hide behind the same wrong constant in the test.
+// A plain blocking Unix-socket client for tests that must send bytes libnbd never would. The
+// spec numbers it sends are TestSupport's `Wire`, written out from the spec, not NBDProtocol's.
 
 import Foundation
-
-/// Spec numbers used by the raw tests (nbd-protocol.md, "Values").
-enum Wire {
-    static let initPassword: UInt64 = 0x4e42_444d_4147_4943  // "NBDMAGIC"
-    static let optionMagic: UInt64 = 0x4948_4156_454f_5054  // "IHAVEOPT"
-    static let optionReplyMagic: UInt64 = 0x0003_e889_0455_65a9
-    static let requestMagic: UInt32 = 0x2560_9513
-    static let extendedRequestMagic: UInt32 = 0x21e4_1c71
-    static let simpleReplyMagic: UInt32 = 0x6744_6698
-    static let structuredReplyMagic: UInt32 = 0x668e_33ef
-    static let extendedReplyMagic: UInt32 = 0x6e8a_278c
-    static let flagFixedNewstyle: UInt16 = 1
-    static let flagNoZeroes: UInt16 = 2
-    static let optExportName: UInt32 = 1
-    static let optAbort: UInt32 = 2
-    static let optGo: UInt32 = 7
-    static let optExtendedHeaders: UInt32 = 11
-    static let repAck: UInt32 = 1
-    static let repInfo: UInt32 = 3
-    static let repErrUnsup: UInt32 = 0x8000_0001
-    static let cmdRead: UInt16 = 0
-    static let cmdDisc: UInt16 = 2
-    static let replyTypeNone: UInt16 = 0
-    static let replyTypeOffsetData: UInt16 = 1
-    static let replyFlagDone: UInt16 = 1
-}
 
 /// One blocking connection with a receive timeout, so a silent server fails the test.
 final class RawSocket {
@@ -114,9 +87,4 @@ final class RawSocket {
     private func receiveInteger(_ byteCount: Int) throws -> UInt64 {
         try receive(byteCount).reduce(0) { $0 << 8 | UInt64($1) }
     }
-}
-
-/// Big-endian encoding, as the protocol sends every integer.
-func bigEndian<Value: FixedWidthInteger>(_ value: Value) -> [UInt8] {
-    withUnsafeBytes(of: value.bigEndian) { Array($0) }
 }

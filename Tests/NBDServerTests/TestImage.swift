@@ -3,19 +3,6 @@
 
 import Foundation
 
-/// A seeded generator, so a failing sequence reproduces from the printed seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Layout of the test base image: pseudo-random bytes, one stretch of written zeros, one
 /// sparse hole (never written, so the file system reports it as a hole), and a size that is
 /// not a multiple of 4 KiB so the last chunk is partial.
@@ -95,10 +82,4 @@ func firstDifference(_ actual: [UInt8], _ expected: [UInt8], base byteOffset: UI
     let index = actual.indices.first { actual[$0] != expected[$0] } ?? 0
     return "first difference at byte offset \(byteOffset + UInt64(index)): got \(actual[index]),"
         + " expected \(expected[index])"
-}
-
-/// A plain failure with a message, for conditions outside `#expect`.
-struct TestFailure: Error, CustomStringConvertible {
-    let description: String
-    init(_ description: String) { self.description = description }
 }

@@ -6,8 +6,8 @@ ENV` and `--scale-table ENV` print one section's progress instead."""
 import sys
 from pathlib import Path
 
-import report
-from report import COWBD, GIB, MIB, format_number, ratio_text, read_env
+import report_jobs
+from report_jobs import COWBD, GIB, MIB, format_number, ratio_text, read_env
 from report_workflows import (diff_markdown, diff_record, diff_table, kernel_line,
                               kernel_markdown, kernel_record, scale_markdown, scale_record,
                               scale_table)
@@ -21,7 +21,7 @@ def build(run_dir, meta, sections):
     raw = run_dir / "raw"
     built = {}
     if "compressed" in sections:
-        targets, jobs = report.build_fio_jobs(run_dir, meta, "compressed")
+        targets, jobs = report_jobs.build_fio_jobs(run_dir, meta, "compressed")
         images = {}
         for target in targets:
             env = read_env(raw / f"compressed.image.{target}.env")
@@ -37,7 +37,7 @@ def build(run_dir, meta, sections):
             }
         built["compressed"] = {"targets": targets, "jobs": jobs, "images": images}
     if "multiconn" in sections:
-        targets, jobs = report.build_fio_jobs(run_dir, meta, "multiconn")
+        targets, jobs = report_jobs.build_fio_jobs(run_dir, meta, "multiconn")
         built["multiconn"] = {"targets": targets, "jobs": jobs}
     if "kernel" in sections:
         skipped = raw / "kernel.skipped.env"
@@ -90,8 +90,8 @@ def compressed_markdown(section, meta):
         job = job_named(jobs, name)
         if job:
             lines.append(f"| {name} {job['metric']} | " + " | ".join(
-                ratio_text(report.primary(job["results"][mine], job),
-                           report.primary(job["results"][peer], job))
+                ratio_text(report_jobs.primary(job["results"][mine], job),
+                           report_jobs.primary(job["results"][peer], job))
                 for mine, peer in columns) + " |")
     lines.append("| compress time | " + " | ".join(
         ratio_text(images[peer]["compress_wall_seconds"], images[mine]["compress_wall_seconds"])
@@ -103,7 +103,7 @@ def compressed_markdown(section, meta):
     for job in jobs:
         lines += [f"### compressed {job['name']}: {job['description']}", "",
                   f"fio: `{job['fio_arguments']}`", "",
-                  *report.job_table(job, reference="cowbd-lz4-high"), ""]
+                  *report_jobs.job_table(job, reference="cowbd-lz4-high"), ""]
     return lines
 
 
@@ -131,8 +131,8 @@ def compressed_goals(section):
         job = job_named(jobs, name)
         for mine in LZ4_TARGETS:
             if job and mine in job["results"] and "qemu-nbd-zstd" in job["results"]:
-                value = report.primary(job["results"][mine], job) \
-                    / report.primary(job["results"]["qemu-nbd-zstd"], job)
+                value = report_jobs.primary(job["results"][mine], job) \
+                    / report_jobs.primary(job["results"]["qemu-nbd-zstd"], job)
                 goal(f"{name}, {mine} ÷ qemu-nbd-zstd ≥ {minimum:g}", value, value >= minimum)
 
     def seconds(target):
@@ -164,7 +164,7 @@ def multiconn_markdown(section):
              "| target | " + " | ".join(f"{job['name']} {job['metric']}" for job in jobs)
              + " | read scaling | write scaling |", "|" + "---|" * (len(jobs) + 3)]
     for target in targets:
-        cells = [format_number(report.primary(job["results"][target], job)) for job in jobs]
+        cells = [format_number(report_jobs.primary(job["results"][target], job)) for job in jobs]
         lines.append(f"| {target} | " + " | ".join(cells) + " | "
                      + scaling_text(jobs, target, "rand-read") + " | "
                      + scaling_text(jobs, target, "rand-write") + " |")
@@ -174,12 +174,12 @@ def multiconn_markdown(section):
                   "| job | " + " | ".join(peers) + " |", "|" + "---|" * (len(peers) + 1)]
         for job in jobs:
             lines.append(f"| {job['name']} | " + " | ".join(
-                ratio_text(report.primary(job["results"][COWBD], job),
-                           report.primary(job["results"][peer], job)) for peer in peers) + " |")
+                ratio_text(report_jobs.primary(job["results"][COWBD], job),
+                           report_jobs.primary(job["results"][peer], job)) for peer in peers) + " |")
     lines.append("")
     for job in jobs:
         lines += [f"### multiconn {job['name']}: {job['description']}", "",
-                  f"fio: `{job['fio_arguments']}`", "", *report.job_table(job), ""]
+                  f"fio: `{job['fio_arguments']}`", "", *report_jobs.job_table(job), ""]
     return lines
 
 
@@ -191,8 +191,8 @@ def scaling_text(jobs, target, kind):
         return "n/a"
     first, last = matching[0], matching[-1]
     return (f"{connection_count(last['name'])} conn: " + ratio_text(
-        report.primary(last["results"][target], last),
-        report.primary(first["results"][target], first)) + "x")
+        report_jobs.primary(last["results"][target], last),
+        report_jobs.primary(first["results"][target], first)) + "x")
 
 
 # --- the whole report -----------------------------------------------------------------------
@@ -222,7 +222,7 @@ def panels(results):
         for job in section["jobs"]:
             targets = list(job["results"])
             found.append((f"compressed {job['name']}: {job['metric']} (higher is better)",
-                          targets, [report.primary(job["results"][t], job) for t in targets],
+                          targets, [report_jobs.primary(job["results"][t], job) for t in targets],
                           "{:,.0f}"))
         images = {target: image for target, image in section["images"].items()
                   if image["compress_wall_seconds"] is not None}
@@ -238,7 +238,7 @@ def panels(results):
             for target in built["multiconn"]["targets"]:
                 for job in jobs:
                     labels.append(f"{target} ×{connection_count(job['name'])}")
-                    values.append(report.primary(job["results"][target], job))
+                    values.append(report_jobs.primary(job["results"][target], job))
             found.append((f"{kind} by connections: IOPS (higher is better)", labels, values,
                           "{:,.0f}"))
     kernel = built.get("kernel", {}).get("results")

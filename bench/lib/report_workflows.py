@@ -4,8 +4,8 @@ through nbdfuse and a loop device), diff (merge and export-diff against qemu-img
 
 from pathlib import Path
 
-import report
-from report import COWBD, GIB, MIB, format_number, ratio_text, read_env
+import report_jobs
+from report_jobs import COWBD, GIB, MIB, format_number, ratio_text, read_env
 
 # --- kernel ---------------------------------------------------------------------------------
 
@@ -158,7 +158,7 @@ def scale_record(path, mixed_prefix):
         "restart_rss_kib", "mixed_peak_rss_kib", "mixed_rss_kib", "mixed_chunks_written")
         if key in env})
     record["growth"] = steps
-    record["mixed"] = report.job_record(mixed_prefix, COWBD) \
+    record["mixed"] = report_jobs.job_record(mixed_prefix, COWBD) \
         if Path(f"{mixed_prefix}.fio.json").exists() else None
     return record
 

@@ -18,6 +18,10 @@ public struct LZ4ImageHeader: Equatable, Sendable {
     public static let maxVirtualByteCount: UInt64 = 1 << 60
     /// Incompatible feature bits this build understands (none yet).
     public static let knownIncompatibleFeatures: UInt32 = 0
+    /// Largest block index: open reads it whole into memory, so a header (of a sparse file,
+    /// say) must not make it allocate more. 2 GiB is 2^26 blocks: 1 TiB of 16 KiB blocks,
+    /// 16 TiB of the default 256 KiB.
+    public static let maxIndexByteCount: UInt64 = 1 << 31
     /// Largest compression level recorded: LZ4HC_CLEVEL_MAX.
     public static let maxCompressionLevel: UInt32 = 12
 
@@ -143,6 +147,11 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         }
         guard indexByteCount == layout.indexByteCount else {
             throw .invalidField(name: "index size", value: indexByteCount)
+        }
+        guard indexByteCount <= Self.maxIndexByteCount else {
+            throw .invalidField(
+                name: "index size (more than \(Self.maxIndexByteCount >> 30) GiB: too many blocks)",
+                value: indexByteCount)
         }
         guard dataByteOffset == layout.dataByteOffset else {
             throw .invalidField(name: "data offset", value: dataByteOffset)

@@ -265,3 +265,36 @@ func compressedImageReadsBackTheSourceByteForByte(level: CompressionLevel, block
     }
     #expect(failures.withLock { $0 } == 0)
 }
+
+/// A sparse file whose valid header claims an index of 2^40 bytes (a 2^49-byte image of 16 KiB
+/// blocks): open must refuse it from the header alone, not try to read a terabyte into memory.
+@Test func anIndexTooLargeToHoldIsRefusedBeforeItIsRead() throws {
+    let scratch = try Scratch()
+    var header = try LZ4ImageHeader(
+        geometry: LZ4BlockGeometry(shift: 14), virtualByteCount: 1 << 20,
+        fingerprint: BaseFingerprint(low: 1, high: 2), compressionLevel: 0,
+        fileByteCount: 8192 + UInt64(LZ4ImageHeader.recordByteCount))
+    header.virtualByteCount = 1 << 49
+    let layout = LZ4ImageHeader.layout(geometry: header.geometry, virtualByteCount: 1 << 49)
+    #expect(layout.indexByteCount == 1 << 40)
+    header.indexByteCount = layout.indexByteCount
+    header.dataByteOffset = layout.dataByteOffset
+    header.fileByteCount = layout.dataByteOffset + UInt64(LZ4ImageHeader.recordByteCount)
+    let path = FilePath(scratch.path("huge-index.lz4"))
+    let descriptor = try FileDescriptor.open(
+        path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite])
+    let record = header.encoded()
+    _ = try record.withUnsafeBytes { try descriptor.writeAll(toAbsoluteOffset: 0, $0) }
+    _ = try record.withUnsafeBytes {
+        try descriptor.writeAll(toAbsoluteOffset: Int64(header.footerByteOffset), $0)
+    }
+    try descriptor.close()
+
+    let started = ContinuousClock.now
+    #expect {
+        _ = try CompressedBaseImage(path: path)
+    } throws: { error in
+        "\(error)".contains("huge-index.lz4") && "\(error)".contains("index size")
+    }
+    #expect(ContinuousClock.now - started < .seconds(5))
+}

@@ -106,11 +106,16 @@ public final class CompressedBaseImage: BaseImage {
         return header
     }
 
-    /// The whole index, as stored. Its size is bounded by the file's, checked by `readHeader`.
+    /// The whole index, as stored. Its size is bounded by the file's (checked by `readHeader`)
+    /// and by `LZ4ImageHeader.maxIndexByteCount` (a sparse file can be as large as it claims);
+    /// both are checked again here, before the index is allocated.
     private static func readIndex(
         _ descriptor: FileDescriptor, header: LZ4ImageHeader, path: FilePath
     ) throws -> [UInt8] {
-        guard let indexByteCount = Int(exactly: header.indexByteCount) else {
+        guard header.indexByteCount <= LZ4ImageHeader.maxIndexByteCount,
+            header.indexByteOffset + header.indexByteCount <= header.footerByteOffset,
+            let indexByteCount = Int(exactly: header.indexByteCount)
+        else {
             throw StoreError.format(
                 path: path, .invalidField(name: "index size", value: header.indexByteCount))
         }

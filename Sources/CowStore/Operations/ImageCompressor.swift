@@ -78,6 +78,15 @@ public enum ImageCompressor {
                 "\(source.path): cannot compress an image of \(source.byteCount) bytes "
                     + "(1 byte to 1 EiB)")
         }
+        let indexByteCount = LZ4ImageHeader.layout(
+            geometry: options.geometry, virtualByteCount: source.byteCount
+        ).indexByteCount
+        guard indexByteCount <= LZ4ImageHeader.maxIndexByteCount else {
+            throw StoreError.invalidArgument(
+                "\(source.path): \(source.byteCount) bytes in blocks of "
+                    + "\(options.geometry.blockByteCount) need an index of \(indexByteCount) bytes, "
+                    + "over the limit of \(LZ4ImageHeader.maxIndexByteCount); use larger blocks")
+        }
         // Checked again atomically when the file is linked into place; this fails early.
         if !options.replacesExisting && access(destination.string, F_OK) == 0 {
             throw StoreError.exists(path: destination)

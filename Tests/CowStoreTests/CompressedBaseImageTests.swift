@@ -59,16 +59,16 @@ func compressedImageReadsBackTheSourceByteForByte(level: CompressionLevel, block
     let image = try openCompressed(scratch.path("lz4"))
     #expect(
         try image.extent(at: 0, maxByteCount: 5 << 16)
-            == ImageExtent(byteCount: 65536, isHole: false))
+            == SourceExtent(byteCount: 65536, isHole: false))
     #expect(
         try image.extent(at: 70000, maxByteCount: 5 << 16)
-            == ImageExtent(byteCount: 4 * 65536 - 70000, isHole: true))
+            == SourceExtent(byteCount: 4 * 65536 - 70000, isHole: true))
     #expect(
         try image.extent(at: 65536, maxByteCount: 1000)
-            == ImageExtent(byteCount: 1000, isHole: true))
+            == SourceExtent(byteCount: 1000, isHole: true))
     #expect(
         try image.extent(at: 4 << 16, maxByteCount: 1 << 30)
-            == ImageExtent(byteCount: 65536, isHole: false))
+            == SourceExtent(byteCount: 65536, isHole: false))
     #expect(try image.entry(ofBlock: 2) == .zero)
     // Zero blocks are answered without the cache; data blocks only once loaded.
     #expect(image.cachedBytes(at: 65536, count: 3 << 16) == [UInt8](repeating: 0, count: 3 << 16))

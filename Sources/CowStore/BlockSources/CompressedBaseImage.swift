@@ -8,7 +8,7 @@ import SystemPackage
 
 /// A cowbd-lz4 image: independently LZ4-compressed blocks behind an index, read through a
 /// cache of decompressed blocks shared by every thread that reads it.
-public final class CompressedBaseImage: BaseImage {
+public final class CompressedBaseImage: BlockSource {
     /// `serve --cache-size` when not given.
     public static let defaultCacheByteCount = 64 << 20
 
@@ -32,8 +32,8 @@ public final class CompressedBaseImage: BaseImage {
 
     /// Opens `path` read-only, and refuses it unless the header, the footer, the file size and
     /// every index entry that is not damaged agree (entries in order, data inside the file).
-    /// The corresponding C function is `open(O_RDONLY)`.
-    public init(path: FilePath, options: BaseOpenOptions = BaseOpenOptions()) throws {
+    /// Takes `options.lock` on the file first. The corresponding C function is `open(O_RDONLY)`.
+    public init(path: FilePath, options: BaseOpenOptions = .quiet) throws {
         self.path = path
         do {
             descriptor = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
@@ -41,6 +41,7 @@ public final class CompressedBaseImage: BaseImage {
             throw StoreError.open(path: path, errno)
         }
         do {
+            try descriptor.take(options.lock, path: path)
             header = try Self.readHeader(descriptor, path: path)
             index = try Self.readIndex(descriptor, header: header, path: path)
             damagedEntryCount = try Self.validateIndex(index, header: header, path: path)

@@ -5,6 +5,7 @@
 // finishes. docs/FORMAT.md ("Merge") gives the states.
 
 import CowFormat
+import Logging
 import SystemPackage
 
 #if canImport(Glibc)
@@ -42,14 +43,20 @@ public final class StoreMerge {
     let storePath: FilePath
     let destination: Destination
     let store: StoreFile
-    let base: any BaseImage
+    let base: any BlockSource
+    /// Where the merge's disks log.
+    let logger: Logger
     /// The absolute path merged into.
     let targetPath: String
 
     /// Opens the store exclusively (a running server makes this fail) and its base; refuses a base
     /// that changed since create, and a destination that disagrees with an interrupted merge.
-    public init(storePath: FilePath, destination: Destination) throws {
+    /// The base is opened with `options`; in place, with an exclusive lock, as it is written.
+    public init(
+        storePath: FilePath, destination: Destination, options: BaseOpenOptions = .quiet
+    ) throws {
         self.storePath = storePath
+        logger = options.logger
         self.destination = destination
         let writesStore: Bool
         if case .output = destination { writesStore = false } else { writesStore = true }
@@ -62,7 +69,10 @@ public final class StoreMerge {
                     + "a merge moves the chunks they track out of the store: delete them first "
                     + "(cowbd checkpoint \(storePath) NAME --delete)")
         }
-        base = try BaseLocator.openBase(for: store.header, storePath: storePath)
+        var baseOptions = options
+        if case .inPlace = destination { baseOptions.lock = .exclusive }
+        base = try BaseLocator.openBase(
+            for: store.header, storePath: storePath, options: baseOptions)
         switch destination {
         case .into(let path), .output(let path, _): targetPath = absolutePath(path.string).string
         case .inPlace: targetPath = base.path.string
@@ -99,7 +109,7 @@ public final class StoreMerge {
             resumed: store.header.merge != nil)
         if case .output = destination {
             // The whole disk: data extents are written, zero extents stay holes.
-            let disk = VirtualDisk(store: store, base: base, logger: .init(label: "cowbd.merge"))
+            let disk = VirtualDisk(store: store, base: base, logger: logger)
             var cursor: UInt64 = 0
             while cursor < disk.byteCount {
                 for extent in try disk.extents(

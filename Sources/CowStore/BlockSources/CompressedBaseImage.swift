@@ -35,13 +35,8 @@ public final class CompressedBaseImage: BlockSource {
     /// Takes `options.lock` on the file first. The corresponding C function is `open(O_RDONLY)`.
     public init(path: FilePath, options: BaseOpenOptions = .quiet) throws {
         self.path = path
+        descriptor = try FileDescriptor.openLockedForReading(path, lock: options.lock)
         do {
-            descriptor = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw StoreError.open(path: path, errno)
-        }
-        do {
-            try descriptor.take(options.lock, path: path)
             header = try Self.readHeader(descriptor, path: path)
             index = try Self.readIndex(descriptor, header: header, path: path)
             damagedEntryCount = try Self.validateIndex(index, header: header, path: path)

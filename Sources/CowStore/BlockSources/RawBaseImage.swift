@@ -18,17 +18,7 @@ public final class RawBaseImage: BlockSource {
     /// `open(O_RDONLY)` and `flock`.
     public init(path: FilePath, lock: SourceLock = .shared) throws {
         self.path = path
-        do {
-            descriptor = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw StoreError.open(path: path, errno)
-        }
-        do {
-            try descriptor.take(lock, path: path)
-        } catch {
-            try? descriptor.close()
-            throw error
-        }
+        descriptor = try FileDescriptor.openLockedForReading(path, lock: lock)
         do {
             byteCount = try descriptor.byteCount()
         } catch {

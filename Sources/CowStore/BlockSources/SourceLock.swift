@@ -76,6 +76,24 @@ extension FileDescriptor {
 }
 
 extension FileDescriptor {
+    /// Opens `path` read-only for a block source, holding `lock` while it is open.
+    /// The corresponding C functions are `open(O_RDONLY)` and `flock(LOCK_NB)`.
+    static func openLockedForReading(_ path: FilePath, lock: SourceLock) throws -> FileDescriptor {
+        let descriptor: FileDescriptor
+        do {
+            descriptor = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
+        } catch let errno as Errno {
+            throw StoreError.open(path: path, errno)
+        }
+        do {
+            try descriptor.take(lock, path: path)
+        } catch {
+            try? descriptor.close()
+            throw error
+        }
+        return descriptor
+    }
+
     /// Opens `path` read-write for a process that writes it in place (`import-diff` into a raw
     /// image, `merge --into`), holding its exclusive lock: refused while the file is some
     /// store's base or another writer's target. The corresponding C functions are `open` and

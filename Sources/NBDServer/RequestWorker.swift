@@ -2,6 +2,7 @@
 // buffer is allocated once, so the data path allocates nothing per request.
 
 import CowStore
+import CowSupport
 import Dispatch
 import NBDProtocol
 

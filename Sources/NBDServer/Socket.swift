@@ -1,6 +1,7 @@
 // A connected stream socket: whole-buffer receives with an optional deadline, and gathered
 // sends that never raise SIGPIPE. Short reads and writes loop here and nowhere else.
 
+import CowSupport
 import SystemPackage
 
 #if canImport(Glibc)
@@ -150,11 +151,4 @@ final class Socket: @unchecked Sendable {
 
     /// Stops both directions: the peer sees the connection end.
     func shutdownBoth() { _ = shutdown(descriptor, Int32(SHUT_RDWR)) }
-}
-
-/// Seconds on the monotonic clock. The corresponding C function is `clock_gettime(CLOCK_MONOTONIC)`.
-func monotonicSeconds() -> Double {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
 }

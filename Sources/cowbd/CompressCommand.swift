@@ -5,6 +5,7 @@
 import ArgumentParser
 import CowFormat
 import CowStore
+import CowSupport
 import SystemPackage
 
 #if canImport(Glibc)

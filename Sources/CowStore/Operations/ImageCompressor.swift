@@ -3,6 +3,7 @@
 // synced, then moved into place: an interrupted run leaves no image under the real name.
 
 import CowFormat
+import CowSupport
 import SystemPackage
 
 #if canImport(Glibc)

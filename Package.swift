@@ -28,11 +28,13 @@ let package = Package(
         .systemLibrary(name: "CLinux"),
         .systemLibrary(
             name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+        // Locked, threads and the monotonic clock: shared by the library targets and the CLI.
+        .target(name: "CowSupport", swiftSettings: strict),
         .target(name: "CowFormat", dependencies: ["CXXHash"], swiftSettings: strict),
         .target(
             name: "CowStore",
             dependencies: [
-                "CowFormat", "CLZ4", "CLinux",
+                "CowFormat", "CowSupport", "CLZ4", "CLinux",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -41,7 +43,7 @@ let package = Package(
         .target(
             name: "NBDServer",
             dependencies: [
-                "NBDProtocol", "CowStore",
+                "NBDProtocol", "CowStore", "CowSupport",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -50,7 +52,7 @@ let package = Package(
         .executableTarget(
             name: "cowbd",
             dependencies: [
-                "NBDServer", "CowStore", "CowFormat",
+                "NBDServer", "CowStore", "CowFormat", "CowSupport",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),

@@ -2,8 +2,6 @@
 // points in time the store tracks changes since, and whether a writer has the store open.
 // Two copies sit on disk and the newer valid one wins, so a torn write loses nothing.
 
-import CXXHash
-
 /// One named point in time: the chunks changed since it are the bits of its bitmap slot.
 public struct Checkpoint: Equatable, Sendable {
     /// `[A-Za-z0-9._-]`, 1 to `CheckpointTable.maxNameByteCount` bytes.
@@ -86,17 +84,7 @@ public struct CheckpointTable: Equatable, Sendable {
 
     /// Parses one copy; checks magic, checksum, flags, names and reserved bytes.
     public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
-        guard bytes.count >= Self.byteCount else {
-            throw .truncated(expectedByteCount: Self.byteCount, actualByteCount: bytes.count)
-        }
-        guard bytes.prefix(8).elementsEqual(Self.magic) else {
-            throw .badMagic(expected: "cowbd checkpoint table")
-        }
-        let stored = bytes.loadLittleEndian(at: Field.checksum, as: UInt64.self)
-        let computed = XXH64(bytes.baseAddress, Field.checksum, 0)
-        guard stored == computed else {
-            throw .checksumMismatch(stored: stored, computed: computed)
-        }
+        try Self.record.check(bytes)
         generation = bytes.loadLittleEndian(at: Field.generation, as: UInt64.self)
         let flags = bytes.loadLittleEndian(at: Field.flags, as: UInt32.self)
         guard flags & ~Self.openFlag == 0 else {
@@ -153,10 +141,15 @@ public struct CheckpointTable: Equatable, Sendable {
 
     /// Writes one copy, with its checksum, into the first `byteCount` bytes of `bytes`.
     public func encode(into bytes: UnsafeMutableRawBufferPointer) {
-        precondition(bytes.count >= Self.byteCount && slots.count == Self.slotCount)
-        let table = UnsafeMutableRawBufferPointer(rebasing: bytes[..<Self.byteCount])
-        table.initializeMemory(as: UInt8.self, repeating: 0)
-        for (index, byte) in Self.magic.enumerated() { table[index] = byte }
+        precondition(slots.count == Self.slotCount)
+        Self.record.encode(into: bytes, encodeFields(into:))
+    }
+
+    /// One copy's frame: magic, fields, checksum at 4088.
+    static let record = ChecksummedRecord(
+        magic: magic, byteCount: byteCount, kindName: "cowbd checkpoint table")
+
+    private func encodeFields(into table: UnsafeMutableRawBufferPointer) {
         table.storeLittleEndian(generation, at: Field.generation)
         table.storeLittleEndian(isOpen ? Self.openFlag : 0, at: Field.flags)
         for (slot, checkpoint) in slots.enumerated() {
@@ -171,15 +164,11 @@ public struct CheckpointTable: Equatable, Sendable {
             table.storeLittleEndian(checkpoint.diskFingerprint.low, at: start + 80)
             table.storeLittleEndian(checkpoint.diskFingerprint.high, at: start + 88)
         }
-        table.storeLittleEndian(
-            XXH64(UnsafeRawBufferPointer(table).baseAddress, Field.checksum, 0),
-            at: Field.checksum)
     }
 
     public func encoded() -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: Self.byteCount)
-        bytes.withUnsafeMutableBytes { encode(into: $0) }
-        return bytes
+        precondition(slots.count == Self.slotCount)
+        return Self.record.encoded(encodeFields(into:))
     }
 
     /// The current table of two copies: the valid one with the larger generation. Nil if

@@ -1,8 +1,6 @@
 // The 128-byte record that opens and closes a compressed image (docs/FORMAT.md, "Compressed
 // base image"): parse, validate, encode. The block index and the blocks are elsewhere. No I/O.
 
-import CXXHash
-
 /// The header of a cowbd-lz4 image. The same 128 bytes end the file as its footer, so a
 /// truncated or half-written image is refused.
 public struct LZ4ImageHeader: Equatable, Sendable {
@@ -20,6 +18,10 @@ public struct LZ4ImageHeader: Equatable, Sendable {
     public static let maxVirtualByteCount: UInt64 = 1 << 60
     /// Incompatible feature bits this build understands (none yet).
     public static let knownIncompatibleFeatures: UInt32 = 0
+    /// Largest block index: open reads it whole into memory, so a header (of a sparse file,
+    /// say) must not make it allocate more. 2 GiB is 2^26 blocks: 1 TiB of 16 KiB blocks,
+    /// 16 TiB of the default 256 KiB.
+    public static let maxIndexByteCount: UInt64 = 1 << 31
     /// Largest compression level recorded: LZ4HC_CLEVEL_MAX.
     public static let maxCompressionLevel: UInt32 = 12
 
@@ -100,23 +102,8 @@ public struct LZ4ImageHeader: Equatable, Sendable {
 
     /// Parses and validates the first `recordByteCount` bytes of `bytes`.
     public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
-        guard bytes.count >= Self.recordByteCount else {
-            throw .truncated(expectedByteCount: Self.recordByteCount, actualByteCount: bytes.count)
-        }
-        guard bytes.prefix(8).elementsEqual(Self.magic) else {
-            throw .badMagic(expected: "cowbd-lz4 image")
-        }
-        let stored = bytes.loadLittleEndian(at: Field.checksum, as: UInt64.self)
-        let computed = Self.checksum(of: bytes)
-        guard stored == computed else {
-            throw .checksumMismatch(stored: stored, computed: computed)
-        }
-        version = bytes.loadLittleEndian(at: Field.version, as: UInt32.self)
-        guard version == Self.currentVersion else { throw .unsupportedVersion(version) }
-        let recordByteCount = bytes.loadLittleEndian(at: Field.recordByteCount, as: UInt32.self)
-        guard recordByteCount == UInt32(Self.recordByteCount) else {
-            throw .invalidField(name: "header size", value: UInt64(recordByteCount))
-        }
+        try Self.record.check(bytes)
+        version = try Self.record.checkVersionAndSize(bytes, currentVersion: Self.currentVersion)
         geometry = try LZ4BlockGeometry(
             shift: bytes.loadLittleEndian(at: Field.blockShift, as: UInt32.self))
         incompatibleFeatures = bytes.loadLittleEndian(
@@ -161,6 +148,11 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         guard indexByteCount == layout.indexByteCount else {
             throw .invalidField(name: "index size", value: indexByteCount)
         }
+        guard indexByteCount <= Self.maxIndexByteCount else {
+            throw .invalidField(
+                name: "index size (more than \(Self.maxIndexByteCount >> 30) GiB: too many blocks)",
+                value: indexByteCount)
+        }
         guard dataByteOffset == layout.dataByteOffset else {
             throw .invalidField(name: "data offset", value: dataByteOffset)
         }
@@ -177,10 +169,17 @@ public struct LZ4ImageHeader: Equatable, Sendable {
 
     /// Writes the record, with its checksum, into the first `recordByteCount` bytes.
     public func encode(into bytes: UnsafeMutableRawBufferPointer) {
-        precondition(bytes.count >= Self.recordByteCount)
-        let record = UnsafeMutableRawBufferPointer(rebasing: bytes[..<Self.recordByteCount])
-        record.initializeMemory(as: UInt8.self, repeating: 0)
-        for (index, byte) in Self.magic.enumerated() { record[index] = byte }
+        Self.record.encode(into: bytes, encodeFields(into:))
+    }
+
+    /// The encoded record as a byte array.
+    public func encoded() -> [UInt8] { Self.record.encoded(encodeFields(into:)) }
+
+    /// The record's frame: magic, fields, checksum at 120.
+    static let record = ChecksummedRecord(
+        magic: magic, byteCount: recordByteCount, kindName: "cowbd-lz4 image")
+
+    private func encodeFields(into record: UnsafeMutableRawBufferPointer) {
         record.storeLittleEndian(version, at: Field.version)
         record.storeLittleEndian(UInt32(Self.recordByteCount), at: Field.recordByteCount)
         record.storeLittleEndian(geometry.shift, at: Field.blockShift)
@@ -196,19 +195,5 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         record.storeLittleEndian(dataByteOffset, at: Field.dataByteOffset)
         record.storeLittleEndian(fileByteCount, at: Field.fileByteCount)
         record.storeLittleEndian(compressionLevel, at: Field.compressionLevel)
-        record.storeLittleEndian(
-            Self.checksum(of: UnsafeRawBufferPointer(record)), at: Field.checksum)
-    }
-
-    /// The encoded record as a byte array.
-    public func encoded() -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: Self.recordByteCount)
-        bytes.withUnsafeMutableBytes { encode(into: $0) }
-        return bytes
-    }
-
-    /// XXH64 (seed 0) of bytes 0..<120.
-    static func checksum(of bytes: UnsafeRawBufferPointer) -> UInt64 {
-        XXH64(bytes.baseAddress, Field.checksum, 0)
     }
 }

@@ -1,8 +1,6 @@
 // The 4 KiB header at offset 0 of a COW store, as a value: parse, validate, encode.
 // Byte layout and versioning rule: docs/FORMAT.md. No I/O here.
 
-import CXXHash
-
 /// The identity of a base image's content: its size and a hash of sampled bytes.
 public struct BaseFingerprint: Equatable, Sendable, CustomStringConvertible {
     /// XXH3-128 of the sampled bytes, low 64 bits.
@@ -148,23 +146,8 @@ public struct StoreHeader: Equatable, Sendable {
 
     /// Parses and validates the first `StoreHeader.byteCount` bytes of a store.
     public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
-        guard bytes.count >= Self.byteCount else {
-            throw .truncated(expectedByteCount: Self.byteCount, actualByteCount: bytes.count)
-        }
-        guard bytes.prefix(8).elementsEqual(Self.magic) else {
-            throw .badMagic(expected: "cowbd store")
-        }
-        let stored = bytes.loadLittleEndian(at: Field.checksum, as: UInt64.self)
-        let computed = Self.checksum(of: bytes)
-        guard stored == computed else {
-            throw .checksumMismatch(stored: stored, computed: computed)
-        }
-        version = bytes.loadLittleEndian(at: Field.version, as: UInt32.self)
-        guard version == Self.currentVersion else { throw .unsupportedVersion(version) }
-        let headerByteCount = bytes.loadLittleEndian(at: Field.headerByteCount, as: UInt32.self)
-        guard headerByteCount == UInt32(Self.byteCount) else {
-            throw .invalidField(name: "header size", value: UInt64(headerByteCount))
-        }
+        try Self.record.check(bytes)
+        version = try Self.record.checkVersionAndSize(bytes, currentVersion: Self.currentVersion)
         geometry = try ChunkGeometry(
             shift: bytes.loadLittleEndian(at: Field.chunkShift, as: UInt32.self))
         incompatibleFeatures = bytes.loadLittleEndian(
@@ -267,10 +250,17 @@ public struct StoreHeader: Equatable, Sendable {
 
     /// Writes the header, with its checksum, into the first `StoreHeader.byteCount` bytes.
     public func encode(into bytes: UnsafeMutableRawBufferPointer) {
-        precondition(bytes.count >= Self.byteCount)
-        let header = UnsafeMutableRawBufferPointer(rebasing: bytes[..<Self.byteCount])
-        header.initializeMemory(as: UInt8.self, repeating: 0)
-        for (index, byte) in Self.magic.enumerated() { header[index] = byte }
+        Self.record.encode(into: bytes, encodeFields(into:))
+    }
+
+    /// The encoded header as a byte array (for tests and one-off writes).
+    public func encoded() -> [UInt8] { Self.record.encoded(encodeFields(into:)) }
+
+    /// The header's layout within its frame: magic, fields, checksum at 4088.
+    static let record = ChecksummedRecord(
+        magic: magic, byteCount: byteCount, kindName: "cowbd store")
+
+    private func encodeFields(into header: UnsafeMutableRawBufferPointer) {
         header.storeLittleEndian(version, at: Field.version)
         header.storeLittleEndian(UInt32(Self.byteCount), at: Field.headerByteCount)
         header.storeLittleEndian(geometry.shift, at: Field.chunkShift)
@@ -288,20 +278,6 @@ public struct StoreHeader: Equatable, Sendable {
         Self.encodePath(basePathGiven, into: header, at: Field.basePathGiven)
         Self.encodePath(basePathResolved, into: header, at: Field.basePathResolved)
         merge?.encode(into: header)
-        header.storeLittleEndian(
-            Self.checksum(of: UnsafeRawBufferPointer(header)), at: Field.checksum)
-    }
-
-    /// The encoded header as a byte array (for tests and one-off writes).
-    public func encoded() -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: Self.byteCount)
-        bytes.withUnsafeMutableBytes { encode(into: $0) }
-        return bytes
-    }
-
-    /// XXH64 (seed 0) of bytes 0..<4088.
-    static func checksum(of bytes: UnsafeRawBufferPointer) -> UInt64 {
-        XXH64(bytes.baseAddress, Field.checksum, 0)
     }
 
     static func parsePath(

@@ -5,6 +5,7 @@
 // docs/ARCHITECTURE.md gives the measurements behind this split.
 
 import CowStore
+import CowSupport
 import Logging
 import NBDProtocol
 

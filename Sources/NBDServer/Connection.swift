@@ -3,6 +3,7 @@
 // violation (logged), on server shutdown, or when the client goes away.
 
 import CowStore
+import CowSupport
 import Logging
 import NBDProtocol
 import Synchronization

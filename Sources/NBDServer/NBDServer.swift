@@ -2,6 +2,7 @@
 // connections run on their own threads; this type only holds what they share.
 
 import CowStore
+import CowSupport
 import Dispatch
 import Logging
 import NBDProtocol

@@ -3,6 +3,7 @@
 // give their pages back after large requests (PayloadBuffer).
 
 import CowStore
+import CowSupport
 import Dispatch
 import NBDProtocol
 

@@ -2,6 +2,7 @@
 // optional deadline, and gathered sends that never raise SIGPIPE. Short reads and writes loop
 // here and nowhere else.
 
+import CowSupport
 import SystemPackage
 
 #if canImport(Glibc)
@@ -157,11 +158,4 @@ final class SocketTransport: Transport, @unchecked Sendable {
 
     /// Stops both directions: the peer sees the connection end.
     func shutdownBoth() { _ = shutdown(descriptor, Int32(SHUT_RDWR)) }
-}
-
-/// Seconds on the monotonic clock. The corresponding C function is `clock_gettime(CLOCK_MONOTONIC)`.
-func monotonicSeconds() -> Double {
-    var time = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &time)
-    return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
 }

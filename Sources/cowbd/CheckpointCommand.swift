@@ -63,7 +63,7 @@ struct CheckpointCommand: ParsableCommand {
                 defer { file.close() }
                 try file.deleteCheckpoint(named: name)
             } else {
-                let disk = try VirtualDisk.open(storePath: path)
+                let disk = try VirtualDisk.open(storePath: path, options: baseOpenOptions())
                 defer { disk.close() }
                 try disk.store.addCheckpoint(
                     Checkpoint(

@@ -5,6 +5,7 @@
 import ArgumentParser
 import CowFormat
 import CowStore
+import CowSupport
 import SystemPackage
 
 #if canImport(Glibc)
@@ -121,7 +122,8 @@ struct CompressCommand: ParsableCommand {
         let started = monotonicSeconds()
         let summary = try exitingOnError {
             defer { statusLine.clear() }  // before an error line is printed
-            let image = try ImageCompressor.openSource(at: FilePath(source))
+            let image = try ImageCompressor.openSource(
+                at: FilePath(source), options: baseOpenOptions())
             return try ImageCompressor.compress(
                 image, to: FilePath(destination), options: options
             ) { progress in
@@ -166,7 +168,8 @@ struct CompressCommand: ParsableCommand {
         var lastShown = 0.0
         let verification = try exitingOnError {
             defer { statusLine.clear() }
-            let image = try CompressedBaseImage(path: FilePath(imagePath))
+            let image = try CompressedBaseImage(
+                path: FilePath(imagePath), options: baseOpenOptions())
             return image.verify { checkedCount in
                 let now = monotonicSeconds()
                 guard now - lastShown >= 0.25 else { return }

@@ -77,7 +77,7 @@ struct CreateCommand: ParsableCommand {
         let geometry = try geometry()
         let virtualByteCount = try virtualByteCount()
         let summary = try exitingOnError {
-            let image = try BaseLocator.openImage(at: FilePath(base))
+            let image = try BaseLocator.openImage(at: FilePath(base), options: baseOpenOptions())
             let header = try StoreFile.create(
                 at: FilePath(store), base: image, basePathGiven: base,
                 options: .init(

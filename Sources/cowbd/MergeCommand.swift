@@ -5,6 +5,7 @@
 import ArgumentParser
 import CowFormat
 import CowStore
+import CowSupport
 import SystemPackage
 
 #if canImport(Glibc)
@@ -93,7 +94,8 @@ struct MergeCommand: ParsableCommand {
             destination = .inPlace
         }
         let summary = try exitingOnError {
-            let merge = try StoreMerge(storePath: FilePath(store), destination: destination)
+            let merge = try StoreMerge(
+                storePath: FilePath(store), destination: destination, options: baseOpenOptions())
             if dryRun { return try merge.plan() }
             let progress = ProgressLine(label: "merge")
             defer { progress.finish() }
@@ -113,7 +115,8 @@ struct MergeCommand: ParsableCommand {
             let progress = ProgressLine(label: "merge")
             defer { progress.finish() }
             return try ImageCompressor.compress(
-                try ImageCompressor.openSource(at: FilePath(store)), to: FilePath(output),
+                try ImageCompressor.openSource(at: FilePath(store), options: baseOpenOptions()),
+                to: FilePath(output),
                 options: options
             ) { progress.update($0.inputByteCount, $0.totalInputByteCount) }
         }

@@ -163,11 +163,10 @@ struct ServeCommand: ParsableCommand {
                 listen.isEmpty ? try makePrivateFolder() : nil
             }
             defer { if let privateFolder { rmdir(privateFolder) } }
-            let baseOptions = BaseOpenOptions(
+            let options = baseOpenOptions(
                 cacheByteCount: Int((try? ByteSize.parse(cacheSize)) ?? 0), logger: logger)
-            let disk = try BaseLocator.$openOptions.withValue(baseOptions) {
-                try VirtualDisk.open(storePath: FilePath(store), readOnly: readOnly, logger: logger)
-            }
+            let disk = try VirtualDisk.open(
+                storePath: FilePath(store), readOnly: readOnly, options: options)
             var configuration = NBDServer.Configuration()
             configuration.listenAddresses = try listenAddresses(
                 passedDescriptors: passedDescriptors, privateFolder: privateFolder)
@@ -234,12 +233,6 @@ struct ServeCommand: ParsableCommand {
             throw CommandFailure("\(path): cannot write pid file: \(Errno(rawValue: errno))")
         }
     }
-}
-
-private func makeLogger(level: Logger.Level) -> Logger {
-    var logger = Logger(label: "cowbd") { label in StreamLogHandler.standardError(label: label) }
-    logger.logLevel = level
-    return logger
 }
 
 /// Flushes standard output so a supervisor reading the URI sees it at once.

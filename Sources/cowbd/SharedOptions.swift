@@ -1,8 +1,10 @@
 // Options and output helpers more than one subcommand uses: --json, aligned "key: value"
-// lines, sizes shown both ways, dates.
+// lines, sizes shown both ways, dates, the logger and how bases are opened.
 
 import ArgumentParser
 import CowFormat
+import CowStore
+import Logging
 
 #if canImport(Glibc)
     import Glibc
@@ -12,6 +14,23 @@ import CowFormat
 struct OutputOptions: ParsableArguments {
     @Flag(help: "Print JSON (snake_case keys, stable across versions) instead of text.")
     var json = false
+}
+
+/// The logger of every command: lines on stderr from `level` up. The libraries take it from
+/// here (BaseOpenOptions, NBDServer); only this executable makes one.
+func makeLogger(level: Logger.Level = .info) -> Logger {
+    var logger = Logger(label: "cowbd") { label in StreamLogHandler.standardError(label: label) }
+    logger.logLevel = level
+    return logger
+}
+
+/// How a command opens the block sources under a store: with its logger, each file under a
+/// shared lock (so nobody writes a base in place while it is read).
+func baseOpenOptions(
+    cacheByteCount: Int = CompressedBaseImage.defaultCacheByteCount,
+    logger: Logger = makeLogger()
+) -> BaseOpenOptions {
+    BaseOpenOptions(cacheByteCount: cacheByteCount, logger: logger, lock: .shared)
 }
 
 /// Prints `rows` as "key: value" lines with the values lined up.

@@ -23,14 +23,6 @@ struct StatusLine {
     }
 }
 
-/// Seconds on a clock that never goes back. The corresponding C function is
-/// `clock_gettime(CLOCK_MONOTONIC)`.
-func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
-}
-
 /// Writes `text` to stderr as it is (no prefix, no newline). The corresponding C function is
 /// `write(2)`.
 private func writeStandardError(_ text: String) {

@@ -25,7 +25,8 @@ struct StoreSummary {
         self.init(
             path: path, header: store.header, writtenChunkCount: store.writtenChunkCount,
             allocatedByteCount: try store.allocatedDataByteCount(),
-            base: BaseStatus(header: store.header, storePath: FilePath(path)))
+            base: BaseStatus(
+                header: store.header, storePath: FilePath(path), options: baseOpenOptions()))
         checkpoints = CheckpointListing(store)
     }
 

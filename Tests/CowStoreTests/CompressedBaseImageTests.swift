@@ -59,16 +59,16 @@ func compressedImageReadsBackTheSourceByteForByte(level: CompressionLevel, block
     let image = try openCompressed(scratch.path("lz4"))
     #expect(
         try image.extent(at: 0, maxByteCount: 5 << 16)
-            == ImageExtent(byteCount: 65536, isHole: false))
+            == SourceExtent(byteCount: 65536, isHole: false))
     #expect(
         try image.extent(at: 70000, maxByteCount: 5 << 16)
-            == ImageExtent(byteCount: 4 * 65536 - 70000, isHole: true))
+            == SourceExtent(byteCount: 4 * 65536 - 70000, isHole: true))
     #expect(
         try image.extent(at: 65536, maxByteCount: 1000)
-            == ImageExtent(byteCount: 1000, isHole: true))
+            == SourceExtent(byteCount: 1000, isHole: true))
     #expect(
         try image.extent(at: 4 << 16, maxByteCount: 1 << 30)
-            == ImageExtent(byteCount: 65536, isHole: false))
+            == SourceExtent(byteCount: 65536, isHole: false))
     #expect(try image.entry(ofBlock: 2) == .zero)
     // Zero blocks are answered without the cache; data blocks only once loaded.
     #expect(image.cachedBytes(at: 65536, count: 3 << 16) == [UInt8](repeating: 0, count: 3 << 16))
@@ -264,4 +264,37 @@ func compressedImageReadsBackTheSourceByteForByte(level: CompressionLevel, block
         }
     }
     #expect(failures.withLock { $0 } == 0)
+}
+
+/// A sparse file whose valid header claims an index of 2^40 bytes (a 2^49-byte image of 16 KiB
+/// blocks): open must refuse it from the header alone, not try to read a terabyte into memory.
+@Test func anIndexTooLargeToHoldIsRefusedBeforeItIsRead() throws {
+    let scratch = try Scratch()
+    var header = try LZ4ImageHeader(
+        geometry: LZ4BlockGeometry(shift: 14), virtualByteCount: 1 << 20,
+        fingerprint: BaseFingerprint(low: 1, high: 2), compressionLevel: 0,
+        fileByteCount: 8192 + UInt64(LZ4ImageHeader.recordByteCount))
+    header.virtualByteCount = 1 << 49
+    let layout = LZ4ImageHeader.layout(geometry: header.geometry, virtualByteCount: 1 << 49)
+    #expect(layout.indexByteCount == 1 << 40)
+    header.indexByteCount = layout.indexByteCount
+    header.dataByteOffset = layout.dataByteOffset
+    header.fileByteCount = layout.dataByteOffset + UInt64(LZ4ImageHeader.recordByteCount)
+    let path = FilePath(scratch.path("huge-index.lz4"))
+    let descriptor = try FileDescriptor.open(
+        path, .writeOnly, options: [.create, .truncate], permissions: [.ownerReadWrite])
+    let record = header.encoded()
+    _ = try record.withUnsafeBytes { try descriptor.writeAll(toAbsoluteOffset: 0, $0) }
+    _ = try record.withUnsafeBytes {
+        try descriptor.writeAll(toAbsoluteOffset: Int64(header.footerByteOffset), $0)
+    }
+    try descriptor.close()
+
+    let started = ContinuousClock.now
+    #expect {
+        _ = try CompressedBaseImage(path: path)
+    } throws: { error in
+        "\(error)".contains("huge-index.lz4") && "\(error)".contains("index size")
+    }
+    #expect(ContinuousClock.now - started < .seconds(5))
 }

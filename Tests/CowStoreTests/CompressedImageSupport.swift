@@ -65,10 +65,12 @@ func compressImage(
 
 /// Opens a compressed image with a cache of `cacheByteCount` bytes.
 func openCompressed(_ path: String, cacheByteCount: Int = 1 << 20) throws -> CompressedBaseImage {
-    try CompressedBaseImage(path: FilePath(path), options: .init(cacheByteCount: cacheByteCount))
+    try CompressedBaseImage(
+        path: FilePath(path),
+        options: .init(cacheByteCount: cacheByteCount, logger: BaseOpenOptions.quiet.logger))
 }
 
-extension BaseImage {
+extension BlockSource {
     func readBytes(at offset: UInt64, count: Int) throws -> [UInt8] {
         var bytes = [UInt8](repeating: 0xA5, count: count)
         try bytes.withUnsafeMutableBytes { try read(at: offset, into: $0) }
@@ -77,7 +79,7 @@ extension BaseImage {
 
     func cachedBytes(at offset: UInt64, count: Int) -> [UInt8]? {
         var bytes = [UInt8](repeating: 0xA5, count: count)
-        let isCached = bytes.withUnsafeMutableBytes { readIfCached(at: offset, into: $0) }
+        let isCached = bytes.withUnsafeMutableBytes { readIfReady(at: offset, into: $0) }
         return isCached ? bytes : nil
     }
 }
@@ -95,7 +97,7 @@ func flipByte(in path: String, at offset: UInt64) throws {
 }
 
 /// A base that fails every read at or after `failingByteOffset`: a source that breaks midway.
-final class FailingImage: BaseImage {
+final class FailingImage: BlockSource {
     let path = FilePath("/failing")
     let byteCount: UInt64
     let failingByteOffset: UInt64
@@ -113,12 +115,12 @@ final class FailingImage: BaseImage {
         for index in 0..<buffer.count { buffer[index] = UInt8(truncatingIfNeeded: index % 7) }
     }
 
-    func readIfCached(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+    func readIfReady(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
         false
     }
 
-    func extent(at byteOffset: UInt64, maxByteCount: UInt64) throws -> ImageExtent {
-        ImageExtent(byteCount: min(maxByteCount, byteCount - byteOffset), isHole: false)
+    func extent(at byteOffset: UInt64, maxByteCount: UInt64) throws -> SourceExtent {
+        SourceExtent(byteCount: min(maxByteCount, byteCount - byteOffset), isHole: false)
     }
 
     func prefetch(at byteOffset: UInt64, byteCount: UInt64) {}

@@ -42,7 +42,7 @@ import Testing
     let scratch = try Scratch()
     let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 1 << 20, seed: 22)
     try compressImage(scratch.path("raw"), to: scratch.path("golden.lz4"))
-    let base = try BaseLocator.openImage(at: FilePath(scratch.path("golden.lz4")))
+    let base = try BaseLocator.openImage(at: FilePath(scratch.path("golden.lz4")), options: .quiet)
     #expect(base.kindName == "cowbd-lz4")
     try StoreFile.create(
         at: FilePath(scratch.path("vm.cow")), base: base, basePathGiven: scratch.path("golden.lz4"),
@@ -72,7 +72,8 @@ import Testing
     let image = try openCompressed(scratch.path("flat.lz4"))
     #expect(image.byteCount == 3 << 20)
     #expect(try image.readBytes(at: 0, count: model.count) == model)
-    let storeImage = try VirtualDiskImage(storePath: FilePath(scratch.path("vm.cow")))
+    let storeImage = try VirtualDiskImage(
+        storePath: FilePath(scratch.path("vm.cow")), options: .quiet)
     #expect(try image.fingerprint() == storeImage.fingerprint())
     storeImage.disk.close()
 }

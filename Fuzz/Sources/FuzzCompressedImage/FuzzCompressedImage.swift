@@ -8,7 +8,7 @@ import FuzzSupport
 import SystemPackage
 
 let imageFile = ScratchFile(name: "image")
-let options = BaseOpenOptions(cacheByteCount: 4 << 20)
+let options = BaseOpenOptions(cacheByteCount: 4 << 20, logger: BaseOpenOptions.quiet.logger)
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func testOneInput(_ data: UnsafePointer<UInt8>?, _ byteCount: Int) -> CInt {

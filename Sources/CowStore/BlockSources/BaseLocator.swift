@@ -6,19 +6,21 @@ import SystemPackage
 /// Opening bases by path, whatever their format.
 public enum BaseLocator {
     /// Opens the image at `path` read-only, detecting its format by its first bytes: a
-    /// compressed image ("COWBDLZ4", with `openOptions`), else raw.
-    public static func openImage(at path: FilePath) throws -> any BaseImage {
+    /// compressed image ("COWBDLZ4"), else raw; each takes `options.lock`.
+    public static func openImage(at path: FilePath, options: BaseOpenOptions) throws
+        -> any BlockSource
+    {
         if try isCompressedImage(at: path) {
-            return try CompressedBaseImage(path: path, options: openOptions)
+            return try CompressedBaseImage(path: path, options: options)
         }
-        return try RawBaseImage(path: path)
+        return try RawBaseImage(path: path, lock: options.lock)
     }
 
     /// Opens the base `header` names: the resolved path, or else the given path taken relative
     /// to the store's folder (so a store and base moved together still pair up).
-    public static func openBase(for header: StoreHeader, storePath: FilePath) throws
-        -> any BaseImage
-    {
+    public static func openBase(
+        for header: StoreHeader, storePath: FilePath, options: BaseOpenOptions
+    ) throws -> any BlockSource {
         var candidates = [header.basePathResolved]
         let given = FilePath(header.basePathGiven)
         if !given.isAbsolute {
@@ -28,7 +30,7 @@ public enum BaseLocator {
         }
         for candidate in candidates {
             do {
-                return try openImage(at: FilePath(candidate))
+                return try openImage(at: FilePath(candidate), options: options)
             } catch StoreError.open(_, let errno) where errno == .noSuchFileOrDirectory {
                 continue
             }
@@ -38,7 +40,7 @@ public enum BaseLocator {
 
     /// Refuses a base whose size or sampled content differs from what the store recorded.
     public static func verify(
-        _ base: any BaseImage, against header: StoreHeader, storePath: FilePath
+        _ base: any BlockSource, against header: StoreHeader, storePath: FilePath
     ) throws {
         guard base.byteCount == header.baseByteCount else {
             throw StoreError.baseMismatch(

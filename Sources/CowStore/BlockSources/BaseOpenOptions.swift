@@ -1,32 +1,36 @@
-// Settings for opening a base that come from the command line (`serve --cache-size`), and the
-// magic-number sniff that tells a compressed image from a raw one. No format logic here.
+// Settings for opening a base that come from the command line (`serve --cache-size`, the
+// logger, the lock), and the magic-number sniff that tells a compressed image from a raw one. No format logic here.
 
 import CowFormat
 import Logging
 import SystemPackage
 
-/// How `BaseLocator.openImage` opens the images it finds.
+/// How the block sources of a store's chain are opened: passed by the caller (the command
+/// that parsed the options) to every opener on the way down.
 public struct BaseOpenOptions: Sendable {
     /// Bytes of decompressed blocks a compressed base keeps, shared by all its readers.
     public var cacheByteCount: Int
-    /// Where a compressed base reports damage it finds when it opens.
+    /// Where opened sources (and disks opened with these options) report what they find.
     public var logger: Logger
+    /// The lock each source takes on its file while open.
+    public var lock: SourceLock
 
     public init(
-        cacheByteCount: Int = CompressedBaseImage.defaultCacheByteCount,
-        logger: Logger = Logger(label: "cowbd.base", factory: { _ in SwiftLogNoOpLogHandler() })
+        cacheByteCount: Int = CompressedBaseImage.defaultCacheByteCount, logger: Logger,
+        lock: SourceLock = .shared
     ) {
         self.cacheByteCount = cacheByteCount
         self.logger = logger
+        self.lock = lock
     }
+
+    /// The defaults, with a logger that writes nothing: for callers with nothing to log to
+    /// (tests, fuzz targets). The cowbd command passes its own logger instead.
+    public static let quiet = BaseOpenOptions(
+        logger: Logger(label: "cowbd.quiet", factory: { _ in SwiftLogNoOpLogHandler() }))
 }
 
 extension BaseLocator {
-    /// The options for bases opened by the current thread or task. A command sets them around
-    /// the call that opens a store (`$openOptions.withValue(...) { VirtualDisk.open(...) }`),
-    /// so they reach the base without every opener in between passing them on.
-    @TaskLocal public static var openOptions = BaseOpenOptions()
-
     /// The first `byteCount` bytes of the file at `path` (fewer if it is shorter): enough to
     /// tell what it is. Throws `StoreError.open` if it cannot be opened, like the images do.
     static func leadingBytes(of path: FilePath, byteCount: Int = 8) throws -> [UInt8] {

@@ -7,19 +7,19 @@ import SystemPackage
 /// The state of a store's base image as found now (docs/FORMAT.md, "Base lookup").
 public enum BaseStatus: Sendable {
     /// Found, with the size and content fingerprint the store recorded.
-    case ok(any BaseImage)
+    case ok(any BlockSource)
     /// Found, but its size or content fingerprint differs from the store's record.
-    case changed(any BaseImage, detail: String)
+    case changed(any BlockSource, detail: String)
     /// Not found at any of the paths tried.
     case missing(tried: [String])
     /// Found but not readable (permissions, an I/O error); `reason` names the file.
     case unreadable(reason: String)
 
     /// Looks for the base `header` names and compares it with the record.
-    public init(header: StoreHeader, storePath: FilePath) {
-        let base: any BaseImage
+    public init(header: StoreHeader, storePath: FilePath, options: BaseOpenOptions = .quiet) {
+        let base: any BlockSource
         do {
-            base = try BaseLocator.openBase(for: header, storePath: storePath)
+            base = try BaseLocator.openBase(for: header, storePath: storePath, options: options)
         } catch StoreError.baseMissing(_, let tried) {
             self = .missing(tried: tried)
             return
@@ -38,7 +38,7 @@ public enum BaseStatus: Sendable {
     }
 
     /// The image, when one was found (even a changed one).
-    public var image: (any BaseImage)? {
+    public var image: (any BlockSource)? {
         switch self {
         case .ok(let image), .changed(let image, _): return image
         case .missing, .unreadable: return nil

@@ -40,7 +40,7 @@ extension CompressedBaseImage {
 
     /// True only if every block the range touches is in the cache (or is a zero block): a
     /// cache miss would decompress, and possibly wait on the device.
-    public func readIfCached(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
+    public func readIfReady(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
         -> Bool
     {
         precondition(byteOffset + UInt64(buffer.count) <= byteCount, "base read past its end")
@@ -66,7 +66,7 @@ extension CompressedBaseImage {
 
     /// Zero blocks are holes; every other block is data (a damaged entry too: reading it
     /// fails, so it must not be reported as zeros).
-    public func extent(at byteOffset: UInt64, maxByteCount: UInt64) throws -> ImageExtent {
+    public func extent(at byteOffset: UInt64, maxByteCount: UInt64) throws -> SourceExtent {
         precondition(byteOffset < byteCount && maxByteCount > 0)
         let end = byteOffset + min(maxByteCount, byteCount - byteOffset)
         let geometry = header.geometry
@@ -78,7 +78,7 @@ extension CompressedBaseImage {
             blockIndex += 1
             guard extentEnd < end, isZeroBlock(blockIndex) == isHole else { break }
         }
-        return ImageExtent(byteCount: extentEnd - byteOffset, isHole: isHole)
+        return SourceExtent(byteCount: extentEnd - byteOffset, isHole: isHole)
     }
 
     /// Asks the kernel to read ahead the stored bytes of the blocks in the range.

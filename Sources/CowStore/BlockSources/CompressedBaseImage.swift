@@ -8,7 +8,7 @@ import SystemPackage
 
 /// A cowbd-lz4 image: independently LZ4-compressed blocks behind an index, read through a
 /// cache of decompressed blocks shared by every thread that reads it.
-public final class CompressedBaseImage: BaseImage {
+public final class CompressedBaseImage: BlockSource {
     /// `serve --cache-size` when not given.
     public static let defaultCacheByteCount = 64 << 20
 
@@ -32,14 +32,10 @@ public final class CompressedBaseImage: BaseImage {
 
     /// Opens `path` read-only, and refuses it unless the header, the footer, the file size and
     /// every index entry that is not damaged agree (entries in order, data inside the file).
-    /// The corresponding C function is `open(O_RDONLY)`.
-    public init(path: FilePath, options: BaseOpenOptions = BaseOpenOptions()) throws {
+    /// Takes `options.lock` on the file first. The corresponding C function is `open(O_RDONLY)`.
+    public init(path: FilePath, options: BaseOpenOptions = .quiet) throws {
         self.path = path
-        do {
-            descriptor = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw StoreError.open(path: path, errno)
-        }
+        descriptor = try FileDescriptor.openLockedForReading(path, lock: options.lock)
         do {
             header = try Self.readHeader(descriptor, path: path)
             index = try Self.readIndex(descriptor, header: header, path: path)
@@ -106,11 +102,16 @@ public final class CompressedBaseImage: BaseImage {
         return header
     }
 
-    /// The whole index, as stored. Its size is bounded by the file's, checked by `readHeader`.
+    /// The whole index, as stored. Its size is bounded by the file's (checked by `readHeader`)
+    /// and by `LZ4ImageHeader.maxIndexByteCount` (a sparse file can be as large as it claims);
+    /// both are checked again here, before the index is allocated.
     private static func readIndex(
         _ descriptor: FileDescriptor, header: LZ4ImageHeader, path: FilePath
     ) throws -> [UInt8] {
-        guard let indexByteCount = Int(exactly: header.indexByteCount) else {
+        guard header.indexByteCount <= LZ4ImageHeader.maxIndexByteCount,
+            header.indexByteOffset + header.indexByteCount <= header.footerByteOffset,
+            let indexByteCount = Int(exactly: header.indexByteCount)
+        else {
             throw StoreError.format(
                 path: path, .invalidField(name: "index size", value: header.indexByteCount))
         }

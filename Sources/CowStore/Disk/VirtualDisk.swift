@@ -9,7 +9,7 @@ import SystemPackage
 /// A copy-on-write view of a base image through a store.
 public final class VirtualDisk: Sendable {
     public let store: StoreFile
-    public let base: any BaseImage
+    public let base: any BlockSource
     public let geometry: ChunkGeometry
     /// Size of the disk in bytes.
     public let byteCount: UInt64
@@ -18,7 +18,7 @@ public final class VirtualDisk: Sendable {
     let logger: Logger
 
     /// Combines an open store with its (already verified) base.
-    public init(store: StoreFile, base: any BaseImage, logger: Logger) {
+    public init(store: StoreFile, base: any BlockSource, logger: Logger) {
         self.store = store
         self.base = base
         self.geometry = store.header.geometry
@@ -26,18 +26,20 @@ public final class VirtualDisk: Sendable {
         self.logger = logger
     }
 
-    /// Opens the store at `path`, finds its base and refuses a base that changed.
+    /// Opens the store at `path`, finds its base (opened with `options`) and refuses a base
+    /// that changed. The disk logs to `options.logger`.
     public static func open(
-        storePath: FilePath, readOnly: Bool = false, logger: Logger = Logger(label: "cowbd.disk")
+        storePath: FilePath, readOnly: Bool = false, options: BaseOpenOptions = .quiet
     ) throws -> VirtualDisk {
         let store = try StoreFile(
             path: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite, logger: logger)
         if let merge = store.header.merge {
             throw StoreError.mergeInProgress(path: storePath, target: merge.targetPath)
         }
-        let base = try BaseLocator.openBase(for: store.header, storePath: storePath)
+        let base = try BaseLocator.openBase(
+            for: store.header, storePath: storePath, options: options)
         try BaseLocator.verify(base, against: store.header, storePath: storePath)
-        return VirtualDisk(store: store, base: base, logger: logger)
+        return VirtualDisk(store: store, base: base, logger: options.logger)
     }
 
     /// The fingerprint the disk's bytes would have as a base image.
@@ -96,7 +98,7 @@ public final class VirtualDisk: Sendable {
                     ? 0 : Int(min(UInt64(piece.count), base.byteCount - cursor))
                 if inBase > 0 {
                     guard
-                        base.readIfCached(
+                        base.readIfReady(
                             at: cursor,
                             into: UnsafeMutableRawBufferPointer(rebasing: piece[..<inBase]))
                     else { return false }

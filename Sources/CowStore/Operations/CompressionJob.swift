@@ -33,7 +33,7 @@ final class CompressionJob: @unchecked Sendable {
     /// Index entries gathered before one write: 4096 entries, 128 KiB.
     static let entriesPerBatch = 4096
 
-    let source: any BaseImage
+    let source: any BlockSource
     let descriptor: FileDescriptor
     let destination: FilePath
     let geometry: LZ4BlockGeometry
@@ -58,7 +58,7 @@ final class CompressionJob: @unchecked Sendable {
     private var batchEntryCount = 0
 
     init(
-        source: any BaseImage, descriptor: FileDescriptor, destination: FilePath,
+        source: any BlockSource, descriptor: FileDescriptor, destination: FilePath,
         geometry: LZ4BlockGeometry, level: CompressionLevel, workerCount: Int
     ) {
         self.source = source

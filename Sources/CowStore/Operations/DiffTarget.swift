@@ -91,11 +91,7 @@ final class RawDiffTarget: DiffTarget {
 
     init(path: FilePath) throws {
         self.path = path
-        do {
-            descriptor = try FileDescriptor.open(path, .readWrite, options: [.closeOnExec])
-        } catch {
-            throw StoreError.open(path: path, error as? Errno ?? .ioError)
-        }
+        descriptor = try FileDescriptor.openLockedForWriting(path)
         var status = Glibc.stat()
         guard fstat(descriptor.rawValue, &status) == 0 else {
             try? descriptor.close()
@@ -113,7 +109,7 @@ final class RawDiffTarget: DiffTarget {
 
     /// The fingerprint TARGET would have as a base: the same sampling plan as `create`'s.
     func baseFingerprint() throws -> BaseFingerprint {
-        try RawBaseImage(path: path).fingerprint()
+        try RawBaseImage(path: path, lock: .none).fingerprint()
     }
 
     func diskFingerprint() throws -> BaseFingerprint { try baseFingerprint() }

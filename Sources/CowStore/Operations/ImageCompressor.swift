@@ -3,6 +3,7 @@
 // synced, then moved into place: an interrupted run leaves no image under the real name.
 
 import CowFormat
+import CowSupport
 import SystemPackage
 
 #if canImport(Glibc)
@@ -58,18 +59,20 @@ public enum ImageCompressor {
 
     /// Opens what `compress` reads: a COW store's virtual disk (read-only, under the store's
     /// exclusive lock) if `path` is a store, otherwise the image there (raw or compressed).
-    public static func openSource(at path: FilePath) throws -> any BaseImage {
+    public static func openSource(at path: FilePath, options: BaseOpenOptions = .quiet) throws
+        -> any BlockSource
+    {
         if try BaseLocator.leadingBytes(of: path) == StoreHeader.magic {
-            return try VirtualDiskImage(storePath: path)
+            return try VirtualDiskImage(storePath: path, options: options)
         }
-        return try BaseLocator.openImage(at: path)
+        return try BaseLocator.openImage(at: path, options: options)
     }
 
     /// Compresses every byte of `source` into a new image at `destination`. Refuses an
     /// existing destination unless `options.replacesExisting`. Calls `progress` on this thread
     /// about every `progressIntervalSeconds` while the workers run.
     public static func compress(
-        _ source: any BaseImage, to destination: FilePath, options: Options,
+        _ source: any BlockSource, to destination: FilePath, options: Options,
         progressIntervalSeconds: Double = 0.25, progress: (Progress) -> Void = { _ in }
     ) throws -> Summary {
         precondition((1...maxThreadCount).contains(options.threadCount), "thread count checked")
@@ -77,6 +80,15 @@ public enum ImageCompressor {
             throw StoreError.invalidArgument(
                 "\(source.path): cannot compress an image of \(source.byteCount) bytes "
                     + "(1 byte to 1 EiB)")
+        }
+        let indexByteCount = LZ4ImageHeader.layout(
+            geometry: options.geometry, virtualByteCount: source.byteCount
+        ).indexByteCount
+        guard indexByteCount <= LZ4ImageHeader.maxIndexByteCount else {
+            throw StoreError.invalidArgument(
+                "\(source.path): \(source.byteCount) bytes in blocks of "
+                    + "\(options.geometry.blockByteCount) need an index of \(indexByteCount) bytes, "
+                    + "over the limit of \(LZ4ImageHeader.maxIndexByteCount); use larger blocks")
         }
         // Checked again atomically when the file is linked into place; this fails early.
         if !options.replacesExisting && access(destination.string, F_OK) == 0 {

@@ -9,7 +9,7 @@ extension StoreMerge {
     func flatten(into path: FilePath, overwrite: Bool, progress: (UInt64, UInt64) -> Void) throws
         -> Summary
     {
-        let disk = VirtualDisk(store: store, base: base, logger: .init(label: "cowbd.merge"))
+        let disk = VirtualDisk(store: store, base: base, logger: logger)
         let size = disk.byteCount
         var summary = Summary(
             targetPath: absolutePath(path.string).string, chunkCount: store.writtenChunkCount,

@@ -60,6 +60,8 @@ extension StoreMerge {
 
     private func openTarget() throws -> FileDescriptor {
         let path = FilePath(targetPath)
+        // In place, the base's own descriptor holds the exclusive lock (StoreMerge.init).
+        if !isInPlace { return try FileDescriptor.openLockedForWriting(path) }
         do {
             return try FileDescriptor.open(path, .readWrite, options: [.closeOnExec])
         } catch let errno as Errno {
@@ -71,7 +73,7 @@ extension StoreMerge {
     private func startRecord(target: FileDescriptor) throws -> MergeRecord {
         let header = store.header
         if case .into(let path) = destination {
-            let twin = try RawBaseImage(path: path)
+            let twin = try RawBaseImage(path: path, lock: .none)
             guard twin.byteCount == header.baseByteCount,
                 try twin.fingerprint() == header.baseFingerprint
             else {
@@ -80,7 +82,7 @@ extension StoreMerge {
                     detail: "the target is not a copy of the base (size or content differs)")
             }
         }
-        let disk = VirtualDisk(store: store, base: base, logger: .init(label: "cowbd.merge"))
+        let disk = VirtualDisk(store: store, base: base, logger: logger)
         let record: MergeRecord
         do {
             record = try MergeRecord(

@@ -5,6 +5,7 @@
 // finishes. docs/FORMAT.md ("Merge") gives the states.
 
 import CowFormat
+import Logging
 import SystemPackage
 
 #if canImport(Glibc)
@@ -42,18 +43,22 @@ public final class StoreMerge {
     let storePath: FilePath
     let destination: Destination
     let store: StoreFile
-    let base: any BaseImage
+    let base: any BlockSource
+    /// Where the merge's disks log.
+    let logger: Logger
     /// The absolute path merged into.
     let targetPath: String
 
     /// Opens the store exclusively (a running server makes this fail) and its base; refuses a base
     /// that changed since create, and a destination that disagrees with an interrupted merge.
+    /// The base is opened with `options`; in place, with an exclusive lock, as it is written.
     /// `wrappingIO` wraps the store's I/O (`StoreFile.init(path:access:wrappingIO:)`).
     public init(
-        storePath: FilePath, destination: Destination,
+        storePath: FilePath, destination: Destination, options: BaseOpenOptions = .quiet,
         wrappingIO: (any StoreIO) -> any StoreIO = { $0 }
     ) throws {
         self.storePath = storePath
+        logger = options.logger
         self.destination = destination
         let writesStore: Bool
         if case .output = destination { writesStore = false } else { writesStore = true }
@@ -67,7 +72,10 @@ public final class StoreMerge {
                     + "a merge moves the chunks they track out of the store: delete them first "
                     + "(cowbd checkpoint \(storePath) NAME --delete)")
         }
-        base = try BaseLocator.openBase(for: store.header, storePath: storePath)
+        var baseOptions = options
+        if case .inPlace = destination { baseOptions.lock = .exclusive }
+        base = try BaseLocator.openBase(
+            for: store.header, storePath: storePath, options: baseOptions)
         switch destination {
         case .into(let path), .output(let path, _): targetPath = absolutePath(path.string).string
         case .inPlace: targetPath = base.path.string
@@ -104,7 +112,7 @@ public final class StoreMerge {
             resumed: store.header.merge != nil)
         if case .output = destination {
             // The whole disk: data extents are written, zero extents stay holes.
-            let disk = VirtualDisk(store: store, base: base, logger: .init(label: "cowbd.merge"))
+            let disk = VirtualDisk(store: store, base: base, logger: logger)
             var cursor: UInt64 = 0
             while cursor < disk.byteCount {
                 for extent in try disk.extents(

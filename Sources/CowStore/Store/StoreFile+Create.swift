@@ -30,7 +30,7 @@ extension StoreFile {
     /// `basePathGiven` is recorded as typed; the resolved absolute path alongside it.
     @discardableResult
     public static func create(
-        at path: FilePath, base: any BaseImage, basePathGiven: String, options: CreateOptions
+        at path: FilePath, base: any BlockSource, basePathGiven: String, options: CreateOptions
     ) throws -> StoreHeader {
         let virtualByteCount = options.virtualByteCount ?? base.byteCount
         guard virtualByteCount >= base.byteCount else {

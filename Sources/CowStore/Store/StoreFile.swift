@@ -2,6 +2,7 @@
 // Owns the descriptor, the lock and the flush ordering; knows nothing of the base's bytes.
 
 import CowFormat
+import CowSupport
 import Logging
 import Synchronization
 import SystemPackage

@@ -154,6 +154,9 @@ extension FileDescriptor {
         throw Errno(rawValue: Glibc.errno)
     }
 
+    /// Drops this descriptor's lock. The corresponding C function is `flock(LOCK_UN)`.
+    func unlock() { _ = flock(rawValue, LOCK_UN) }
+
     /// Tells the kernel a range will be read soon. The corresponding C function is `posix_fadvise`.
     func adviseWillNeed(at byteOffset: UInt64, byteCount: UInt64) {
         _ = posix_fadvise(rawValue, off_t(byteOffset), off_t(byteCount), POSIX_FADV_WILLNEED)

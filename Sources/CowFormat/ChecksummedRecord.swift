@@ -1,0 +1,77 @@
+// The frame shared by cowbd's fixed-size records (the store header, a compressed image's
+// header and footer, a checkpoint table copy): an 8-byte magic at offset 0 and, in the last
+// 8 bytes, XXH64 (seed 0) of every byte before them, little-endian. The fields in between are
+// each record's own. No I/O.
+
+import CXXHash
+
+/// The size, magic and checksum of one kind of record.
+struct ChecksummedRecord: Sendable {
+    /// The first 8 bytes of every record of this kind.
+    let magic: [UInt8]
+    /// Bytes in the record, checksum included.
+    let byteCount: Int
+    /// What the record is, for `FormatError.badMagic` ("cowbd store").
+    let kindName: String
+
+    /// Where the checksum is: the record's last 8 bytes.
+    var checksumByteOffset: Int { byteCount - 8 }
+
+    /// XXH64 (seed 0) of the bytes before the checksum.
+    func checksum(of bytes: UnsafeRawBufferPointer) -> UInt64 {
+        precondition(bytes.count >= checksumByteOffset)
+        return XXH64(bytes.baseAddress, checksumByteOffset, 0)
+    }
+
+    /// Checks that `bytes` start with a whole record of this kind: long enough, the magic,
+    /// then the checksum. The fields are the caller's to parse.
+    func check(_ bytes: UnsafeRawBufferPointer) throws(FormatError) {
+        guard bytes.count >= byteCount else {
+            throw .truncated(expectedByteCount: byteCount, actualByteCount: bytes.count)
+        }
+        guard bytes.prefix(magic.count).elementsEqual(magic) else {
+            throw .badMagic(expected: kindName)
+        }
+        let stored = bytes.loadLittleEndian(at: checksumByteOffset, as: UInt64.self)
+        let computed = checksum(of: bytes)
+        guard stored == computed else {
+            throw .checksumMismatch(stored: stored, computed: computed)
+        }
+    }
+
+    /// Checks the version (u32 at 8) and the recorded size (u32 at 12) that the store header
+    /// and the compressed image header both carry right after the magic.
+    func checkVersionAndSize(_ bytes: UnsafeRawBufferPointer, currentVersion: UInt32)
+        throws(FormatError) -> UInt32
+    {
+        let version = bytes.loadLittleEndian(at: 8, as: UInt32.self)
+        guard version == currentVersion else { throw .unsupportedVersion(version) }
+        let recordedByteCount = bytes.loadLittleEndian(at: 12, as: UInt32.self)
+        guard recordedByteCount == UInt32(byteCount) else {
+            throw .invalidField(name: "header size", value: UInt64(recordedByteCount))
+        }
+        return version
+    }
+
+    /// Writes a record into the first `byteCount` bytes of `bytes`: zeros, the magic, the
+    /// fields `writeFields` stores, then the checksum over all of them.
+    func encode(
+        into bytes: UnsafeMutableRawBufferPointer,
+        _ writeFields: (UnsafeMutableRawBufferPointer) -> Void
+    ) {
+        precondition(bytes.count >= byteCount)
+        let record = UnsafeMutableRawBufferPointer(rebasing: bytes[..<byteCount])
+        record.initializeMemory(as: UInt8.self, repeating: 0)
+        for (index, byte) in magic.enumerated() { record[index] = byte }
+        writeFields(record)
+        record.storeLittleEndian(
+            checksum(of: UnsafeRawBufferPointer(record)), at: checksumByteOffset)
+    }
+
+    /// The record `encode` writes, as a byte array.
+    func encoded(_ writeFields: (UnsafeMutableRawBufferPointer) -> Void) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: byteCount)
+        bytes.withUnsafeMutableBytes { encode(into: $0, writeFields) }
+        return bytes
+    }
+}

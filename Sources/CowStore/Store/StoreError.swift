@@ -59,7 +59,7 @@ extension StoreError: CustomStringConvertible {
             return "the disk is read-only"
         case .mergeInProgress(let path, let target):
             return
-                "\(path): a merge into \(target) was interrupted; run cowbd merge again to finish it"
+                "\(path): a merge into \(target) was interrupted; run cowbd merge again to finish it, or take it back with --abort"
         }
     }
 

@@ -61,6 +61,22 @@ package enum AtomicFile {
         }
     }
 
+    /// Runs `body` on a temporary file in `folder` that no name refers to once `body` returns
+    /// (unnamed with `O_TMPFILE`, else named and unlinked at once): a probe of what the folder's
+    /// filesystem allows, such as a file's largest size.
+    package static func withScratchFile<Result>(
+        in folder: FilePath, _ body: (FileDescriptor) throws -> Result
+    ) throws -> Result {
+        var temporary = try Temporary(
+            name: "cowbd-probe", in: folder, permissions: .ownerReadWrite, for: folder)
+        defer { temporary.discard() }
+        if let namedPath = temporary.namedPath {
+            _ = unlink(namedPath.string)
+            temporary.namedPath = nil
+        }
+        return try body(temporary.descriptor)
+    }
+
     /// The folder holding `path` ("." for a bare name).
     package static func folder(of path: FilePath) -> FilePath {
         let folder = path.removingLastComponent()

@@ -30,9 +30,9 @@ struct CompressCommand: ParsableCommand {
             and it has the same fingerprint as its source, so a store made over the raw image \
             also works over the compressed one put in its place.
 
-            DST is written under a temporary name beside it, synced and then renamed: an \
-            interrupted run leaves no DST (at worst a stray .DST.tmp.PID file). An existing DST \
-            is refused unless --force.
+            DST is written to an unnamed temporary file beside it, synced and then linked into \
+            place: an interrupted run leaves no DST and no temporary file. An existing DST is \
+            refused unless --force.
 
             On a terminal, a status line shows the bytes done, the rate and the ratio so far. \
             With --json the result is one object: input_bytes, output_bytes, ratio \

@@ -99,8 +99,8 @@ struct ExportDiffCommand: ParsableCommand {
             // A file is written under a temporary name, synced, then moved into place: an
             // interrupted export never leaves a partial OUT.
             var written: StoreDiffExport.Summary?
-            try StoreFile.writeAtomically(to: path, noReplace: !force) {
-                descriptor, _ in written = try write(to: descriptor, name: output)
+            try AtomicFile.write(to: path, replacing: force) { descriptor in
+                written = try write(to: descriptor, name: output)
             }
             guard let written else { preconditionFailure("the export ran") }
             return written

@@ -23,6 +23,14 @@ struct ImportDiffCommand: ParsableCommand {
             An rbd diff carries no fingerprint: cowbd cannot check its base, so it needs \
             --force. --force also applies a native diff made for another base.
 
+            Before the first write, a small record of the import is written beside TARGET \
+            (.NAME.cowbd-import; for a block device in $TMPDIR) and it is removed once TARGET \
+            is durable. If the import is interrupted (kill, power loss, I/O error), run the \
+            same command again: the record tells it that TARGET is partly written by this very \
+            diff, and it finishes without --force. An import of another diff is refused until \
+            then (or forced). Every block of DIFF is checked again as it is applied, so a DIFF \
+            changed since it was verified is refused before its changed bytes are written.
+
             Refused while a COW TARGET is served (the same lock as serve).
 
             Exit status: 0 applied (or verified), 1 refused or failed (the reason on stderr).
@@ -56,7 +64,7 @@ struct ImportDiffCommand: ParsableCommand {
                 ("dry_run", .bool(dryRun)), ("extents", .integer(summary.extentCount)),
                 ("data_bytes", .integer(summary.dataByteCount)),
                 ("zero_bytes", .integer(summary.zeroByteCount)),
-                ("spooled", .bool(summary.spooled)),
+                ("spooled", .bool(summary.spooled)), ("resumed", .bool(summary.resumed)),
             ])
             print(value.rendered())
             return
@@ -65,6 +73,6 @@ struct ImportDiffCommand: ParsableCommand {
             "\(target): \(dryRun ? "would apply" : "applied") \(summary.extentCount) extents "
                 + "(\(describeSize(summary.dataByteCount)) of data, "
                 + "\(describeSize(summary.zeroByteCount)) of zeros) from a \(summary.kind.rawValue) diff"
-        )
+                + (summary.resumed ? " (finishing an interrupted import)" : ""))
     }
 }

@@ -27,10 +27,21 @@ struct MergeCommand: ParsableCommand {
             untouched. Zero and trimmed areas become holes. With --compress, NEW is a \
             compressed image instead (the same as `cowbd compress COW NEW --level high`).
 
-            A merge into a target records itself in the store's header before it writes the \
-            first byte. If it is interrupted (kill, power loss), run the same command again: \
-            it finishes. Until then the store refuses to be served. The cost of --into and \
+            A merge into a target first checks that it can finish: the target exists, is \
+            writable, can grow to the disk's size, and its filesystem has the space; then it \
+            records itself in the store's header before it writes the first byte. If it is \
+            interrupted (kill, power loss, I/O error), run the same command again: it \
+            finishes. Until then the store refuses to be served. The cost of --into and \
             --in-place follows the changed data, not the disk's size.
+
+            --abort takes an interrupted merge back instead, while the store still holds its \
+            chunks. After --into it is always safe: the record is cleared, the store serves \
+            the same disk again, and TARGET may be partly written (recopy it from the base \
+            before merging into it again). After --in-place the base may be partly changed, so \
+            --abort is refused without --force; --abort --force binds the store to the base as \
+            it now is (its own disk is whole: every byte the merge wrote lies in a chunk the \
+            store holds), and any other store over the old base is no longer valid. Once the \
+            merge has emptied the store, it can only be finished.
 
             Refused while the store is being served (the same lock as serve).
 
@@ -38,6 +49,7 @@ struct MergeCommand: ParsableCommand {
               cowbd merge vm.cow --into golden-v2.img
               cowbd merge vm.cow --in-place
               cowbd merge vm.cow --output flat.img --dry-run
+              cowbd merge vm.cow --abort
 
             Exit status: 0 merged (or planned), 1 failed (the reason on stderr).
             """)
@@ -55,7 +67,10 @@ struct MergeCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Write a new flattened raw image instead.", valueName: "new"))
     var output: String?
 
-    @Flag(help: "With --output: replace NEW if it exists.")
+    @Flag(help: "Take back an interrupted merge (see above); the store is served again.")
+    var abort = false
+
+    @Flag(help: "With --output: replace NEW if it exists. With --abort: abort an in-place merge.")
     var force = false
 
     @Flag(help: "With --output: write a compressed (cowbd-lz4, --level high) image.")
@@ -67,11 +82,19 @@ struct MergeCommand: ParsableCommand {
     @OptionGroup var outputOptions: OutputOptions
 
     func validate() throws {
+        if abort {
+            guard into == nil, !inPlace, output == nil, !compress, !dryRun else {
+                throw ValidationError("--abort takes no destination (only --force)")
+            }
+            return
+        }
         let count = (into == nil ? 0 : 1) + (inPlace ? 1 : 0) + (output == nil ? 0 : 1)
         guard count == 1 else {
             throw ValidationError("give exactly one of --into, --in-place, --output")
         }
-        guard !force || output != nil else { throw ValidationError("--force goes with --output") }
+        guard !force || output != nil else {
+            throw ValidationError("--force goes with --output or --abort")
+        }
         guard !compress || output != nil else {
             throw ValidationError("--compress goes with --output")
         }
@@ -81,6 +104,10 @@ struct MergeCommand: ParsableCommand {
     }
 
     func run() throws {
+        if abort {
+            try abortMerge()
+            return
+        }
         if compress, let output {
             try flattenCompressed(into: output)
             return
@@ -130,6 +157,29 @@ struct MergeCommand: ParsableCommand {
             print(
                 "\(store): wrote a compressed image of \(describeSize(summary.outputByteCount)) "
                     + "for a \(describeSize(summary.inputByteCount)) disk into \(output)")
+        }
+    }
+
+    /// `--abort`: clears an interrupted merge's record (CowStore's StoreMerge+Abort.swift).
+    private func abortMerge() throws {
+        let summary = try exitingOnError {
+            try StoreMerge.abort(storePath: FilePath(store), force: force)
+        }
+        if outputOptions.json {
+            let value = JSONValue.object([
+                ("aborted", .bool(true)), ("target", .string(summary.targetPath)),
+                ("in_place", .bool(summary.wasInPlace)),
+            ])
+            print(value.rendered())
+        } else if summary.wasInPlace {
+            print(
+                "\(store): took back the in-place merge; the store is bound to the base "
+                    + "\(summary.targetPath) as it is now (partly merged) and serves the same disk; "
+                    + "other stores over the old base are no longer valid")
+        } else {
+            print(
+                "\(store): took back the merge; the store serves the same disk again; "
+                    + "\(summary.targetPath) may be partly written (recopy it from the base)")
         }
     }
 

@@ -68,14 +68,26 @@ final class DiffOutput {
     }
 }
 
-/// Positional reads of a diff file from its start, hashing what it reads. A read past the end
+/// Reads of a diff file from its start, hashing what it reads, through 1 MiB blocks. The first
+/// pass (the verifying one) records each block's XXH3-64; a later pass checks every block it
+/// loads against that digest before it hands out a byte of it, so a file changed between the
+/// passes can never feed the applying pass bytes that were not verified. A read past the end
 /// throws `truncated`: a diff never ends early on purpose.
 final class DiffInput {
+    static let blockByteCount = 1 << 20
     let descriptor: FileDescriptor
     let path: FilePath
     let byteCount: UInt64
     let checksum = DiffChecksum()
     private(set) var cursor: UInt64 = 0
+    /// XXH3-64 of each block, in order, from the first pass.
+    private var blockDigests: [UInt64] = []
+    /// True during the first pass: blocks are recorded, not checked.
+    private var isFirstPass = true
+    private let block = UnsafeMutableRawBufferPointer.allocate(
+        byteCount: blockByteCount, alignment: 4096)
+    private var loadedBlock: (index: UInt64, byteCount: Int)?
+    private let blockChecksum = DiffChecksum()
 
     init(descriptor: FileDescriptor, path: FilePath) throws {
         self.descriptor = descriptor
@@ -85,12 +97,26 @@ final class DiffInput {
         }
     }
 
+    deinit { block.deallocate() }
+
     var isAtEnd: Bool { cursor == byteCount }
 
-    /// Starts again from the first byte with a fresh checksum.
+    /// Starts again from the first byte with a fresh checksum; from now on every block is
+    /// checked against the digest the first pass recorded.
     func rewind() {
         cursor = 0
         checksum.reset()
+        isFirstPass = false
+        loadedBlock = nil
+    }
+
+    /// The diff's identity once the first pass has read it all: XXH3-64 of the block digests.
+    var digest: UInt64 {
+        let digests = DiffChecksum()
+        for value in blockDigests {
+            withUnsafeBytes(of: value.littleEndian) { digests.update($0) }
+        }
+        return digests.digest
     }
 
     /// Fills `buffer` with the next `buffer.count` bytes.
@@ -101,17 +127,54 @@ final class DiffInput {
                 .truncated(
                     expectedByteCount: Int(cursor) + buffer.count, actualByteCount: Int(byteCount)))
         }
-        let done: Int
-        do { done = try descriptor.readUpToFully(at: cursor, into: buffer) } catch {
-            throw StoreError.io(path: path, operation: "read", byteOffset: cursor, error)
-        }
-        guard done == buffer.count else {
-            throw StoreError.shortRead(
-                path: path, byteOffset: cursor, expectedByteCount: buffer.count,
-                actualByteCount: done)
+        let blockByteCount = UInt64(Self.blockByteCount)
+        var done = 0
+        while done < buffer.count {
+            let loaded = try load(blockIndex: cursor / blockByteCount)
+            let offsetInBlock = Int(cursor % blockByteCount)
+            let count = min(loaded - offsetInBlock, buffer.count - done)
+            UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)]).copyMemory(
+                from: UnsafeRawBufferPointer(
+                    rebasing: block[offsetInBlock..<(offsetInBlock + count)]))
+            done += count
+            cursor += UInt64(count)
         }
         checksum.update(UnsafeRawBufferPointer(buffer))
-        cursor += UInt64(buffer.count)
+    }
+
+    /// Reads block `blockIndex` into `block` unless it is there; returns its byte count.
+    private func load(blockIndex: UInt64) throws -> Int {
+        if let loadedBlock, loadedBlock.index == blockIndex { return loadedBlock.byteCount }
+        let blockByteOffset = blockIndex * UInt64(Self.blockByteCount)
+        let count = Int(min(UInt64(Self.blockByteCount), byteCount - blockByteOffset))
+        let piece = UnsafeMutableRawBufferPointer(rebasing: block[..<count])
+        let done: Int
+        do { done = try descriptor.readUpToFully(at: blockByteOffset, into: piece) } catch {
+            throw StoreError.io(path: path, operation: "read", byteOffset: blockByteOffset, error)
+        }
+        guard done == count else {
+            throw StoreError.shortRead(
+                path: path, byteOffset: blockByteOffset, expectedByteCount: count,
+                actualByteCount: done)
+        }
+        blockChecksum.reset()
+        blockChecksum.update(UnsafeRawBufferPointer(piece))
+        let blockDigest = blockChecksum.digest
+        let index = Int(blockIndex)
+        if index < blockDigests.count {
+            guard blockDigests[index] == blockDigest else {
+                loadedBlock = nil
+                throw StoreError.invalidArgument(
+                    "\(path): bytes \(blockByteOffset) to \(blockByteOffset + UInt64(count)) "
+                        + "changed after the diff was verified; none of them was applied")
+            }
+        } else {
+            // Reads move forward only, so the first pass loads each block once, in order.
+            precondition(isFirstPass && index == blockDigests.count, "diff blocks read in order")
+            blockDigests.append(blockDigest)
+        }
+        loadedBlock = (blockIndex, count)
+        return count
     }
 
     /// The next little-endian integer.

@@ -58,6 +58,7 @@ extension DiffImport {
                 try DiffHeader(parsing: bytes)
             }
         } catch let error as FormatError { throw bad(error) }
+        if !applying { verifiedNativeHeader = header }
         var summary = Summary(kind: .native, virtualByteCount: header.virtualByteCount)
         let recordChecksum = DiffChecksum()
         var recordBytes = [UInt8](repeating: 0, count: DiffRecord.byteCount)
@@ -101,7 +102,10 @@ extension DiffImport {
                 try target.writeZeroes(at: record.first, byteCount: record.second)
             }
             summary.extentCount += 1
-            if applying { progress(summary.dataByteCount, 0) }
+            if applying {
+                progress(summary.dataByteCount, 0)
+                try afterRecordApplied?(summary.extentCount)
+            }
         }
     }
 
@@ -184,7 +188,10 @@ extension DiffImport {
                     summary.zeroByteCount += byteCount
                 }
                 summary.extentCount += 1
-                if applying { progress(summary.dataByteCount, 0) }
+                if applying {
+                    progress(summary.dataByteCount, 0)
+                    try afterRecordApplied?(summary.extentCount)
+                }
             default:
                 guard let payloadByteCount else {
                     throw bad(.invalidField(name: "rbd diff v1 record tag", value: UInt64(tag)))

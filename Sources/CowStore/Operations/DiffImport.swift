@@ -29,6 +29,9 @@ public final class DiffImport {
         public var targetKind = ""
         /// The diff came from a pipe and was spooled to a temporary file first.
         public var spooled = false
+        /// An interrupted import of this diff into this target was found (its record) and
+        /// finished; the base check, which a partly applied diff no longer passes, was skipped.
+        public var resumed = false
     }
 
     /// Largest piece read and written at once.
@@ -38,7 +41,13 @@ public final class DiffImport {
     let target: any DiffTarget
     let force: Bool
     var spooled = false
+    /// The native header the verifying pass read (nil for an rbd diff).
+    var verifiedNativeHeader: DiffHeader?
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: pieceByteCount, alignment: 4096)
+    /// Tests: runs between the verifying pass and the applying pass.
+    package var betweenPasses: (() throws -> Void)?
+    /// Tests: runs after each record is applied, with the number applied so far.
+    package var afterRecordApplied: ((UInt64) throws -> Void)?
 
     /// Opens TARGET (a COW store is locked exclusively) and the diff; `diffPath` "-" is stdin.
     /// A diff that is not a regular file is spooled beside TARGET first.
@@ -74,25 +83,60 @@ public final class DiffImport {
 
     /// Verifies the whole diff, checks it against TARGET's base, then applies it. `progress`
     /// gets (data bytes applied, data bytes in the diff) now and then.
+    /// An interrupted import of the same diff is found by its record beside TARGET and
+    /// finished (docs/FORMAT.md, "Applying a diff").
     public func run(progress: (UInt64, UInt64) -> Void = { _, _ in }) throws -> Summary {
         var summary = try parse(applying: false, progress: { _, _ in })
-        try checkAgainstTarget(summary)
+        let record = try checkAgainstTarget(&summary)
+        try betweenPasses?()
         input.rewind()
+        // The record is durable before the first byte of TARGET changes.
+        if !summary.resumed { try writeImportRecord(record) }
         try target.prepare(virtualByteCount: summary.virtualByteCount)
         let dataByteCount = summary.dataByteCount
+        let resumed = summary.resumed
         summary = try parse(applying: true, progress: { done, _ in progress(done, dataByteCount) })
+        // TARGET is durable before the record goes.
         try target.finish()
+        try removeImportRecord()
         summary.targetPath = target.path.string
         summary.targetKind = target.kindName
         summary.spooled = spooled
+        summary.resumed = resumed
         return summary
     }
 
+    /// Tests: makes what was applied so far durable, as a crash after a flush would leave it.
+    package func syncTarget() throws { try target.sync() }
+
     /// Only the verifying pass: what the diff holds. Writes nothing.
     public func verify() throws -> Summary {
-        let summary = try parse(applying: false, progress: { _, _ in })
-        try checkAgainstTarget(summary)
+        var summary = try parse(applying: false, progress: { _, _ in })
+        _ = try checkAgainstTarget(&summary)
         return summary
+    }
+
+    /// Checks the diff against TARGET; returns the record an import of it writes. An interrupted
+    /// import of the same diff (its record) sets `summary.resumed` and skips the base check.
+    private func checkAgainstTarget(_ summary: inout Summary) throws -> ImportRecord {
+        let record = try makeImportRecord()
+        if let pending = try pendingImportRecord() {
+            if pending.isForSameDiff(as: record) {
+                summary.resumed = true
+                try checkSize(summary)
+                return pending
+            }
+            guard force else {
+                throw StoreError.invalidArgument(
+                    "\(target.path): an import of another diff (\(pending.diffByteCount) bytes) "
+                        + "into it was interrupted and the target is partly written; run that "
+                        + "import again to finish it (its record: \(importRecordPath)), or use "
+                        + "--force to apply this diff instead")
+            }
+        }
+        try checkSize(summary)
+        try checkBase(summary)
+        return record
     }
 
     private func parse(applying: Bool, progress: (UInt64, UInt64) -> Void) throws -> Summary {
@@ -112,9 +156,8 @@ public final class DiffImport {
         throw StoreError.format(path: input.path, .badMagic(expected: "cowbd or rbd diff"))
     }
 
-    /// Whether the diff was made for TARGET: size always, base fingerprint for a native diff.
-    /// An rbd diff carries no fingerprint, so it needs `force`.
-    private func checkAgainstTarget(_ summary: Summary) throws {
+    /// Whether TARGET can hold the diff's disk.
+    private func checkSize(_ summary: Summary) throws {
         let name = "\(input.path)"
         guard target.canGrow(to: summary.virtualByteCount) || force else {
             throw StoreError.invalidArgument(
@@ -129,13 +172,21 @@ public final class DiffImport {
                 "\(name): the diff is for a disk of \(summary.virtualByteCount) bytes; "
                     + "\(target.path) holds only \(target.byteCount) bytes and cannot grow")
         }
+    }
+
+    /// Whether the diff was made for TARGET's base: a native diff's fingerprint. An rbd diff
+    /// carries no fingerprint, so it needs `force`.
+    private func checkBase(_ summary: Summary) throws {
+        let name = "\(input.path)"
         guard !force else { return }
         guard summary.kind == .native else {
             throw StoreError.invalidArgument(
                 "\(name): an rbd diff carries no base fingerprint, so cowbd cannot check that "
                     + "\(target.path) is the image it was made against; check it, then use --force")
         }
-        let expected = try nativeHeader()
+        guard let expected = verifiedNativeHeader else {
+            preconditionFailure("the verifying pass keeps a native diff's header")
+        }
         if expected.sinceCheckpointID != 0 {
             // Incremental: TARGET must hold the disk as it was at the checkpoint.
             let actual = try target.diskFingerprint()
@@ -159,24 +210,6 @@ public final class DiffImport {
                     + "\(target.baseByteCount) bytes with fingerprint \(actual); refusing to apply "
                     + "it (--force applies it anyway)")
         }
-    }
-
-    private func nativeHeader() throws -> DiffHeader {
-        var bytes = [UInt8](repeating: 0, count: DiffHeader.byteCount)
-        let done = try bytes.withUnsafeMutableBytes {
-            try input.descriptor.readUpToFully(at: 0, into: $0)
-        }
-        guard done == bytes.count else {
-            throw StoreError.format(
-                path: input.path,
-                .truncated(
-                    expectedByteCount: bytes.count, actualByteCount: done))
-        }
-        do {
-            return try bytes.withUnsafeBytes { bytes throws(FormatError) in
-                try DiffHeader(parsing: bytes)
-            }
-        } catch let error as FormatError { throw StoreError.format(path: input.path, error) }
     }
 
     /// Copies `source` into an unlinked temporary file beside `targetPath` (in $TMPDIR for a

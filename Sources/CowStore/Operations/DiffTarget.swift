@@ -27,6 +27,8 @@ protocol DiffTarget: AnyObject {
     func prepare(virtualByteCount: UInt64) throws
     func write(at byteOffset: UInt64, from data: UnsafeRawBufferPointer) throws
     func writeZeroes(at byteOffset: UInt64, byteCount: UInt64) throws
+    /// Makes everything written so far durable.
+    func sync() throws
     /// Makes everything written durable and lets go of the target.
     func finish() throws
 }
@@ -73,8 +75,10 @@ final class StoreDiffTarget: DiffTarget {
         try disk.writeZeroes(at: byteOffset, byteCount: byteCount, scratch: scratch)
     }
 
+    func sync() throws { try disk.flush() }
+
     func finish() throws {
-        try disk.flush()
+        try sync()
         disk.close()
     }
 }
@@ -157,9 +161,11 @@ final class RawDiffTarget: DiffTarget {
         }
     }
 
-    func finish() throws {
+    func sync() throws {
         do { try descriptor.synchronizeAll() } catch {
             throw StoreError.io(path: path, operation: "fsync", byteOffset: 0, error)
         }
     }
+
+    func finish() throws { try sync() }
 }

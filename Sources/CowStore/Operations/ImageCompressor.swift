@@ -96,8 +96,7 @@ public enum ImageCompressor {
         }
         let fingerprint = try source.fingerprint()
         var result: (header: LZ4ImageHeader, totals: CompressionJob.Totals)?
-        try StoreFile.writeAtomically(to: destination, noReplace: !options.replacesExisting) {
-            descriptor, _ in
+        try AtomicFile.write(to: destination, replacing: options.replacesExisting) { descriptor in
             let blockCount = options.geometry.blockCount(covering: source.byteCount)
             let workerCount = Int(min(UInt64(options.threadCount), blockCount))
             let job = CompressionJob(
@@ -115,7 +114,7 @@ public enum ImageCompressor {
             result = try job.finish(fingerprint: fingerprint)
         }
         guard let (header, totals) = result else {
-            preconditionFailure("writeAtomically returned without running its body")
+            preconditionFailure("AtomicFile.write returned without running its body")
         }
         return Summary(
             header: header, inputByteCount: source.byteCount,

@@ -18,7 +18,7 @@ extension StoreMerge {
         let buffer = UnsafeMutableRawBufferPointer.allocate(
             byteCount: Self.copyByteCount, alignment: 4096)
         defer { buffer.deallocate() }
-        try StoreFile.writeAtomically(to: path, noReplace: !overwrite) { output, _ in
+        try AtomicFile.write(to: path, replacing: overwrite) { output in
             try output.setByteCount(size)
             var cursor: UInt64 = 0
             while cursor < size {

@@ -100,6 +100,7 @@ public final class StoreMerge {
             throw StoreError.invalidArgument(
                 "\(storePath): an interrupted merge into \(record.targetPath) must be finished first "
                     + "(cowbd merge \(storePath) \(record.isInPlace ? "--in-place" : "--into \(record.targetPath)"))"
+                    + " or taken back (cowbd merge \(storePath) --abort)"
             )
         }
     }
@@ -141,6 +142,8 @@ public final class StoreMerge {
         if case .output(let path, let overwrite) = destination {
             return try flatten(into: path, overwrite: overwrite, progress: progress)
         }
+        // Checked before the record is written: with the record, the store is not served.
+        if store.header.merge == nil { try checkTargetBeforeRecording() }
         return try mergeIntoTarget(progress: progress)
     }
 }

@@ -64,7 +64,7 @@ extension StoreError: CustomStringConvertible {
                 "\(path): an earlier fsync of the store failed, so writes since the last successful flush may be lost; it takes no more changes until it is reopened"
         case .mergeInProgress(let path, let target):
             return
-                "\(path): a merge into \(target) was interrupted; run cowbd merge again to finish it"
+                "\(path): a merge into \(target) was interrupted; run cowbd merge again to finish it, or take it back with --abort"
         }
     }
 

@@ -56,7 +56,7 @@ extension StoreFile {
         }
         // Checked again atomically by link(2); this early check just fails before any work.
         if access(path.string, F_OK) == 0 { throw StoreError.exists(path: path) }
-        try writeAtomically(to: path, noReplace: true) { descriptor, temporaryPath in
+        try AtomicFile.write(to: path, replacing: false) { descriptor in
             try descriptor.setByteCount(header.dataByteOffset + header.virtualByteCount)
             do {
                 try descriptor.punchHole(
@@ -70,65 +70,6 @@ extension StoreFile {
             }
         }
         return header
-    }
-
-    /// Runs `fill` on a new temporary file beside `path`, syncs it, and moves it to `path`
-    /// (failing if `path` exists when `noReplace`), then syncs the folder. On any failure the
-    /// temporary file is removed and `path` is untouched.
-    package static func writeAtomically(
-        to path: FilePath, noReplace: Bool, _ fill: (FileDescriptor, FilePath) throws -> Void
-    ) throws {
-        let folder = path.removingLastComponent()
-        let name = path.lastComponent?.string ?? "store"
-        let temporaryPath = folder.appending(".\(name).tmp.\(getpid())")
-        let descriptor: FileDescriptor
-        do {
-            descriptor = try FileDescriptor.open(
-                temporaryPath, .readWrite, options: [.create, .exclusiveCreate, .closeOnExec],
-                permissions: [.ownerReadWrite, .groupRead, .otherRead])
-        } catch let errno as Errno {
-            // Name the file the user asked for: the temporary name means nothing to them.
-            throw StoreError.open(path: path, errno)
-        }
-        var linked = false
-        defer {
-            try? descriptor.close()
-            if !linked { _ = unlink(temporaryPath.string) }
-        }
-        do {
-            try fill(descriptor, temporaryPath)
-            try descriptor.synchronizeAll()
-        } catch let errno as Errno {
-            throw StoreError.io(path: temporaryPath, operation: "write", byteOffset: 0, errno)
-        }
-        if noReplace {
-            // link(2) fails with EEXIST rather than replace: the no-clobber rename.
-            guard link(temporaryPath.string, path.string) == 0 else {
-                let failure = Errno(rawValue: errno)
-                if failure == .fileExists { throw StoreError.exists(path: path) }
-                throw StoreError.io(path: path, operation: "link", byteOffset: 0, failure)
-            }
-            linked = true
-            _ = unlink(temporaryPath.string)
-        } else {
-            guard rename(temporaryPath.string, path.string) == 0 else {
-                throw StoreError.io(
-                    path: path, operation: "rename", byteOffset: 0, Errno(rawValue: errno))
-            }
-            linked = true
-        }
-        syncFolder(folder)
-    }
-
-    /// Makes a rename or link in `folder` durable. The corresponding C function is `fsync`.
-    static func syncFolder(_ folder: FilePath) {
-        let folderPath = folder.isEmpty ? FilePath(".") : folder
-        if let descriptor = try? FileDescriptor.open(
-            folderPath, .readOnly, options: [.directory, .closeOnExec])
-        {
-            try? descriptor.synchronizeAll()
-            try? descriptor.close()
-        }
     }
 }
 

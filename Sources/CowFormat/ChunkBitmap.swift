@@ -63,6 +63,65 @@ public final class ChunkBitmap {
         return true
     }
 
+    /// Sets every chunk in `chunks`, a word at a time; returns how many were clear before.
+    /// Pages that change become dirty.
+    @discardableResult
+    public func set(_ chunks: Range<UInt64>) -> UInt64 {
+        precondition(chunks.upperBound <= chunkCount, "chunk range out of range")
+        var newlySetCount: UInt64 = 0
+        forEachWord(in: chunks, allocating: true) { page, wordIndex, mask, pageIndex in
+            let added = mask & ~page[wordIndex]
+            guard added != 0 else { return }
+            page[wordIndex] |= added
+            newlySetCount += UInt64(added.nonzeroBitCount)
+            dirtyPages.insert(pageIndex)
+        }
+        setCount += newlySetCount
+        return newlySetCount
+    }
+
+    /// Clears every chunk in `chunks`, a word at a time; returns how many were set before.
+    /// Pages that change become dirty (they keep their memory).
+    @discardableResult
+    public func clear(_ chunks: Range<UInt64>) -> UInt64 {
+        precondition(chunks.upperBound <= chunkCount, "chunk range out of range")
+        var clearedCount: UInt64 = 0
+        forEachWord(in: chunks, allocating: false) { page, wordIndex, mask, pageIndex in
+            let removed = mask & page[wordIndex]
+            guard removed != 0 else { return }
+            page[wordIndex] &= ~removed
+            clearedCount += UInt64(removed.nonzeroBitCount)
+            dirtyPages.insert(pageIndex)
+        }
+        setCount -= clearedCount
+        return clearedCount
+    }
+
+    /// Calls `body` with each word that `chunks` touches and the mask of its bits in `chunks`.
+    /// Pages without memory are allocated first, or skipped when `allocating` is false.
+    private func forEachWord(
+        in chunks: Range<UInt64>, allocating: Bool,
+        _ body: (UnsafeMutablePointer<UInt64>, Int, UInt64, Int) -> Void
+    ) {
+        var current = chunks.lowerBound
+        while current < chunks.upperBound {
+            let pageIndex = Int(current / Self.chunksPerPage)
+            let pageEnd = min(chunks.upperBound, UInt64(pageIndex + 1) * Self.chunksPerPage)
+            guard let page = pages[pageIndex] ?? (allocating ? allocatePage(pageIndex) : nil)
+            else {
+                current = pageEnd
+                continue
+            }
+            while current < pageEnd {
+                let bit = current & 63
+                let bitCount = min(64 - bit, pageEnd - current)
+                let mask: UInt64 = (bitCount == 64 ? ~0 : (1 << bitCount) - 1) << bit
+                body(page, Int((current % Self.chunksPerPage) / 64), mask, pageIndex)
+                current += bitCount
+            }
+        }
+    }
+
     /// The number of chunks from `chunkIndex` (at most `limit`) that share its state,
     /// and that state: the unit for coalescing reads and reporting extents.
     public func run(from chunkIndex: UInt64, limit: UInt64) -> (isSet: Bool, chunkCount: UInt64) {

@@ -55,3 +55,44 @@ import Testing
     page[12] = 0b0000_1000  // chunk 99, the last
     #expect((try? page.withUnsafeBytes { try bitmap.loadPage(0, from: $0) }) != nil)
 }
+
+@Test func rangeSetAndClearAgreeWithASetOfChunks() {
+    var generator = SplitMix64(seed: 43)
+    let chunkCount: UInt64 = 3 * ChunkBitmap.chunksPerPage + 777
+    let bitmap = ChunkBitmap(chunkCount: chunkCount)
+    var model = Set<UInt64>()
+    for step in 0..<2000 {
+        let start = generator.next() % chunkCount
+        let length = min(chunkCount - start, generator.next() % (step % 10 == 0 ? 70_000 : 300))
+        let chunks = start..<(start + length)
+        if generator.next() % 3 != 0 {
+            let expected = chunks.count { !model.contains($0) }
+            #expect(bitmap.set(chunks) == UInt64(expected), "step \(step)")
+            model.formUnion(chunks)
+        } else {
+            let expected = chunks.count { model.contains($0) }
+            #expect(bitmap.clear(chunks) == UInt64(expected), "step \(step)")
+            model.subtract(chunks)
+        }
+        #expect(bitmap.setCount == UInt64(model.count), "step \(step)")
+    }
+    for chunk in 0..<chunkCount where bitmap.isSet(chunk) != model.contains(chunk) {
+        Issue.record("chunk \(chunk) differs")
+        return
+    }
+}
+
+@Test func aRangeSetDirtiesExactlyThePagesItChanges() {
+    let bitmap = ChunkBitmap(chunkCount: 4 * ChunkBitmap.chunksPerPage)
+    _ = bitmap.takeDirtyPages()
+    let perPage = ChunkBitmap.chunksPerPage
+    #expect(bitmap.set((perPage - 1)..<(perPage + 1)) == 2)
+    #expect(bitmap.takeDirtyPages() == [0, 1])
+    #expect(bitmap.set(perPage..<(perPage + 1)) == 0)
+    #expect(bitmap.takeDirtyPages() == [])
+    #expect(bitmap.clear(0..<(4 * perPage)) == 2)
+    #expect(bitmap.takeDirtyPages() == [0, 1])
+    #expect(bitmap.setCount == 0)
+    #expect(bitmap.clear(0..<perPage) == 0)
+    #expect(bitmap.allocatedPageCount == 2)
+}

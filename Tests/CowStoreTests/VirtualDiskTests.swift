@@ -59,7 +59,7 @@ import Testing
     try createStore(at: scratch.path("cow"), base: scratch.path("base"), virtualByteCount: 5 << 20)
     let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
     let chunkScratch = disk.makeScratch()
-    try disk.writeBytes([UInt8](repeating: 9, count: 8192), at: 0, scratch: chunkScratch)
+    try disk.writeBytes([UInt8](repeating: 9, count: 16384), at: 0, scratch: chunkScratch)
     try disk.trim(at: 8192, byteCount: 8192)
     let extents = try disk.extents(at: 0, byteCount: 5 << 20, maxExtentCount: 100)
     #expect(

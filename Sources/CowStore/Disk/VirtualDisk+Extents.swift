@@ -60,25 +60,15 @@ extension VirtualDisk {
     }
 
     private func storeExtent(at virtualByteOffset: UInt64, end: UInt64) throws -> DiskExtent {
-        let dataByteOffset = store.header.dataByteOffset
-        let limit = end - virtualByteOffset
         do {
-            let storeByteOffset = dataByteOffset + virtualByteOffset
-            guard let dataStart = try store.io.nextData(from: storeByteOffset) else {
-                return DiskExtent(byteCount: limit, isHole: true, isZero: true, source: .store)
-            }
-            if dataStart > storeByteOffset {
-                return DiskExtent(
-                    byteCount: min(limit, dataStart - storeByteOffset), isHole: true, isZero: true,
-                    source: .store)
-            }
-            let holeStart = try store.io.nextHole(from: storeByteOffset)
+            let run = try store.dataRun(from: virtualByteOffset, end: end)
             return DiskExtent(
-                byteCount: min(limit, max(holeStart, storeByteOffset + 1) - storeByteOffset),
-                isHole: false,
-                isZero: false, source: .store)
+                byteCount: run.end - virtualByteOffset, isHole: run.isHole, isZero: run.isHole,
+                source: .store)
         } catch {
-            return DiskExtent(byteCount: limit, isHole: false, isZero: false, source: .store)
+            // Reporting data is never wrong: the bytes are read from the store either way.
+            return DiskExtent(
+                byteCount: end - virtualByteOffset, isHole: false, isZero: false, source: .store)
         }
     }
 

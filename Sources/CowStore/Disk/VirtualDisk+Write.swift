@@ -1,6 +1,7 @@
-// Writes, zeroes and trims. The first change to a chunk writes (or punches) the whole chunk,
-// copying up from the base what the request does not cover, before its bit is set in memory;
-// the bit reaches the disk only at the next flush (docs/FORMAT.md, "Crash safety").
+// Writes, zeroes and trims, through the store's prepare and commit (StoreFile+Chunks.swift).
+// The first change to a chunk writes (or punches) the whole chunk, copying up from the base
+// what the request does not cover, before the store commits it; the bit reaches the disk only
+// at the next flush (docs/FORMAT.md, "Crash safety").
 
 import CowFormat
 import SystemPackage
@@ -22,8 +23,7 @@ extension VirtualDisk {
         try checkWritable(virtualByteOffset, UInt64(data.count))
         try apply(
             .data(data, requestByteOffset: virtualByteOffset), from: virtualByteOffset,
-            to: virtualByteOffset + UInt64(data.count), skipPartialUnwritten: false,
-            scratch: scratch)
+            to: virtualByteOffset + UInt64(data.count), isTrim: false, scratch: scratch)
         if fua { try flush() }
     }
 
@@ -39,25 +39,27 @@ extension VirtualDisk {
         let end = virtualByteOffset + byteCount
         if fast && needsCopyUp(from: virtualByteOffset, to: end) { throw StoreError.notFast }
         try apply(
-            .zeros(mayPunch: mayPunch), from: virtualByteOffset, to: end,
-            skipPartialUnwritten: false, scratch: scratch)
+            .zeros(mayPunch: mayPunch), from: virtualByteOffset, to: end, isTrim: false,
+            scratch: scratch)
         if fua { try flush() }
     }
 
-    /// Discards the range (NBD_CMD_TRIM): whole chunks become holes that read as zeros; parts of
-    /// chunks still read from the base are left alone, as the protocol allows.
+    /// Discards the range (NBD_CMD_TRIM): what the store holds in it becomes holes that read as
+    /// zeros; chunks still read from the base are left alone and nothing is recorded for them,
+    /// as the protocol allows.
     public func trim(at virtualByteOffset: UInt64, byteCount: UInt64, fua: Bool = false) throws {
         try checkWritable(virtualByteOffset, byteCount)
         guard byteCount > 0 else { return }
         try apply(
             .zeros(mayPunch: true), from: virtualByteOffset, to: virtualByteOffset + byteCount,
-            skipPartialUnwritten: true, scratch: nil)
+            isTrim: true, scratch: nil)
         if fua { try flush() }
     }
 
     func checkWritable(_ virtualByteOffset: UInt64, _ count: UInt64) throws {
         try checkRange(virtualByteOffset, count)
         guard !isReadOnly else { throw StoreError.readOnly }
+        try store.checkTakesChanges()
     }
 
     /// Whether the first or last chunk of the range is partly covered and still in the base.
@@ -71,28 +73,30 @@ extension VirtualDisk {
             || partlyCovered(geometry.chunkIndex(containing: end - 1))
     }
 
+    /// The chunks that hold virtual bytes `start..<end`.
+    func chunks(from start: UInt64, to end: UInt64) -> Range<UInt64> {
+        geometry.chunkIndex(containing: start)..<(geometry.chunkIndex(containing: end - 1) + 1)
+    }
+
+    /// Puts `fill` into `start..<end`, run by run of held and unheld chunks. A run is at most
+    /// `StoreFile.maxChunkCountPerLock` chunks, so a huge request takes the bitmap lock many
+    /// times briefly rather than once for long. A trim (`isTrim`) leaves unheld chunks alone:
+    /// they go on reading from the base, as the protocol allows, and nothing is recorded.
     func apply(
-        _ fill: Fill, from start: UInt64, to end: UInt64, skipPartialUnwritten: Bool,
-        scratch: ChunkScratch?
-    )
-        throws
-    {
-        guard start < end else { return }
-        store.markChanged(
-            geometry.chunkIndex(containing: start)...geometry.chunkIndex(containing: end - 1))
+        _ fill: Fill, from start: UInt64, to end: UInt64, isTrim: Bool, scratch: ChunkScratch?
+    ) throws {
+        let maxRunByteCount = geometry.byteOffset(ofChunk: StoreFile.maxChunkCountPerLock)
         var cursor = start
         while cursor < end {
-            let (isWritten, runEnd) = run(from: cursor, end: end)
-            if isWritten {
+            let batchEnd = min(end, (cursor & ~geometry.offsetMask) + maxRunByteCount)
+            let (isHeld, runEnd) = run(from: cursor, end: batchEnd)
+            if isHeld {
+                store.markChanged(chunks(from: cursor, to: runEnd))
                 try fillStore(fill, from: cursor, to: runEnd)
-            } else {
-                let chunks =
-                    geometry.chunkIndex(
-                        containing: cursor)...geometry.chunkIndex(containing: runEnd - 1)
-                try copyUpLocks.withLocks(chunks: chunks) {
-                    try fillUnwritten(
-                        fill, from: cursor, to: runEnd, skipPartialUnwritten: skipPartialUnwritten,
-                        scratch: scratch)
+            } else if !isTrim {
+                let run = chunks(from: cursor, to: runEnd)
+                try copyUpLocks.withLocks(chunks: run.lowerBound...(run.upperBound - 1)) {
+                    try fillUnheld(fill, from: cursor, to: runEnd, scratch: scratch)
                 }
             }
             cursor = runEnd
@@ -101,61 +105,63 @@ extension VirtualDisk {
 
     /// Called holding the copy-up locks of every chunk in the range. A chunk's bit goes from
     /// clear to set only under its lock, so the states seen here stay true until we set them.
-    private func fillUnwritten(
-        _ fill: Fill, from start: UInt64, to end: UInt64, skipPartialUnwritten: Bool,
-        scratch: ChunkScratch?
+    private func fillUnheld(
+        _ fill: Fill, from start: UInt64, to end: UInt64, scratch: ChunkScratch?
     ) throws {
         var cursor = start
         while cursor < end {
-            let (isWritten, runEnd) = run(from: cursor, end: end)
-            if isWritten {
+            let (isHeld, runEnd) = run(from: cursor, end: end)
+            store.markChanged(chunks(from: cursor, to: runEnd))
+            if isHeld {
                 // Another request took these chunks while we waited for the locks.
                 try fillStore(fill, from: cursor, to: runEnd)
-                cursor = runEnd
-                continue
+            } else {
+                try fillUnheldRun(fill, from: cursor, to: runEnd, scratch: scratch)
             }
-            // Whole chunks are written (or punched) in one call; partial ones are copied up.
-            var wholeChunks: ClosedRange<UInt64>? = nil
-            for chunkIndex in geometry.chunkIndex(
-                containing: cursor)...geometry.chunkIndex(containing: runEnd - 1)
-            {
-                let chunkStart = geometry.byteOffset(ofChunk: chunkIndex)
-                let chunkEnd = min(chunkStart + geometry.chunkByteCount, byteCount)
-                if cursor <= chunkStart && runEnd >= chunkEnd {
-                    wholeChunks = (wholeChunks?.lowerBound ?? chunkIndex)...chunkIndex
-                    continue
-                }
-                if let pending = wholeChunks {
-                    try fillWholeChunks(fill, pending)
-                    wholeChunks = nil
-                }
-                if skipPartialUnwritten { continue }
-                guard let scratch else { preconditionFailure("copy-up needs a scratch buffer") }
-                try copyUp(
-                    chunkIndex, chunkStart: chunkStart, chunkEnd: chunkEnd, fill: fill,
-                    coveredStart: max(chunkStart, cursor), coveredEnd: min(chunkEnd, runEnd),
-                    scratch: scratch)
-                markWritten(chunkIndex...chunkIndex)
-            }
-            if let pending = wholeChunks { try fillWholeChunks(fill, pending) }
             cursor = runEnd
         }
     }
 
-    /// Writes or punches whole unwritten chunks, replacing anything an unflushed write left
-    /// in their data region before a crash, then marks them written.
-    private func fillWholeChunks(_ fill: Fill, _ chunks: ClosedRange<UInt64>) throws {
-        let start = geometry.byteOffset(ofChunk: chunks.lowerBound)
-        let end = min(geometry.byteOffset(ofChunk: chunks.upperBound + 1), byteCount)
-        try fillStore(fill, from: start, to: end)
-        markWritten(chunks)
+    /// Fills a run of unheld chunks and commits them: a partly covered first or last chunk is
+    /// copied up from the base; the whole chunks between are written (or punched) in one call,
+    /// replacing anything an unflushed write left in their data region before a crash.
+    private func fillUnheldRun(
+        _ fill: Fill, from start: UInt64, to end: UInt64, scratch: ChunkScratch?
+    ) throws {
+        let run = chunks(from: start, to: end)
+        var whole = run
+        let firstStart = geometry.byteOffset(ofChunk: run.lowerBound)
+        if start > firstStart || end < chunkEnd(run.lowerBound) {
+            try copyUp(run.lowerBound, fill: fill, from: start, to: end, scratch: scratch)
+            whole = whole.dropFirst()
+        }
+        if let last = whole.last, end < chunkEnd(last) {
+            try copyUp(last, fill: fill, from: start, to: end, scratch: scratch)
+            whole = whole.dropLast()
+        }
+        guard !whole.isEmpty else { return }
+        try fillStore(
+            fill, from: geometry.byteOffset(ofChunk: whole.lowerBound),
+            to: chunkEnd(whole.upperBound - 1))
+        store.commit(whole)
     }
 
-    /// Builds the chunk in `scratch` from the base plus the request, and writes it whole.
+    /// Where chunk `chunkIndex` ends on the disk (the last chunk may be short).
+    private func chunkEnd(_ chunkIndex: UInt64) -> UInt64 {
+        min(geometry.byteOffset(ofChunk: chunkIndex + 1), byteCount)
+    }
+
+    /// Builds chunk `chunkIndex` in `scratch` from the base plus the part of the request
+    /// (`start..<end`) it covers, writes it whole, and commits it.
     private func copyUp(
-        _ chunkIndex: UInt64, chunkStart: UInt64, chunkEnd: UInt64, fill: Fill,
-        coveredStart: UInt64, coveredEnd: UInt64, scratch: ChunkScratch
+        _ chunkIndex: UInt64, fill: Fill, from start: UInt64, to end: UInt64,
+        scratch: ChunkScratch?
     ) throws {
+        guard let scratch else { preconditionFailure("copy-up needs a scratch buffer") }
+        let chunkStart = geometry.byteOffset(ofChunk: chunkIndex)
+        let chunkEnd = chunkEnd(chunkIndex)
+        let coveredStart = max(chunkStart, start)
+        let coveredEnd = min(chunkEnd, end)
         let chunk = UnsafeMutableRawBufferPointer(
             rebasing: scratch.buffer[..<Int(chunkEnd - chunkStart)])
         try readBase(at: chunkStart, into: chunk)
@@ -170,48 +176,20 @@ extension VirtualDisk {
         case .zeros:
             covered.initializeMemory(as: UInt8.self, repeating: 0)
         }
-        try writeStore(at: chunkStart, from: UnsafeRawBufferPointer(chunk))
-    }
-
-    private func markWritten(_ chunks: ClosedRange<UInt64>) {
-        store.bitmap.withLock { bitmap in
-            for chunkIndex in chunks { bitmap.set(chunkIndex) }
-        }
+        try store.writeBytes(at: chunkStart, from: UnsafeRawBufferPointer(chunk))
+        store.commit(chunkIndex..<(chunkIndex + 1))
     }
 
     /// Puts `fill` into the store's data region for virtual bytes `start..<end`.
     private func fillStore(_ fill: Fill, from start: UInt64, to end: UInt64) throws {
         switch fill {
         case .data(let data, let requestByteOffset):
-            try writeStore(
+            try store.writeBytes(
                 at: start,
                 from: UnsafeRawBufferPointer(
                     rebasing: data[Int(start - requestByteOffset)..<Int(end - requestByteOffset)]))
         case .zeros(let mayPunch):
-            let storeByteOffset = store.header.dataByteOffset + start
-            do {
-                if mayPunch {
-                    try store.io.punchHole(at: storeByteOffset, byteCount: end - start)
-                } else {
-                    try store.io.zeroRange(at: storeByteOffset, byteCount: end - start)
-                }
-            } catch {
-                throw StoreError.io(
-                    path: store.path, operation: mayPunch ? "punch hole" : "zero range",
-                    byteOffset: storeByteOffset,
-                    error)
-            }
-        }
-    }
-
-    private func writeStore(at virtualByteOffset: UInt64, from data: UnsafeRawBufferPointer) throws
-    {
-        let storeByteOffset = store.header.dataByteOffset + virtualByteOffset
-        do {
-            try store.io.write(at: storeByteOffset, from: data)
-        } catch {
-            throw StoreError.io(
-                path: store.path, operation: "write", byteOffset: storeByteOffset, error)
+            try store.zeroBytes(at: start, byteCount: end - start, mayPunch: mayPunch)
         }
     }
 }

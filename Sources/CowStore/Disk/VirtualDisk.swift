@@ -31,7 +31,7 @@ public final class VirtualDisk: Sendable {
         storePath: FilePath, readOnly: Bool = false, logger: Logger = Logger(label: "cowbd.disk")
     ) throws -> VirtualDisk {
         let store = try StoreFile(
-            path: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite)
+            path: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite, logger: logger)
         if let merge = store.header.merge {
             throw StoreError.mergeInProgress(path: storePath, target: merge.targetPath)
         }
@@ -67,7 +67,7 @@ public final class VirtualDisk: Sendable {
             let piece = UnsafeMutableRawBufferPointer(
                 rebasing: buffer[Int(cursor - virtualByteOffset)..<Int(runEnd - virtualByteOffset)])
             if isWritten {
-                try readStore(at: cursor, into: piece)
+                try store.readBytes(at: cursor, into: piece)
             } else {
                 try readBase(at: cursor, into: piece)
             }
@@ -89,12 +89,7 @@ public final class VirtualDisk: Sendable {
             let piece = UnsafeMutableRawBufferPointer(
                 rebasing: buffer[Int(cursor - virtualByteOffset)..<Int(runEnd - virtualByteOffset)])
             if isWritten {
-                guard
-                    store.io.readIfCached(
-                        at: store.header.dataByteOffset + cursor, into: piece)
-                else {
-                    return false
-                }
+                guard store.readBytesIfCached(at: cursor, into: piece) else { return false }
             } else {
                 let inBase =
                     cursor >= base.byteCount
@@ -120,27 +115,8 @@ public final class VirtualDisk: Sendable {
     func run(from virtualByteOffset: UInt64, end: UInt64) -> (isWritten: Bool, end: UInt64) {
         let firstChunk = geometry.chunkIndex(containing: virtualByteOffset)
         let lastChunk = geometry.chunkIndex(containing: end - 1)
-        let run = store.bitmap.withLock {
-            $0.run(from: firstChunk, limit: lastChunk - firstChunk + 1)
-        }
-        return (run.isSet, min(end, geometry.byteOffset(ofChunk: firstChunk + run.chunkCount)))
-    }
-
-    func readStore(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws
-    {
-        let storeByteOffset = store.header.dataByteOffset + virtualByteOffset
-        let done: Int
-        do {
-            done = try store.io.read(at: storeByteOffset, into: buffer)
-        } catch {
-            throw StoreError.io(
-                path: store.path, operation: "read", byteOffset: storeByteOffset, error)
-        }
-        guard done == buffer.count else {
-            throw StoreError.shortRead(
-                path: store.path, byteOffset: storeByteOffset, expectedByteCount: buffer.count,
-                actualByteCount: done)
-        }
+        let run = store.heldRun(from: firstChunk, limit: lastChunk - firstChunk + 1)
+        return (run.isHeld, min(end, geometry.byteOffset(ofChunk: firstChunk + run.chunkCount)))
     }
 
     /// Base bytes, with zeros past the end of the base (a disk grown with --size).
@@ -176,8 +152,7 @@ public final class VirtualDisk: Sendable {
             virtualByteOffset < base.byteCount
             ? min(byteCount, base.byteCount - virtualByteOffset) : 0
         if inBase > 0 { base.prefetch(at: virtualByteOffset, byteCount: inBase) }
-        store.io.adviseWillNeed(
-            at: store.header.dataByteOffset + virtualByteOffset, byteCount: byteCount)
+        store.adviseWillNeed(at: virtualByteOffset, byteCount: byteCount)
     }
 
     func checkRange(_ virtualByteOffset: UInt64, _ count: UInt64) throws {

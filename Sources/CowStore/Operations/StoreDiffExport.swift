@@ -78,7 +78,6 @@ public final class StoreDiffExport {
     /// kind are joined.
     public func forEachChangedExtent(_ visit: (ChangedExtent) throws -> Void) throws {
         let header = store.header
-        let chunkCount = header.chunkCount
         var pending: ChangedExtent?
         func emit(_ extent: ChangedExtent) throws {
             if var last = pending, last.isZero == extent.isZero,
@@ -91,20 +90,13 @@ public final class StoreDiffExport {
             if let last = pending { try visit(last) }
             pending = extent
         }
-        var chunkIndex: UInt64 = 0
-        while chunkIndex < chunkCount {
-            let run = store.bitmap.withLock {
-                $0.run(from: chunkIndex, limit: chunkCount - chunkIndex)
+        try store.forEachHeldRun { held in
+            try forEachChanged(from: held.lowerBound, count: UInt64(held.count)) { first, count in
+                let start = header.geometry.byteOffset(ofChunk: first)
+                let end = min(
+                    header.virtualByteCount, header.geometry.byteOffset(ofChunk: first + count))
+                try walkStore(from: start, to: end, emit)
             }
-            if run.isSet {
-                try forEachChanged(from: chunkIndex, count: run.chunkCount) { first, count in
-                    let start = header.geometry.byteOffset(ofChunk: first)
-                    let end = min(
-                        header.virtualByteCount, header.geometry.byteOffset(ofChunk: first + count))
-                    try walkStore(from: start, to: end, emit)
-                }
-            }
-            chunkIndex += run.chunkCount
         }
         if let last = pending { try visit(last) }
     }
@@ -129,24 +121,13 @@ public final class StoreDiffExport {
     private func walkStore(
         from start: UInt64, to end: UInt64, _ emit: (ChangedExtent) throws -> Void
     ) throws {
-        let dataByteOffset = store.header.dataByteOffset
         var cursor = start
         while cursor < end {
-            let storeByteOffset = dataByteOffset + cursor
             var extent = ChangedExtent(byteOffset: cursor, byteCount: end - cursor, isZero: false)
             do {
-                if let dataStart = try store.io.nextData(from: storeByteOffset) {
-                    if dataStart > storeByteOffset {
-                        extent.isZero = true
-                        extent.byteCount = min(extent.byteCount, dataStart - storeByteOffset)
-                    } else {
-                        let holeStart = try store.io.nextHole(from: storeByteOffset)
-                        extent.byteCount = min(
-                            extent.byteCount, max(holeStart, storeByteOffset + 1) - storeByteOffset)
-                    }
-                } else {
-                    extent.isZero = true
-                }
+                let run = try store.dataRun(from: cursor, end: end)
+                extent.isZero = run.isHole
+                extent.byteCount = run.end - cursor
             } catch {
                 // No SEEK_DATA here: everything the store holds counts as data.
             }
@@ -192,7 +173,7 @@ public final class StoreDiffExport {
             while cursor < end {
                 let count = Int(min(UInt64(Self.maxRecordByteCount), end - cursor))
                 let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<count])
-                try readStore(at: cursor, into: piece)
+                try store.readBytes(at: cursor, into: piece)
                 try writeData(
                     at: cursor, UnsafeRawBufferPointer(piece), format: format, output,
                     recordChecksum)
@@ -303,19 +284,4 @@ public final class StoreDiffExport {
         if let data { try output.append(data) }
     }
 
-    private func readStore(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
-        throws
-    {
-        let storeByteOffset = store.header.dataByteOffset + virtualByteOffset
-        let done: Int
-        do { done = try store.io.read(at: storeByteOffset, into: buffer) } catch {
-            throw StoreError.io(
-                path: store.path, operation: "read", byteOffset: storeByteOffset, error)
-        }
-        guard done == buffer.count else {
-            throw StoreError.shortRead(
-                path: store.path, byteOffset: storeByteOffset, expectedByteCount: buffer.count,
-                actualByteCount: done)
-        }
-    }
 }

@@ -117,63 +117,38 @@ extension StoreMerge {
     /// Calls `body` for each run of chunks the store holds, as virtual byte ranges.
     func forEachWrittenRun(_ body: (UInt64, UInt64) throws -> Void) throws {
         let geometry = store.header.geometry
-        let chunkCount = store.header.chunkCount
-        var chunk: UInt64 = 0
-        while chunk < chunkCount {
-            let run = store.bitmap.withLock { $0.run(from: chunk, limit: chunkCount - chunk) }
-            if run.isSet {
-                let end = min(
-                    geometry.byteOffset(ofChunk: chunk + run.chunkCount),
-                    store.header.virtualByteCount)
-                try body(geometry.byteOffset(ofChunk: chunk), end)
-            }
-            chunk += run.chunkCount
+        try store.forEachHeldRun { chunks in
+            try body(
+                geometry.byteOffset(ofChunk: chunks.lowerBound),
+                min(geometry.byteOffset(ofChunk: chunks.upperBound), store.header.virtualByteCount))
         }
     }
 
     /// Copies virtual bytes `start..<end` from the store's data region to the target: data as
-    /// data, holes (trimmed or zeroed chunks) as punched holes. Idempotent.
+    /// data, holes (trimmed or zeroed chunks) as punched holes. Idempotent. Any error finding
+    /// the holes stops the merge: taken for a hole, data would be lost in the target.
     private func copyStoreRange(
         from start: UInt64, to end: UInt64, into target: FileDescriptor,
         buffer: UnsafeMutableRawBufferPointer, summary: inout Summary
     ) throws {
-        let dataOffset = store.header.dataByteOffset
         let targetFile = FilePath(targetPath)
         var cursor = start
         while cursor < end {
-            let dataStart = (try? store.io.nextData(from: dataOffset + cursor)).flatMap {
-                $0
-            }
-            let holeEnd = min(end, (dataStart ?? (dataOffset + end)) - dataOffset)
-            if holeEnd > cursor {
+            let run = try store.dataRun(from: cursor, end: end)
+            if run.isHole {
                 do {
-                    try target.punchHole(at: cursor, byteCount: holeEnd - cursor)
+                    try target.punchHole(at: cursor, byteCount: run.end - cursor)
                 } catch {
-                    try writeZeros(target, from: cursor, to: holeEnd, buffer: buffer)
+                    try writeZeros(target, from: cursor, to: run.end, buffer: buffer)
                 }
-                summary.holeByteCount += holeEnd - cursor
-                cursor = holeEnd
+                summary.holeByteCount += run.end - cursor
+                cursor = run.end
                 continue
             }
-            let dataEnd = min(
-                end,
-                ((try? store.io.nextHole(from: dataOffset + cursor)) ?? dataOffset + end)
-                    - dataOffset)
-            while cursor < dataEnd {
-                let count = Int(min(UInt64(Self.copyByteCount), dataEnd - cursor))
+            while cursor < run.end {
+                let count = Int(min(UInt64(Self.copyByteCount), run.end - cursor))
                 let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<count])
-                let done: Int
-                do {
-                    done = try store.io.read(at: dataOffset + cursor, into: piece)
-                } catch {
-                    throw StoreError.io(
-                        path: storePath, operation: "read", byteOffset: dataOffset + cursor, error)
-                }
-                guard done == count else {
-                    throw StoreError.shortRead(
-                        path: storePath, byteOffset: dataOffset + cursor, expectedByteCount: count,
-                        actualByteCount: done)
-                }
+                try store.readBytes(at: cursor, into: piece)
                 do { try target.writeFully(at: cursor, from: UnsafeRawBufferPointer(piece)) } catch
                 {
                     throw StoreError.io(
@@ -204,32 +179,10 @@ extension StoreMerge {
         }
     }
 
-    /// Punches the chunks the store holds and the bitmap region (zeros: no chunk held), then
-    /// syncs. Only the held runs are punched: the rest of the data region is a hole already, and
-    /// punching a whole large disk's range costs seconds on some filesystems.
-    /// Forgets every chunk: the bitmap first (made durable), then the data. A crash after the
-    /// bitmap leaves leaked data, which a rerun (`resumed`) punches whole; the other order would
-    /// let a rerun copy punched chunks into the target as zeros.
+    /// Forgets every chunk (`StoreFile.discardAllChunks`); a rerun (`resumed`) punches the whole
+    /// data region, since a crash may have left data the bitmap no longer points at.
     private func emptyStore(resumed: Bool) throws {
-        let header = store.header
-        do {
-            try store.io.punchHole(
-                at: header.bitmapByteOffset, byteCount: header.bitmapByteCount)
-            try store.io.synchronizeAll()
-            if resumed {
-                try store.io.punchHole(
-                    at: header.dataByteOffset, byteCount: header.virtualByteCount)
-            } else {
-                // The in-memory bitmap still holds the runs just punched from the file.
-                try forEachWrittenRun { start, end in
-                    try store.io.punchHole(
-                        at: header.dataByteOffset + start, byteCount: end - start)
-                }
-            }
-            try store.io.synchronizeAll()
-        } catch let error as Errno {
-            throw StoreError.io(path: storePath, operation: "empty store", byteOffset: 0, error)
-        }
+        try store.discardAllChunks(wholeDataRegion: resumed)
     }
 
     func sync(_ descriptor: FileDescriptor, path: FilePath) throws {

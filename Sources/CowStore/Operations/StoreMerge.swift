@@ -48,13 +48,18 @@ public final class StoreMerge {
 
     /// Opens the store exclusively (a running server makes this fail) and its base; refuses a base
     /// that changed since create, and a destination that disagrees with an interrupted merge.
-    public init(storePath: FilePath, destination: Destination) throws {
+    /// `wrappingIO` wraps the store's I/O (`StoreFile.init(path:access:wrappingIO:)`).
+    public init(
+        storePath: FilePath, destination: Destination,
+        wrappingIO: (any StoreIO) -> any StoreIO = { $0 }
+    ) throws {
         self.storePath = storePath
         self.destination = destination
         let writesStore: Bool
         if case .output = destination { writesStore = false } else { writesStore = true }
         store = try StoreFile(
-            path: storePath, access: writesStore ? .exclusiveWrite : .exclusiveRead)
+            path: storePath, access: writesStore ? .exclusiveWrite : .exclusiveRead,
+            wrappingIO: wrappingIO)
         let checkpointNames = store.checkpointTable?.checkpoints.map(\.checkpoint.name) ?? []
         if writesStore && !checkpointNames.isEmpty {
             throw StoreError.invalidArgument(

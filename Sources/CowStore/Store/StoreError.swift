@@ -20,6 +20,8 @@ public enum StoreError: Error {
     case notFast
     /// A write to a disk opened read-only.
     case readOnly
+    /// An fsync of the store failed earlier: it takes no more changes until reopened.
+    case failed(path: FilePath)
     /// The store is in the middle of a merge and must not be used until it is finished.
     case mergeInProgress(path: FilePath, target: String)
 }
@@ -57,6 +59,9 @@ extension StoreError: CustomStringConvertible {
             return "zeroing this range is not faster than writing it"
         case .readOnly:
             return "the disk is read-only"
+        case .failed(let path):
+            return
+                "\(path): an earlier fsync of the store failed, so writes since the last successful flush may be lost; it takes no more changes until it is reopened"
         case .mergeInProgress(let path, let target):
             return
                 "\(path): a merge into \(target) was interrupted; run cowbd merge again to finish it"
@@ -68,6 +73,7 @@ extension StoreError: CustomStringConvertible {
         switch self {
         case .open(_, let errno), .io(_, _, _, let errno), .holePunchingUnsupported(_, let errno):
             return errno
+        case .failed: return .ioError
         default: return nil
         }
     }

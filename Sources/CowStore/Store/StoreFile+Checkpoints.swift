@@ -35,12 +35,13 @@ extension StoreFile {
         }
     }
 
-    /// Marks chunks changed in every checkpoint; called before a write, zero or trim changes them.
-    func markChanged(_ chunks: ClosedRange<UInt64>) {
+    /// Marks chunks changed in every checkpoint, a word at a time; called before a write, zero
+    /// or trim changes them (at most `maxChunkCountPerLock` at once).
+    func markChanged(_ chunks: Range<UInt64>) {
+        precondition(
+            UInt64(chunks.count) <= Self.maxChunkCountPerLock, "mark longer than one batch")
         checkpoints.withLock { state in
-            for bitmap in state.bitmaps.values {
-                for chunkIndex in chunks { bitmap.set(chunkIndex) }
-            }
+            for bitmap in state.bitmaps.values { bitmap.set(chunks) }
         }
     }
 
@@ -66,8 +67,8 @@ extension StoreFile {
             let regionByteOffset = header.checkpointBitmapByteOffset(slot: slot)
             try io("punch hole", at: regionByteOffset) { () throws(Errno) in
                 try io.punchHole(at: regionByteOffset, byteCount: header.bitmapByteCount)
-                try io.synchronizeAll()
             }
+            try synchronize(.all, "fsync (checkpoint bitmap)")
             table.slots[slot] = checkpoint
             try writeCheckpointTable(&table)
             checkpoints.withLock {
@@ -100,10 +101,8 @@ extension StoreFile {
             try writeHeaderBytes(plain)
             checkpoints.withLock { $0 = CheckpointState() }
             let dataEnd = header.dataByteOffset + header.virtualByteCount
-            try io("ftruncate", at: dataEnd) { () throws(Errno) in
-                try io.setByteCount(dataEnd)
-                try io.synchronizeAll()
-            }
+            try io("ftruncate", at: dataEnd) { () throws(Errno) in try io.setByteCount(dataEnd) }
+            try synchronize(.all, "fsync (ftruncate)")
         }
     }
 
@@ -132,14 +131,15 @@ extension StoreFile {
             header.checkpointAreaByteOffset
             + UInt64(CheckpointTable.copyIndex(forGeneration: table.generation))
             * UInt64(CheckpointTable.byteCount)
+        try checkTakesChanges()
         let bytes = table.encoded()
         do {
             try bytes.withUnsafeBytes { try io.write(at: byteOffset, from: $0) }
-            try io.synchronizeData()
         } catch let error as Errno {
             throw StoreError.io(
                 path: path, operation: "write checkpoint table", byteOffset: byteOffset, error)
         }
+        try synchronize(.data, "fdatasync (checkpoint table)")
     }
 
     /// At a writer's open: if the last writer did not close cleanly, counts every chunk the

@@ -2,6 +2,7 @@
 // Owns the descriptor, the lock and the flush ordering; knows nothing of the base's bytes.
 
 import CowFormat
+import Logging
 import Synchronization
 import SystemPackage
 
@@ -39,15 +40,19 @@ public final class StoreFile: Sendable {
     let flushLock = Locked<Void>(())
     /// Set by `close`, so the descriptor is closed exactly once.
     private let isClosed = Atomic<Bool>(false)
+    /// Set for good by the first failed fsync or fdatasync (see `synchronize`).
+    private let hasFailed = Atomic<Bool>(false)
+    let logger: Logger
 
     /// Opens and validates an existing store. The base is not opened here.
     /// `wrappingIO` receives the file's `FileStoreIO` and returns what the store uses for every
     /// I/O from then on (the header read included): a recorder or a fault injector in tests.
     public init(
-        path: FilePath, access: Access,
+        path: FilePath, access: Access, logger: Logger = Logger(label: "cowbd.store"),
         wrappingIO wrap: (any StoreIO) -> any StoreIO = { $0 }
     ) throws {
         self.path = path
+        self.logger = logger
         isWritable = access == .exclusiveWrite
         do {
             descriptor = try FileDescriptor.open(
@@ -141,11 +146,45 @@ public final class StoreFile: Sendable {
         return total
     }
 
+    /// Whether an fsync or fdatasync of the store has failed. A failed store takes no more
+    /// changes and no flush succeeds: the kernel reports a writeback error once and may have
+    /// dropped the pages, so a later fsync that succeeds proves nothing ("fsyncgate"). Reads go
+    /// on. Reopening the file finds the state of the last successful flush.
+    public var isFailed: Bool { hasFailed.load(ordering: .acquiring) }
+
+    /// The two syncs of the store file.
+    enum SyncKind {
+        /// `fdatasync`: data, and the metadata needed to read it.
+        case data
+        /// `fsync`: data and all metadata (hole punches, size).
+        case all
+    }
+
+    /// Every fsync and fdatasync of the store goes through here: the first failure fails the
+    /// store for good (`isFailed`) and is logged once.
+    func synchronize(_ kind: SyncKind, _ operation: String) throws {
+        do {
+            switch kind {
+            case .data: try io.synchronizeData()
+            case .all: try io.synchronizeAll()
+            }
+        } catch {
+            if !hasFailed.exchange(true, ordering: .acquiringAndReleasing) {
+                logger.error(
+                    "store failed: a sync of the file failed; it takes no more writes until reopened",
+                    metadata: ["path": "\(path)", "operation": "\(operation)", "errno": "\(error)"])
+            }
+            throw StoreError.io(path: path, operation: operation, byteOffset: 0, error)
+        }
+    }
+
     /// Makes every acknowledged write durable, in the order docs/FORMAT.md ("Crash safety")
-    /// explains: chunk data first, then the bitmap pages that point at it.
+    /// explains: chunk data first, then the bitmap pages that point at it. Fails, changing
+    /// nothing, on a failed store.
     public func flush() throws {
         precondition(isWritable, "flush on a read-only store")
         try flushLock.withLock { _ in
+            guard !isFailed else { throw StoreError.failed(path: path) }
             let pages = takeDirtyPages()
             var done = 0
             do {
@@ -157,18 +196,16 @@ public final class StoreFile: Sendable {
                     //    data was written, so step 2 makes that data durable.
                     let words = copyPages(batch)
                     // 2. Data (and punched holes) durable.
-                    try io("fsync (data)") { () throws(Errno) in
-                        try io.synchronizeAll()
-                    }
+                    try synchronize(.all, "fsync (data)")
                     // 3. Then the bits.
                     try writePages(batch, words)
                     done += batch.count
                 } while done < pages.count
                 guard !pages.isEmpty else { return }
-                try io("fdatasync (bitmap)") { () throws(Errno) in
-                    try io.synchronizeData()
-                }
+                try synchronize(.data, "fdatasync (bitmap)")
             } catch {
+                // A page write that failed (ENOSPC) is retried by the next flush; after a failed
+                // sync there is no next flush.
                 markDirty(pages)
                 throw error
             }
@@ -280,14 +317,15 @@ public final class StoreFile: Sendable {
     /// Writes exactly `header`, durably.
     func writeHeaderBytes(_ header: StoreHeader) throws {
         precondition(isWritable, "header write on a read-only store")
+        try checkTakesChanges()
         do { try header.validate() } catch { throw StoreError.format(path: path, error) }
         let bytes = header.encoded()
         do {
             try bytes.withUnsafeBytes { try io.write(at: 0, from: $0) }
-            try io.synchronizeData()
         } catch let error as Errno {
             throw StoreError.io(path: path, operation: "write header", byteOffset: 0, error)
         }
+        try synchronize(.data, "fdatasync (header)")
     }
 
     /// Runs `call`, turning its error into a `StoreError` that names the file and operation.

@@ -53,7 +53,7 @@ extension StoreMerge {
                         + "use --abort --force to bind the store to the base as it is now (the "
                         + "store's disk is intact; other stores over the old base are not)")
             }
-            let base = try BaseLocator.openImage(at: FilePath(record.targetPath))
+            let base = try BaseLocator.openImage(at: FilePath(record.targetPath), options: .quiet)
             do {
                 try header.rebind(
                     baseByteCount: base.byteCount, fingerprint: try base.fingerprint(),
@@ -64,7 +64,8 @@ extension StoreMerge {
             }
         } else {
             // The base was never written by --into: it must still be the store's.
-            let base = try BaseLocator.openBase(for: header, storePath: storePath)
+            let base = try BaseLocator.openBase(
+                for: header, storePath: storePath, options: .quiet)
             try BaseLocator.verify(base, against: header, storePath: storePath)
         }
         try store.writeHeader(header)

@@ -139,6 +139,7 @@ func openDiskWithTestIO(at path: String) throws -> (VirtualDisk, TestStoreIO) {
         return wrapper
     }
     guard let io = made else { preconditionFailure("the store did not ask for its I/O") }
-    let base = try BaseLocator.openBase(for: store.header, storePath: FilePath(path), options: .quiet)
+    let base = try BaseLocator.openBase(
+        for: store.header, storePath: FilePath(path), options: .quiet)
     return (VirtualDisk(store: store, base: base, logger: .init(label: "cowbd.test")), io)
 }

@@ -32,7 +32,8 @@ public final class VirtualDisk: Sendable {
         storePath: FilePath, readOnly: Bool = false, options: BaseOpenOptions = .quiet
     ) throws -> VirtualDisk {
         let store = try StoreFile(
-            path: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite, logger: options.logger)
+            path: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite,
+            logger: options.logger)
         if let merge = store.header.merge {
             throw StoreError.mergeInProgress(path: storePath, target: merge.targetPath)
         }

@@ -29,7 +29,9 @@ import Testing
             return done ? nil : .ioError
         }
     }
+    #expect(!disk.store.isFailed)
     #expect(throws: StoreError.self) { try disk.flush() }
+    #expect(disk.store.isFailed)
     #expect(throws: StoreError.self, "a later flush must not succeed") { try disk.flush() }
     #expect(throws: StoreError.self) {
         try disk.writeBytes([1], at: 200_000, scratch: chunkScratch)

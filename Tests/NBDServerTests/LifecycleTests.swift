@@ -19,6 +19,8 @@ import Testing
                 model.write(data, at: 4_000_000)
                 try connection.zero(at: 10_000, byteCount: 20_000)
                 model.zero(at: 10_000, byteCount: 20_000)
+                // Trimmed once written: a trim leaves chunks the store does not hold alone.
+                try connection.pwrite(patternBytes(count: 8192, seed: 81), at: 1 << 20)
                 try connection.trim(at: 1 << 20, byteCount: 8192)
                 model.zero(at: 1 << 20, byteCount: 8192)
                 try connection.flush()

@@ -123,11 +123,21 @@ enum RandomCommand {
             try connection.zero(at: byteOffset, byteCount: byteCount, flags: flags)
             model.zero(at: byteOffset, byteCount: byteCount)
         case 17..<19:
-            // Whole chunks only: inside a chunk TRIM may leave the old bytes.
+            // Whole chunks only. A trimmed chunk reads as zeros or, if the store did not hold
+            // it, as before (TRIM may leave the old bytes): the model takes what is read.
             let chunkCount = UInt64.random(in: 1...4, using: &random)
             let chunkIndex = UInt64.random(in: 0..<(size / 4096 - chunkCount), using: &random)
             try connection.trim(at: chunkIndex * 4096, byteCount: chunkCount * 4096)
-            model.zero(at: chunkIndex * 4096, byteCount: chunkCount * 4096)
+            for trimmed in chunkIndex..<(chunkIndex + chunkCount) {
+                let bytes = try connection.pread(at: trimmed * 4096, byteCount: 4096)
+                if bytes.allSatisfy({ $0 == 0 }) {
+                    model.zero(at: trimmed * 4096, byteCount: 4096)
+                } else {
+                    #expect(
+                        bytes == model.read(at: trimmed * 4096, byteCount: 4096),
+                        "\(context): a trimmed chunk reads neither as before nor as zeros")
+                }
+            }
         default:
             try connection.flush()
         }

@@ -2,7 +2,7 @@
 # Puts a dm-log-writes device over the data disk /dev/vda (log on /dev/vdc), makes ext4 on it, copies
 # the base (/dev/vdb) into it as base.img, creates lw/disk.cow over it (base path relative, so the host
 # can check the store next to a copy of the base) and serves it on 10.0.2.15:10809. On 10810 a control
-# connection takes lines "mark NAME" (answers "ok NAME" once `dmsetup message log 0 mark NAME` ran) and
+# connection takes lines "hello" (answers "hello": the host retries until the listener is up), "mark NAME" (answers "ok NAME" once `dmsetup message log 0 mark NAME` ran) and
 # "end" (stops the server, unmounts, removes the device so the log's super block is final; answers
 # "done" and powers off). Console lines for the host: "COWBD-LOGWRITES: serving".
 
@@ -51,6 +51,7 @@ done
 cat >/tmp/control.sh <<EOF
 while read -r command name; do
     case "\$command" in
+        hello) echo hello ;;
         mark) dmsetup message log 0 mark "\$name" && echo "ok \$name" || echo "failed \$name" ;;
         end)
             kill $SERVER; while kill -0 $SERVER 2>/dev/null; do usleep 100000; done

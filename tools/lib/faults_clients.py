@@ -182,5 +182,65 @@ def flip_byte(argv):
         f.seek(int(argv[2])); byte = f.read(1)[0]; f.seek(int(argv[2])); f.write(bytes([byte ^ 1]))
 
 
+def writeback_error_flushes(argv):
+    """SOCK SAVED TRIGGER: writes A and flushes it; creates TRIGGER (the device's writes fail),
+    writes B and requires FLUSH to fail with EIO; removes TRIGGER (the device works again) and
+    requires the next FLUSH to fail too (the kernel reported the lost writeback once: a retried
+    fsync succeeds without B's data), and a WRITE and a FLUSH after it. Saves A and B (offset,
+    length, bytes) to SAVED for the read-back after the restart."""
+    import errno, nbd, os, random
+    from client import connect
+    h = connect(argv[1]); MiB = 1 << 20
+    a_offset, a = 3 * MiB + 1234, random.Random(13).randbytes(6 * MiB)
+    b_offset, b = 20 * MiB + 77, random.Random(14).randbytes(8 * MiB)
+    h.pwrite(a, a_offset); h.flush()
+    with open(argv[2], "wb") as f:
+        for offset, data in ((a_offset, a), (b_offset, b)):
+            f.write(offset.to_bytes(8, "little") + len(data).to_bytes(8, "little") + data)
+    open(argv[3], "w").close()
+    h.pwrite(b, b_offset)  # into the page cache; its writeback fails
+    outcomes = []
+    for attempt in ("FLUSH", "FLUSH after the device recovered", "WRITE", "last FLUSH"):
+        if attempt == "FLUSH after the device recovered":
+            os.remove(argv[3])
+        try:
+            if attempt == "WRITE":
+                h.pwrite(b"c" * 4096, 40 * MiB)
+            else:
+                h.flush()
+            outcomes.append(f"{attempt}: succeeded")
+        except nbd.Error as e:
+            outcomes.append(f"{attempt}: errno {e.errnum}")
+    print("note: " + "; ".join(outcomes))
+    expected = [f"{attempt}: errno {errno.EIO}"
+                for attempt in ("FLUSH", "FLUSH after the device recovered", "WRITE", "last FLUSH")]
+    assert outcomes == expected, f"expected {expected}, got {outcomes}"
+    h.shutdown()
+
+
+def flushed_bytes_read_back(argv):
+    """SOCK SAVED BASE: every byte of A (flushed before the fault) reads back; each 4 KiB chunk
+    of B (written, never flushed) holds the base's bytes or B's, nothing else."""
+    from client import connect
+    h = connect(argv[1]); saved = open(argv[2], "rb").read(); base = open(argv[3], "rb").read()
+    regions = []
+    while saved:
+        offset, length = (int.from_bytes(saved[i:i + 8], "little") for i in (0, 8))
+        regions.append((offset, saved[16:16 + length])); saved = saved[16 + length:]
+    (a_offset, a), (b_offset, b) = regions
+    assert h.pread(len(a), a_offset) == a, "bytes flushed before the writeback error changed"
+    got = h.pread(len(b), b_offset); end = b_offset + len(b); kept = 0
+    for chunk in range(b_offset // 4096 * 4096, end, 4096):
+        start, stop = max(chunk, b_offset), min(chunk + 4096, end)
+        now = got[start - b_offset:stop - b_offset]
+        new = b[start - b_offset:stop - b_offset]
+        assert now == base[start:stop] or now == new, \
+            f"chunk at {chunk} of B holds neither the base's bytes nor B's"
+        kept += now == new
+    h.shutdown()
+    print(f"note: after a remount the {len(a)} flushed bytes read back; of the unflushed write,"
+          f" {kept} chunks new, the rest the base's")
+
+
 if __name__ == "__main__":
     globals()[sys.argv[1]](sys.argv[1:])

@@ -47,18 +47,10 @@ extension FileDescriptor {
     /// Writes all of `buffer` at `byteOffset`, looping over short writes; a write of nothing
     /// fails with EIO. The corresponding C function is `pwrite`.
     func writeFully(at byteOffset: UInt64, from buffer: UnsafeRawBufferPointer) throws(Errno) {
-        var done = 0
-        while done < buffer.count {
-            let result = Glibc.pwrite(
+        try writeInFull(byteCount: buffer.count) { done in
+            Glibc.pwrite(
                 rawValue, buffer.baseAddress! + done, buffer.count - done,
                 off_t(byteOffset) + off_t(done))
-            if result > 0 {
-                done += result
-            } else if result == 0 {
-                throw Errno.ioError  // no progress: retrying would spin forever
-            } else if Glibc.errno != EINTR {
-                throw Errno(rawValue: Glibc.errno)
-            }
         }
     }
 
@@ -160,6 +152,25 @@ extension FileDescriptor {
     /// Tells the kernel a range will be read soon. The corresponding C function is `posix_fadvise`.
     func adviseWillNeed(at byteOffset: UInt64, byteCount: UInt64) {
         _ = posix_fadvise(rawValue, off_t(byteOffset), off_t(byteCount), POSIX_FADV_WILLNEED)
+    }
+}
+
+/// The loop of `FileDescriptor.writeFully`: calls `write` with the count of bytes written so
+/// far until `byteCount` are written. `write` returns what `pwrite` returns: the bytes it wrote,
+/// or -1 with errno set (EINTR is retried). A write of nothing fails with EIO: retrying it would
+/// spin forever. Inlined, so the closure costs nothing on the I/O path.
+@inlinable
+public func writeInFull(byteCount: Int, using write: (_ done: Int) -> Int) throws(Errno) {
+    var done = 0
+    while done < byteCount {
+        let result = write(done)
+        if result > 0 {
+            done += result
+        } else if result == 0 {
+            throw Errno.ioError
+        } else if Glibc.errno != EINTR {
+            throw Errno(rawValue: Glibc.errno)
+        }
     }
 }
 

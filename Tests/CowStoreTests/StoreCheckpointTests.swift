@@ -157,11 +157,15 @@ func incrementalDiffHoldsOnlyLaterChangesAndAppliesOntoTheCheckpointedDisk(seed:
     let store = try StoreFile(path: FilePath(scratch.path("cow")), access: .unlockedRead)
     let tableOffset = store.header.checkpointAreaByteOffset
     store.close()
-    // Both copies damaged: the checkpoints are lost, the disk is not.
+    // Both copies damaged: the checkpoints are lost, the disk is not. The byte is inverted, not
+    // overwritten: byte 100 lies in the checkpoint's random id and may already hold any value.
     let handle = try FileHandle(forUpdating: URL(fileURLWithPath: scratch.path("cow")))
     for copy in 0..<2 {
-        try handle.seek(toOffset: tableOffset + UInt64(copy * CheckpointTable.byteCount) + 100)
-        try handle.write(contentsOf: Data([0xFF]))
+        let byteOffset = tableOffset + UInt64(copy * CheckpointTable.byteCount) + 100
+        try handle.seek(toOffset: byteOffset)
+        let old = try handle.read(upToCount: 1) ?? Data([0])
+        try handle.seek(toOffset: byteOffset)
+        try handle.write(contentsOf: Data([~old[old.startIndex]]))
     }
     try handle.close()
     #expect(throws: StoreError.self) {

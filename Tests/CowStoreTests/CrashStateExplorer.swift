@@ -114,31 +114,10 @@ struct CrashStateExplorer {
 
     /// The subsets of `count` pieces to keep, each in the order it is applied.
     private func orders(_ count: Int, _ generator: inout SplitMix64) -> [[Int]] {
-        var orders: [[Int]] = []
-        if count <= budget.exhaustivePieceCount {
-            for mask in 0..<(1 << count) {
-                orders.append((0..<count).filter { mask & (1 << $0) != 0 })
-            }
-            if count >= 2 {
-                for _ in 0..<budget.randomStateCount / 2 {
-                    orders.append(Array(0..<count).shuffled(using: &generator))
-                }
-            }
-        } else {
-            orders.append([])
-            orders.append(Array(0..<count))
-            for _ in 0..<2 { orders.append(Array(0..<Int(generator.next() % UInt64(count)))) }
-            for shuffled in [false, true] {
-                for _ in 0..<budget.randomStateCount {
-                    let keepOneIn = 1 + generator.next() % 3
-                    var kept = (0..<count).filter { _ in generator.next() % (keepOneIn + 1) != 0 }
-                    if shuffled { kept.shuffle(using: &generator) }
-                    orders.append(kept)
-                }
-            }
-        }
-        var seen = Set<[Int]>()
-        return orders.filter { seen.insert($0).inserted }
+        crashOrders(
+            count: count, exhaustiveUpTo: budget.exhaustivePieceCount,
+            shuffleCount: budget.randomStateCount / 2, prefixCount: 2,
+            randomCount: budget.randomStateCount, generator: &generator)
     }
 
     /// Checks the store at `path` (built from `image`) and compares its bytes with `model`;
@@ -417,4 +396,35 @@ struct CrashModel {
         return
             "flushed \(flushed[areaIndex][Int(virtualByteOffset - start)]), written since \(newer)"
     }
+}
+
+/// The subsets of `count` pieces a crash may keep, each in the order it is applied, duplicates
+/// dropped: nothing and everything; for a window of at most `exhaustiveUpTo` pieces every subset
+/// and `shuffleCount` reorderings of all of them; for a larger one `prefixCount` random prefixes
+/// and `randomCount` random subsets in log order, then as many shuffled.
+func crashOrders(
+    count: Int, exhaustiveUpTo: Int, shuffleCount: Int, prefixCount: Int, randomCount: Int,
+    generator: inout SplitMix64
+) -> [[Int]] {
+    var orders: [[Int]] = [[], Array(0..<count)]
+    if count <= exhaustiveUpTo {
+        for mask in 0..<(1 << count) { orders.append((0..<count).filter { mask & (1 << $0) != 0 }) }
+        if count >= 2 {
+            for _ in 0..<shuffleCount {
+                orders.append(Array(0..<count).shuffled(using: &generator))
+            }
+        }
+    } else {
+        for _ in 0..<prefixCount { orders.append(Array(0..<Int(generator.next() % UInt64(count)))) }
+        for shuffled in [false, true] {
+            for _ in 0..<randomCount {
+                let keepOneIn = 1 + generator.next() % 3
+                var kept = (0..<count).filter { _ in generator.next() % (keepOneIn + 1) != 0 }
+                if shuffled { kept.shuffle(using: &generator) }
+                orders.append(kept)
+            }
+        }
+    }
+    var seen = Set<[Int]>()
+    return orders.filter { seen.insert($0).inserted }
 }

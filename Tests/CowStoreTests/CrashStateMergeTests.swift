@@ -107,7 +107,10 @@ private func exploreMergeCrashStates(
         // before the store changes again.
         let target =
             crashPoint <= recording.recordSync ? recording.targetBefore : recording.targetAfter
-        for kept in mergeCrashOrders(pieces.count, &generator) {
+        for kept in crashOrders(
+            count: pieces.count, exhaustiveUpTo: 6, shuffleCount: 1, prefixCount: 0,
+            randomCount: 40, generator: &generator)
+        {
             var image = durable
             for index in kept { image.apply(pieces[index]) }
             try image.write(to: crashPath)
@@ -122,26 +125,6 @@ private func exploreMergeCrashStates(
         windowStart = crashPoint + 1
     }
     return result
-}
-
-/// Every subset (and a few reorderings) of up to 6 pieces; else random subsets, some shuffled.
-private func mergeCrashOrders(_ count: Int, _ generator: inout SplitMix64) -> [[Int]] {
-    var orders: [[Int]] = [[], Array(0..<count)]
-    if count <= 6 {
-        for mask in 0..<(1 << count) { orders.append((0..<count).filter { mask & (1 << $0) != 0 }) }
-        if count >= 2 { orders.append(Array(0..<count).shuffled(using: &generator)) }
-    } else {
-        for shuffled in [false, true] {
-            for _ in 0..<40 {
-                let keepOneIn = 1 + generator.next() % 3
-                var kept = (0..<count).filter { _ in generator.next() % (keepOneIn + 1) != 0 }
-                if shuffled { kept.shuffle(using: &generator) }
-                orders.append(kept)
-            }
-        }
-    }
-    var seen = Set<[Int]>()
-    return orders.filter { seen.insert($0).inserted }
 }
 
 /// Checks one crash state: check clean or leaks only; without a merge record the disk reads as

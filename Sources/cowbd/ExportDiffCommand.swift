@@ -2,6 +2,7 @@
 // JSON list of extents, to a file or stdout. The logic is CowStore's (StoreDiffExport.swift).
 
 import ArgumentParser
+import CowFormat
 import CowStore
 import SystemPackage
 
@@ -31,6 +32,18 @@ struct ExportDiffCommand: ParsableCommand {
             previous backup with the previous incremental diffs applied); an rbd diff names the \
             checkpoint in an "f" (from snapshot) record, as rbd export-diff --from-snap does.
 
+            With --to NAME, the export also records checkpoint NAME at the instant of the diff \
+            (the store is locked throughout, so nothing changes in between), and an rbd diff \
+            names it in a "t" (to snapshot) record. Successive diffs then chain as Ceph's do: \
+            rbd import-diff creates the snapshots they name, and rbd merge-diff joins a full \
+            diff and the next incremental one:
+              cowbd export-diff vm.cow full.rbd --format rbd --to s1
+              cowbd export-diff vm.cow inc.rbd --format rbd --since s1 --to s2
+            The checkpoint is recorded only once the whole diff is written (for a file: synced \
+            under a temporary name, then moved into place); a failed export records none. It \
+            takes the disk's fingerprint, so it needs the base. A store holds at most 8 \
+            checkpoints: delete old ones with cowbd checkpoint --delete.
+
             The cost follows the size of the change, not of the disk. The base is not read. \
             Refused while the store is served or merged (they lock it): stop the server first.
 
@@ -52,6 +65,12 @@ struct ExportDiffCommand: ParsableCommand {
             valueName: "checkpoint"))
     var since: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Record this checkpoint at the instant of the diff (an rbd diff names it in a t record).",
+            valueName: "checkpoint"))
+    var to: String?
+
     @Flag(help: "Replace OUT if it exists.")
     var force = false
 
@@ -62,11 +81,19 @@ struct ExportDiffCommand: ParsableCommand {
         if output == "-" && format != .json && isatty(STDOUT_FILENO) == 1 {
             throw ValidationError("refusing to write a binary diff to a terminal; redirect stdout")
         }
+        if let to, let problem = Checkpoint.problem(withName: to) {
+            throw ValidationError("\(to): \(problem)")
+        }
+        if let to, to == since {
+            throw ValidationError("--to names the checkpoint --since starts from: \(to)")
+        }
     }
 
     func run() throws {
         let result = try exitingOnError {
-            let export = try StoreDiffExport(storePath: FilePath(store), sinceCheckpoint: since)
+            let export = try StoreDiffExport(
+                storePath: FilePath(store), sinceCheckpoint: since, recordingCheckpoint: to,
+                options: baseOpenOptions())
             defer { export.close() }
             let progress = ProgressLine(label: "export-diff")
             defer { progress.finish() }
@@ -99,8 +126,14 @@ struct ExportDiffCommand: ParsableCommand {
             // A file is written under a temporary name, synced, then moved into place: an
             // interrupted export never leaves a partial OUT.
             var written: StoreDiffExport.Summary?
-            try AtomicFile.write(to: path, replacing: force) { descriptor in
-                written = try write(to: descriptor, name: output)
+            do {
+                try AtomicFile.write(to: path, replacing: force) { descriptor in
+                    written = try write(to: descriptor, name: output)
+                }
+            } catch {
+                // OUT was not put in place: the checkpoint it names must not stay either.
+                try? export.forgetEndCheckpoint()
+                throw error
             }
             guard let written else { preconditionFailure("the export ran") }
             return written
@@ -111,6 +144,7 @@ struct ExportDiffCommand: ParsableCommand {
             ("data_bytes", .integer(result.dataByteCount)),
             ("zero_bytes", .integer(result.zeroByteCount)),
             ("stream_bytes", .integer(result.streamByteCount)),
+            ("since", .optional(since)), ("to", .optional(to)),
         ])
         printErrorLine("export-diff summary: " + value.rendered().replacing("\n", with: " "))
     }

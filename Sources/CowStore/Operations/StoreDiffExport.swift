@@ -1,10 +1,15 @@
 // `cowbd export-diff`: the changes a store holds, as a native diff, an rbd diff v1 stream or a
 // list of extents. Walks only the set runs of the chunk bitmap and, inside them, the store
 // file's data and holes (SEEK_DATA/SEEK_HOLE), so the cost follows the change, not the disk.
-// The base is never opened: a diff is the store's content alone.
+// The base is opened only to record an end checkpoint (it takes the disk's fingerprint);
+// otherwise a diff is the store's content alone.
 
 import CowFormat
 import SystemPackage
+
+#if canImport(Glibc)
+    import Glibc
+#endif
 
 /// One changed stretch of the disk.
 public struct ChangedExtent: Equatable, Sendable {
@@ -44,23 +49,65 @@ public final class StoreDiffExport {
     /// writer did not close the store cleanly, so the checkpoint's bitmap may miss writes.
     public let countsEveryHeldChunk: Bool
 
+    /// The checkpoint recorded once the diff is written (`export-diff --to`), named in an rbd
+    /// diff's `t` record; nil when the export records none.
+    public let endCheckpoint: Checkpoint?
+    /// Whether `write` recorded `endCheckpoint` in the store.
+    public private(set) var recordedEndCheckpoint = false
+
     /// Opens the store with a shared lock: refused while it is served or merged (they hold the
     /// exclusive lock), so the bits and bytes read are a consistent, flushed state. With
     /// `sinceCheckpoint`, the diff holds only what changed since that checkpoint.
-    public init(storePath: FilePath, sinceCheckpoint: String? = nil) throws {
-        store = try StoreFile(path: storePath, access: .sharedRead)
+    ///
+    /// With `recordingCheckpoint`, the store is opened for writing instead (the exclusive
+    /// lock, its base opened with `options` for the disk's fingerprint), and `write` records a
+    /// checkpoint of that name once the diff is written: nothing can change in between, so
+    /// the checkpoint marks exactly the state the diff ends at, as `rbd export-diff` of a
+    /// snapshot does. A name in use, or a full checkpoint table, is refused here, before
+    /// anything is written.
+    public init(
+        storePath: FilePath, sinceCheckpoint: String? = nil, recordingCheckpoint: String? = nil,
+        options: BaseOpenOptions = .quiet
+    ) throws {
+        var disk: VirtualDisk?
+        if let name = recordingCheckpoint {
+            if let problem = Checkpoint.problem(withName: name) {
+                throw StoreError.invalidArgument("\(name): \(problem)")
+            }
+            let opened = try VirtualDisk.open(storePath: storePath, options: options)
+            disk = opened
+            store = opened.store
+        } else {
+            store = try StoreFile(path: storePath, access: .sharedRead)
+        }
         if let merge = store.header.merge {
             store.close()
             throw StoreError.mergeInProgress(path: storePath, target: merge.targetPath)
         }
-        guard let name = sinceCheckpoint else {
-            since = nil
-            countsEveryHeldChunk = false
-            return
-        }
-        let table = store.checkpointTable ?? CheckpointTable()
-        guard let slot = table.slot(named: name), let checkpoint = table.slots[slot] else {
+        do {
+            let table = store.checkpointTable ?? CheckpointTable()
+            since = try Self.checkpoint(named: sinceCheckpoint, in: table, storePath: storePath)
+            // A writer's open already counted every held chunk as changed if the last writer
+            // crashed (StoreFile+Checkpoints.swift); a reader must do it itself.
+            countsEveryHeldChunk = disk == nil && since != nil && table.isOpen
+            endCheckpoint = try disk.map { disk in
+                try Self.endCheckpoint(
+                    named: recordingCheckpoint ?? "", of: disk, table: table,
+                    storePath: storePath)
+            }
+        } catch {
             store.close()
+            throw error
+        }
+    }
+
+    /// The checkpoint `name` (nil for none) and its slot; throws if the store has none of
+    /// that name.
+    private static func checkpoint(
+        named name: String?, in table: CheckpointTable, storePath: FilePath
+    ) throws -> (slot: Int, checkpoint: Checkpoint)? {
+        guard let name else { return nil }
+        guard let slot = table.slot(named: name), let checkpoint = table.slots[slot] else {
             let names = table.checkpoints.map(\.checkpoint.name)
             throw StoreError.invalidArgument(
                 "\(storePath): no checkpoint named \(name) ("
@@ -68,8 +115,34 @@ public final class StoreDiffExport {
                         ? "the store has none" : "it has: " + names.joined(separator: ", "))
                     + ")")
         }
-        since = (slot, checkpoint)
-        countsEveryHeldChunk = table.isOpen
+        return (slot, checkpoint)
+    }
+
+    /// The checkpoint the export will record: refused if `name` is in use or every slot is.
+    private static func endCheckpoint(
+        named name: String, of disk: VirtualDisk, table: CheckpointTable, storePath: FilePath
+    ) throws -> Checkpoint {
+        guard table.slot(named: name) == nil else {
+            throw StoreError.invalidArgument(
+                "\(storePath): a checkpoint named \(name) exists already")
+        }
+        guard table.slots.contains(where: { $0 == nil }) else {
+            throw StoreError.invalidArgument(
+                "\(storePath): the store holds \(CheckpointTable.slotCount) checkpoints, the "
+                    + "most it can; delete one first (cowbd checkpoint --delete)")
+        }
+        return Checkpoint(
+            name: name, id: UInt64.random(in: 1...UInt64.max),
+            createdUnixSeconds: UInt64(max(0, time(nil))),
+            diskFingerprint: try disk.fingerprint())
+    }
+
+    /// Deletes the end checkpoint `write` recorded: for a caller whose own step after the
+    /// write failed (placing the file), so the failed export leaves the store as it was.
+    public func forgetEndCheckpoint() throws {
+        guard let endCheckpoint, recordedEndCheckpoint else { return }
+        try store.deleteCheckpoint(named: endCheckpoint.name)
+        recordedEndCheckpoint = false
     }
 
     public func close() { store.close() }
@@ -137,7 +210,8 @@ public final class StoreDiffExport {
     }
 
     /// Writes the diff in `format` to `descriptor` (a file, a pipe or stdout), named `name` in
-    /// errors. `progress` gets (data bytes done, 0) now and then.
+    /// errors, then records the end checkpoint if there is one. `progress` gets (data bytes
+    /// done, 0) now and then.
     public func write(
         format: Format, to descriptor: FileDescriptor, name: String,
         progress: (UInt64, UInt64) -> Void = { _, _ in }
@@ -186,6 +260,11 @@ public final class StoreDiffExport {
         try writeEnd(format: format, summary: summary, output)
         try output.drain()
         summary.streamByteCount = output.writtenByteCount
+        // Only after the whole stream is out: a failed write records nothing.
+        if let endCheckpoint {
+            try store.addCheckpoint(endCheckpoint)
+            recordedEndCheckpoint = true
+        }
         return summary
     }
 
@@ -209,6 +288,13 @@ public final class StoreDiffExport {
                 // As `rbd export-diff --from-snap` names its starting snapshot.
                 let name = Array(since.checkpoint.name.utf8)
                 try output.append([RBDDiff.fromSnapshot])
+                try output.append(littleEndian: UInt32(name.count))
+                try output.append(name)
+            }
+            if let endCheckpoint {
+                // As `rbd export-diff` of `image@snapshot` names its end: import-diff creates it.
+                let name = Array(endCheckpoint.name.utf8)
+                try output.append([RBDDiff.toSnapshot])
                 try output.append(littleEndian: UInt32(name.count))
                 try output.append(name)
             }

@@ -6,8 +6,9 @@ COWBD_BUILD_PACKAGES="pkg-config libnbd-dev liblz4-dev libxxhash-dev"
 # Tests: real NBD clients and peers, the kernel path, and the VM kit.
 COWBD_TEST_PACKAGES="libnbd-bin nbdkit qemu-utils python3 python3-libnbd e2fsprogs fuse3 util-linux
   qemu-system-x86 linux-image-cloud-amd64 busybox-static nbd-client socat xxd dmsetup"
-# The Debian package (tools/package, tools/test-package): dpkg-shlibdeps, strip, man.
-COWBD_PACKAGE_PACKAGES="dpkg-dev binutils man-db"
+# The Debian package (tools/package, tools/test-package): dpkg-shlibdeps, strip, man, and a
+# parser of Debian's copyright format.
+COWBD_PACKAGE_PACKAGES="dpkg-dev binutils man-db python3-debian"
 # Benchmark: the load generator and the chart.
 COWBD_BENCH_PACKAGES="fio python3-matplotlib"
 

@@ -17,10 +17,13 @@ struct ServeCommand: ParsableCommand {
         commandName: "serve",
         abstract: "Serve a COW store as an NBD export, in the foreground.",
         discussion: """
-            Listens on 127.0.0.1:10809 unless told otherwise; several --listen may be given.
-            A unix socket is created with mode 0600. Prints the NBD URI of each address on
-            standard output, logs to standard error. SIGTERM or SIGINT: stop accepting, finish
-            the requests in flight, flush, remove the pid file and socket, exit 0.
+            Listens on 127.0.0.1:10809 unless told otherwise; several --listen may be
+            given. A unix socket is created with mode 0600. Prints the NBD URI of each
+            address on standard output, logs to standard error. SIGTERM or SIGINT: stop
+            accepting, finish the requests in flight, flush, remove the pid file and
+            socket, exit 0. A client that reconnects keeps its disk across a restart
+            (an upgrade): qemu's NBD client with reconnect-delay=60, also as /dev/nbd0
+            through qemu-nbd --connect (README, "Running it on a host").
 
             Started by systemd (a socket unit) or another supervisor with LISTEN_PID
             and LISTEN_FDS set, it serves the sockets passed to it instead, leaves

@@ -6,9 +6,10 @@ COWBD_BUILD_PACKAGES="pkg-config libnbd-dev liblz4-dev libxxhash-dev"
 # Tests: real NBD clients and peers, the kernel path, and the VM kit.
 COWBD_TEST_PACKAGES="libnbd-bin nbdkit qemu-utils python3 python3-libnbd e2fsprogs fuse3 util-linux
   qemu-system-x86 linux-image-cloud-amd64 busybox-static nbd-client socat xxd dmsetup"
-# The Debian package (tools/package, tools/test-package): dpkg-shlibdeps, strip, man.
-COWBD_PACKAGE_PACKAGES="dpkg-dev binutils man-db"
-# tools/test-ceph (tools/test --long): a one-node cluster, and qemu's rbd driver for qemu-nbd.
+# The Debian package (tools/package, tools/test-package): dpkg-shlibdeps, strip, man, and a
+# parser of Debian's copyright format.
+COWBD_PACKAGE_PACKAGES="dpkg-dev binutils man-db python3-debian"
+# tools/test-ceph: a one-node cluster, and qemu's rbd driver for qemu-nbd.
 COWBD_CEPH_PACKAGES="ceph-mon ceph-osd ceph-common qemu-block-extra uuid-runtime"
 # Benchmark: the load generator and the chart.
 COWBD_BENCH_PACKAGES="fio python3-matplotlib"

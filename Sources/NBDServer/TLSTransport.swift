@@ -29,15 +29,15 @@ final class TLSTransport: Transport, @unchecked Sendable {
         gnutls_transport_set_int2(session, socket.descriptor, socket.descriptor)
         while true {
             let remainingSeconds = deadline - monotonicSeconds()
+            // Every stored property is set: a throw from here on runs `deinit`, which frees the
+            // session.
             guard remainingSeconds > 0 else {
-                gnutls_deinit(session)
                 throw .timedOut("waiting for the client to finish the TLS handshake")
             }
             gnutls_handshake_set_timeout(session, UInt32(min(remainingSeconds * 1000 + 1, 1e9)))
             let result = gnutls_handshake(session)
             if result >= 0 { return }
             if result == GNUTLS_E_AGAIN || result == GNUTLS_E_INTERRUPTED { continue }
-            gnutls_deinit(session)
             throw Self.handshakeError(result, peer: socket.peer)
         }
     }

@@ -42,6 +42,12 @@ extension NBDConnection {
         try check(nbd_set_tls_username(handle, name), "nbd_set_tls_username")
     }
 
+    /// Whether a URI may name local files (`tls-psk-file=`, `tls-certificates=`). The
+    /// corresponding C function is `nbd_set_uri_allow_local_file`.
+    public func setURIAllowLocalFile(_ allow: Bool) throws {
+        try check(nbd_set_uri_allow_local_file(handle, allow), "nbd_set_uri_allow_local_file")
+    }
+
     /// Whether the connection is encrypted. The corresponding C function is
     /// `nbd_get_tls_negotiated`.
     public func isTLSNegotiated() throws -> Bool {

@@ -1,4 +1,4 @@
-// Hostile clients against `cowbd serve --tls-psk` (TLS required) while a well-behaved libnbd
+// The hostile-client round over TLS: `cowbd serve --tls-psk` (TLS required) while a libnbd
 // client keeps writing and verifying over TLS: a client that stops mid-TLS-handshake, one that
 // goes silent after STARTTLS, garbage after STARTTLS and pipelined with it, plaintext options,
 // and a wrong key. Each bad connection must end with a log line naming its peer, within the
@@ -9,11 +9,9 @@ import NBDClient
 import TestSupport
 import Testing
 
-@Suite("Hostile clients over TLS") struct HostileTLSClientTests {
+extension HostileClientTests {
     static let optStartTLS: UInt32 = 5  // NBD_OPT_STARTTLS
     static let repErrTLSRequired: UInt32 = 0x8000_0005  // NBD_REP_ERR_TLS_REQD
-
-    typealias Outcome = HostileClientTests.Outcome
 
     @Test func badTLSClientsAreCutAndLoggedWhileAGoodTLSClientGoesOn() throws {
         let credentials = try TLSTestCredentials()
@@ -61,7 +59,7 @@ import Testing
         #expect(missing.isEmpty, "bad connections without a log line: \(missing.sorted())")
         let report = good.finish()
         #expect(
-            report.failures.isEmpty && report.operationCount > 50,
+            report.failures.isEmpty && report.operationCount > 10,
             Comment(
                 rawValue: "good TLS client: \(report.operationCount) operations, "
                     + "\(report.reconnectCount) reconnects, slowest "

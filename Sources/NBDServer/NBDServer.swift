@@ -158,7 +158,15 @@ public final class NBDServer: Sendable {
     }
 
     /// The URIs clients can use, one per listening socket.
+    /// Under `--tls require` they are `nbds://` and `nbds+unix://`, as libnbd and nbdkit write
+    /// a URI that must use TLS.
     public var uris: [String] {
-        listeners.map { $0.address.uri(exportName: configuration.exportName) }
+        listeners.map { listener in
+            let uri = listener.address.uri(exportName: configuration.exportName)
+            guard configuration.tls?.requirement == .require, uri.hasPrefix("nbd") else {
+                return uri
+            }
+            return "nbds" + uri.dropFirst("nbd".count)
+        }
     }
 }

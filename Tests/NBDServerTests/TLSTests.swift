@@ -99,6 +99,8 @@ private enum TLSWire {
     @Test func plaintextIsRefusedUnderRequire() throws {
         let credentials = try TLSTestCredentials()
         try withTestServer(options(["--tls-psk", credentials.keysFile])) { server in
+            #expect(
+                server.printedURI.hasPrefix("nbds+unix:///disk?socket="), "\(server.printedURI)")
             #expect(throws: NBDClientError.self, "a plaintext client must not be served") {
                 try server.connect { try $0.setTLS(.disable) }
             }
@@ -121,6 +123,7 @@ private enum TLSWire {
         let credentials = try TLSTestCredentials()
         try withTestServer(options(["--tls-psk", credentials.keysFile, "--tls", "allow"])) {
             server in
+            #expect(server.printedURI.hasPrefix("nbd+unix:///disk?socket="), "\(server.printedURI)")
             let plain = try server.connect { try $0.setTLS(.disable) }
             #expect(try !plain.isTLSNegotiated())
             #expect(try plain.pread(at: 0, byteCount: 4096) == Array(TestImage.bytes[0..<4096]))

@@ -203,4 +203,27 @@ private enum TLSWire {
             #expect(result.standardError.contains(named), "\(result.standardError)")
         }
     }
+
+    @Test func contradictoryTLSOptionsAreRefusedBeforeServing() throws {
+        let cowbd = try cowbdExecutable()
+        let folder = URL(fileURLWithPath: "/tmp").appendingPathComponent(
+            "cowbd-tls-options-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: folder) }
+        for (arguments, message) in [
+            (["--tls", "require"], "--tls require needs --tls-certificates or --tls-psk"),
+            (["--tls", "allow"], "--tls allow needs --tls-certificates or --tls-psk"),
+            (["--tls-verify-peer"], "--tls-verify-peer needs --tls-certificates"),
+            (
+                ["--tls-certificates", "/nonexistent", "--tls-psk", "/nonexistent"],
+                "--tls-certificates and --tls-psk cannot be used together"
+            ),
+            (["--tls", "sometimes"], "sometimes"),
+        ] {
+            let result = try runCommand(
+                cowbd, ["serve", "/nonexistent.cow"] + arguments, in: folder, seconds: 20)
+            #expect(result.status != 0, "\(arguments)")
+            #expect(result.standardError.contains(message), "\(result.standardError)")
+        }
+    }
 }

@@ -25,6 +25,9 @@ let package = Package(
     targets: [
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         .systemLibrary(name: "CNBD", pkgConfig: "libnbd", providers: [.apt(["libnbd-dev"])]),
+        // TLS for STARTTLS (`serve --tls-certificates`, `--tls-psk`), as nbdkit and qemu use.
+        .systemLibrary(
+            name: "CGnuTLS", pkgConfig: "gnutls", providers: [.apt(["libgnutls28-dev"])]),
         .systemLibrary(name: "CLinux"),
         .systemLibrary(
             name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
@@ -43,7 +46,7 @@ let package = Package(
         .target(
             name: "NBDServer",
             dependencies: [
-                "NBDProtocol", "CowStore", "CowSupport",
+                "NBDProtocol", "CowStore", "CowSupport", "CGnuTLS",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -63,7 +66,7 @@ let package = Package(
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: strict),
         .testTarget(
             name: "NBDServerTests",
-            dependencies: ["NBDServer", "NBDClient", "CowStore", "TestSupport"],
+            dependencies: ["NBDServer", "NBDClient", "CowStore", "TestSupport", "CGnuTLS"],
             swiftSettings: strict),
         // Runs the built cowbd: spawning, waiting and the watchdog, shared by the tests above
         // and below.

@@ -77,6 +77,9 @@ public enum HandshakeAction: Equatable {
     case replyAndTransmit([UInt8])
     /// Send these bytes (possibly none), then close the connection.
     case replyAndClose([UInt8], reason: String)
+    /// Send these bytes (the ACK to NBD_OPT_STARTTLS), then the TLS handshake: everything
+    /// after it is encrypted.
+    case replyAndStartTLS([UInt8])
 }
 
 /// Handshake state for one connection.
@@ -90,6 +93,10 @@ public struct Handshake {
     public static let maxStringByteCount = 4096
 
     public let exports: [ExportDescription]
+    /// How this connection treats TLS; fixed for its life, as the spec requires.
+    public let tlsMode: TLSMode
+    /// Set once NBD_OPT_STARTTLS was acknowledged.
+    public private(set) var isTLSInitiated = false
     public private(set) var clientFlags: ClientFlags = []
     public private(set) var structuredReplies = false
     public private(set) var extendedHeaders = false
@@ -101,9 +108,10 @@ public struct Handshake {
     public private(set) var session: NegotiatedSession? = nil
 
     /// The first export is also the default one (the empty name).
-    public init(exports: [ExportDescription]) {
+    public init(exports: [ExportDescription], tlsMode: TLSMode = .noTLS) {
         precondition(!exports.isEmpty, "a server offers at least one export")
         self.exports = exports
+        self.tlsMode = tlsMode
     }
 
     /// The server's first 18 bytes: NBDMAGIC, IHAVEOPT, handshake flags.
@@ -132,6 +140,7 @@ public struct Handshake {
         guard optionCount <= Self.maxOptionCount else {
             return .replyAndClose([], reason: "more than \(Self.maxOptionCount) options")
         }
+        if let refusal = refusalUntilTLS(rawOption) { return refusal }
         guard let option = Option(rawValue: rawOption) else {
             return .reply(
                 Self.reply(rawOption, .errUnsup, message: "option \(rawOption) is not supported"))
@@ -152,9 +161,11 @@ public struct Handshake {
             return .reply(extendedHeadersReply(data))
         case .listMetaContext, .setMetaContext:
             return .reply(metaContext(option, data))
-        case .startTLS, .peekExport:
+        case .startTLS:
+            return startTLS(data)
+        case .peekExport:
             return .reply(
-                Self.reply(rawOption, .errUnsup, message: "TLS is not supported by this server"))
+                Self.reply(rawOption, .errUnsup, message: "option \(rawOption) is not supported"))
         }
     }
 
@@ -244,6 +255,15 @@ public struct Handshake {
         extendedHeaders = true
         structuredReplies = true
         return Self.reply(option, .ack)
+    }
+
+    /// Marks TLS initiated (NBD_OPT_STARTTLS acknowledged) and forgets everything negotiated
+    /// in plaintext, as the spec requires of STARTTLS: a man in the middle may have chosen it.
+    mutating func beginTLS() {
+        isTLSInitiated = true
+        structuredReplies = false
+        extendedHeaders = false
+        setSelectedContexts([], exportName: nil)
     }
 
     mutating func setSelectedContexts(_ contexts: [MetaContext], exportName: String?) {

@@ -8,8 +8,10 @@ import Logging
 import NBDProtocol
 import Synchronization
 
-/// A connection's life. `@unchecked Sendable`: `session` is written once by the reader before
-/// any worker starts; sends are serialised by `sendLock`.
+/// A connection's life. `@unchecked Sendable`: `session` and `transport` are written by the
+/// reader before any worker starts (`transport` once more, at NBD_OPT_STARTTLS); other threads
+/// shut the connection down through `socket`, which never changes; sends are serialised by
+/// `sendLock`.
 final class Connection: @unchecked Sendable {
     /// Where a connection is in its life, as far as making room for new clients goes.
     enum Phase: UInt8, AtomicRepresentable {
@@ -20,7 +22,10 @@ final class Connection: @unchecked Sendable {
     }
 
     let id: Int
-    let transport: any Transport
+    /// The accepted socket, for shutdowns from other threads (eviction, server stop).
+    let socket: any Transport
+    /// What the connection reads and writes through: `socket`, or TLS over it after STARTTLS.
+    private(set) var transport: any Transport
     let server: NBDServer
     let logger: Logger
     let acceptedAtSeconds = monotonicSeconds()
@@ -32,6 +37,7 @@ final class Connection: @unchecked Sendable {
 
     init(id: Int, transport: any Transport, server: NBDServer) {
         self.id = id
+        self.socket = transport
         self.transport = transport
         self.server = server
         var logger = server.logger
@@ -51,8 +57,10 @@ final class Connection: @unchecked Sendable {
                     "structured": "\(session.structuredReplies)",
                     "extended": "\(session.extendedHeaders)",
                     "contexts": "\(session.metaContexts.map(\.rawValue).joined(separator: ","))",
+                    "tls": "\(transport is TLSTransport)",
                 ])
             try transmit()
+            transport.endSession()
             logger.info("client detached")
         } catch {
             logEnd(error)
@@ -80,7 +88,7 @@ final class Connection: @unchecked Sendable {
             phase.compareExchange(expected: .handshake, desired: .evicted, ordering: .relaxed)
                 .exchanged
         else { return false }
-        transport.shutdownBoth()
+        socket.shutdownBoth()
         return true
     }
 
@@ -89,7 +97,9 @@ final class Connection: @unchecked Sendable {
         let deadline = monotonicSeconds() + server.configuration.handshakeTimeoutSeconds
         // A client that never reads the replies to its options must not hold the thread either.
         transport.setSendTimeout(seconds: server.configuration.handshakeTimeoutSeconds)
-        var handshake = Handshake(exports: [server.exportDescription])
+        var handshake = Handshake(
+            exports: [server.exportDescription],
+            tlsMode: server.tlsCredentials?.configuration.handshakeMode ?? .noTLS)
         try transport.send(Handshake.greeting())
         var fixed = [UInt8](repeating: 0, count: max(ClientFlags.byteCount, OptionHeader.byteCount))
         let flags = try receive(&fixed, byteCount: ClientFlags.byteCount, deadline: deadline) {
@@ -126,12 +136,25 @@ final class Connection: @unchecked Sendable {
                 }
                 session = chosen
                 return true
+            case .replyAndStartTLS(let bytes):
+                try transport.send(bytes)
+                try startTLS(deadline: deadline)
             case .replyAndClose(let bytes, let reason):
                 if !bytes.isEmpty { try? transport.send(bytes) }
                 logger.info("handshake ended: \(reason)")
                 return false
             }
         }
+    }
+
+    /// After the ACK to NBD_OPT_STARTTLS: the TLS handshake, within the handshake's deadline.
+    /// A failure ends the connection (the spec: it is too late to go on without TLS).
+    private func startTLS(deadline: Double) throws(ServerError) {
+        guard let credentials = server.tlsCredentials, let plain = socket as? SocketTransport
+        else { preconditionFailure("STARTTLS acknowledged without TLS credentials") }
+        let secured = try TLSTransport(socket: plain, credentials: credentials, deadline: deadline)
+        transport = secured
+        logger.debug("TLS session started", metadata: ["tls": "\(secured.sessionDescription)"])
     }
 
     /// Receives `byteCount` bytes into `bytes` before `deadline` and hands them to `parse`.

@@ -33,6 +33,8 @@ public final class NBDServer: Sendable {
         /// Memory for the payloads of requests in flight, across all connections
         /// (`--max-inflight-bytes`): at least one largest payload, so no request waits forever.
         public var maxInflightByteCount = 256 << 20
+        /// TLS through NBD_OPT_STARTTLS (`--tls-certificates`, `--tls-psk`); nil: plaintext.
+        public var tls: TLSConfiguration? = nil
 
         public init() {}
     }
@@ -48,6 +50,8 @@ public final class NBDServer: Sendable {
     let logger: Logger
     let exportDescription: ExportDescription
     let payloadBudget: PayloadBudget
+    /// Loaded from `configuration.tls` at start, so a bad file is reported before serving.
+    let tlsCredentials: TLSCredentials?
     private let listeners: [Listener]
     private let registry = Locked(Registry())
     private let running = DispatchGroup()
@@ -66,6 +70,9 @@ public final class NBDServer: Sendable {
                 <= Int(configuration.maximumPayloadByteCount),
             "a block status reply fits the maximum payload")
         payloadBudget = PayloadBudget(byteCount: configuration.maxInflightByteCount)
+        tlsCredentials = try configuration.tls.map { configuration throws(ServerError) in
+            try TLSCredentials(configuration)
+        }
         exportDescription = ExportDescription(
             name: configuration.exportName, description: configuration.description,
             byteCount: disk.byteCount,
@@ -128,7 +135,7 @@ public final class NBDServer: Sendable {
         startThread { [self] in
             defer {
                 _ = registry.withLock { $0.connections.removeValue(forKey: connection.id) }
-                connection.transport.shutdownBoth()
+                connection.socket.shutdownBoth()
                 running.leave()
             }
             connection.run()
@@ -143,7 +150,7 @@ public final class NBDServer: Sendable {
             return Array(registry.connections.values)
         }
         for listener in listeners { listener.shutdownAndRemove() }
-        for connection in connections { connection.transport.shutdownReceiving() }
+        for connection in connections { connection.socket.shutdownReceiving() }
         if running.wait(timeout: .now() + timeoutSeconds) == .timedOut {
             logger.warning("connections still busy after \(timeoutSeconds) s; flushing anyway")
         }
@@ -151,7 +158,15 @@ public final class NBDServer: Sendable {
     }
 
     /// The URIs clients can use, one per listening socket.
+    /// Under `--tls require` they are `nbds://` and `nbds+unix://`, as libnbd and nbdkit write
+    /// a URI that must use TLS.
     public var uris: [String] {
-        listeners.map { $0.address.uri(exportName: configuration.exportName) }
+        listeners.map { listener in
+            let uri = listener.address.uri(exportName: configuration.exportName)
+            guard configuration.tls?.requirement == .require, uri.hasPrefix("nbd") else {
+                return uri
+            }
+            return "nbds" + uri.dropFirst("nbd".count)
+        }
     }
 }

@@ -11,6 +11,11 @@ public enum ServerError: Error, CustomStringConvertible {
     case peerClosed
     case timedOut(String)
     case protocolViolation(String)
+    /// TLS credentials that cannot be loaded: the file, the failing call, GnuTLS's message.
+    case tlsSetup(path: String, call: String, String)
+    /// A TLS session that failed with one client: a bad certificate, a wrong key, a broken
+    /// record.
+    case tls(peer: String, call: String, String)
 
     public var description: String {
         switch self {
@@ -21,6 +26,10 @@ public enum ServerError: Error, CustomStringConvertible {
         case .peerClosed: return "the client closed the connection"
         case .timedOut(let what): return "timed out \(what)"
         case .protocolViolation(let what): return "protocol violation: \(what)"
+        case .tlsSetup(let path, let call, let message):
+            return "\(path): \(call) failed: \(message)"
+        case .tls(let peer, let call, let message):
+            return "\(peer): TLS: \(call) failed: \(message)"
         }
     }
 }

@@ -36,9 +36,15 @@ protocol Transport: AnyObject, Sendable {
 
     /// Ends the connection in both directions: the peer sees it end.
     func shutdownBoth()
+
+    /// Closes the session cleanly from the server's side once no other thread sends (TLS's
+    /// close_notify); nothing for a plain socket.
+    func endSession()
 }
 
 extension Transport {
+    func endSession() {}
+
     /// Sends `bytes` whole (handshake replies).
     func send(_ bytes: [UInt8]) throws(ServerError) {
         let outcome = bytes.withUnsafeBytes { buffer in

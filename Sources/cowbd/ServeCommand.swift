@@ -109,6 +109,9 @@ struct ServeCommand: ParsableCommand {
             valueName: "size"))
     var maxInflightBytes: String = "256M"
 
+    @OptionGroup(title: "TLS (NBD_OPT_STARTTLS)")
+    var tls: TLSOptions
+
     func validate() throws {
         for address in listen { _ = try parseAddress(address) }
         guard maxConnections >= 1 else {
@@ -182,6 +185,7 @@ struct ServeCommand: ParsableCommand {
             configuration.workersPerConnection = threads
             configuration.maxInflightByteCount = Int(
                 (try? ByteSize.parse(maxInflightBytes)) ?? 256 << 20)
+            configuration.tls = tls.serverConfiguration
             let server = try NBDServer(disk: disk, configuration: configuration, logger: logger)
             if let pidFile { try writePidFile(pidFile) }
             defer { if let pidFile { _ = unlink(pidFile) } }

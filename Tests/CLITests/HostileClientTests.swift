@@ -14,7 +14,9 @@ import Synchronization
 import TestSupport
 import Testing
 
-@Suite("Hostile clients") struct HostileClientTests {
+// Serialized: the plaintext and the TLS round (HostileTLSClientTests.swift) each time a good
+// client, so they must not compete with each other for the CPU.
+@Suite("Hostile clients", .serialized) struct HostileClientTests {
     static let handshakeTimeoutSeconds = 10.0
     static let messageTimeoutSeconds = 5.0
     static let maxConnections = 64

@@ -17,7 +17,11 @@ final class HostileFixture: @unchecked Sendable {
     var storePath: String { workspace.path("disk.cow") }
     var uri: String { "nbd://127.0.0.1:\(port)/disk" }
 
-    init() throws {
+    /// `extraServerArguments` go after the fixture's own (`--tls-psk FILE` for the TLS suite).
+    init(
+        extraServerArguments: [String] = [],
+        clientSettings: @escaping (NBDConnection) throws -> Void = { _ in }
+    ) throws {
         try Self.raiseOpenFileLimit(to: HostileClientTests.idleConnectionCount + 256)
         workspace = try Workspace()
         var generator = SplitMix64(seed: 0x4057_11e)
@@ -37,7 +41,8 @@ final class HostileFixture: @unchecked Sendable {
                 "--handshake-timeout", "\(Int(HostileClientTests.handshakeTimeoutSeconds))",
                 "--message-timeout", "\(Int(HostileClientTests.messageTimeoutSeconds))",
                 "--max-connections", "\(HostileClientTests.maxConnections)", "--log-level", "info",
-            ])
+            ] + extraServerArguments)
+        server.clientSettings = clientSettings
         try server.start()
     }
 
@@ -162,6 +167,7 @@ final class GoodClient: Sendable {
         while true {
             do {
                 let connection = try NBDConnection()
+                try connection.setURIAllowLocalFile(true)  // an nbds:// URI's tls-psk-file
                 try connection.connect(uri: uri)
                 return connection
             } catch {

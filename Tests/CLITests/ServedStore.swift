@@ -17,6 +17,9 @@ final class ServedStore {
     let logPath: String
     let exportName: String
     let extraArguments: [String]
+    /// Client settings every `connect` makes first (TLS credentials for a server that
+    /// requires TLS), the readiness probe's included.
+    var clientSettings: (NBDConnection) throws -> Void = { _ in }
     private var process: Process?
     private var watchdog: Watchdog?
 
@@ -69,6 +72,7 @@ final class ServedStore {
     func connect(_ configure: (NBDConnection) throws -> Void = { _ in }) throws -> NBDConnection {
         let connection = try NBDConnection()
         try connection.setExportName(exportName)
+        try clientSettings(connection)
         try configure(connection)
         try connection.connect(unixSocketPath: socketPath)
         return connection

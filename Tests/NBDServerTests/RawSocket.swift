@@ -6,7 +6,8 @@ import Foundation
 /// One blocking connection with a receive timeout, so a silent server fails the test.
 final class RawSocket {
     static let receiveTimeoutSeconds = 5
-    private let descriptor: Int32
+    /// The socket, for a TLS session a test runs over it.
+    let descriptor: Int32
 
     init(unixSocketPath path: String) throws {
         descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)

@@ -119,6 +119,33 @@ serve_store() {
         --listen "unix:$sock" --export-name disk --log-level "${serve_log_level:-info}" "$@"
 }
 
+# make_tls_credentials DIR: fresh TLS credentials made by GnuTLS's certtool and psktool (never
+# committed, never expiring mid-run): DIR/server (ca-cert.pem, server-cert.pem, server-key.pem for
+# `serve --tls-certificates`), DIR/client (ca-cert.pem, client-cert.pem, client-key.pem: qemu's
+# tls-creds-x509 dir, libnbd's tls-certificates), DIR/psk/keys.psk (user alice: `serve --tls-psk`,
+# qemu's tls-creds-psk dir) and DIR/wrong-psk/keys.psk (alice with another key).
+make_tls_credentials() {
+    local dir=$1 pki=$1/pki
+    mkdir -p "$pki" "$dir/server" "$dir/client" "$dir/psk" "$dir/wrong-psk"
+    printf 'cn = cowbd test CA\nca\ncert_signing_key\nexpiration_days = 3650\n' >"$pki/ca.info"
+    printf 'cn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 3650\n' >"$pki/server.info"
+    printf 'cn = client\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 3650\n' >"$pki/client.info"
+    local name
+    for name in ca server client; do
+        certtool --generate-privkey --key-type=ecdsa --outfile "$pki/$name-key.pem" 2>/dev/null
+    done
+    certtool --generate-self-signed --load-privkey "$pki/ca-key.pem" --template "$pki/ca.info" \
+        --outfile "$pki/ca-cert.pem" >/dev/null 2>&1
+    for name in server client; do
+        certtool --generate-certificate --load-privkey "$pki/$name-key.pem" \
+            --load-ca-certificate "$pki/ca-cert.pem" --load-ca-privkey "$pki/ca-key.pem" \
+            --template "$pki/$name.info" --outfile "$pki/$name-cert.pem" >/dev/null 2>&1
+        cp "$pki/ca-cert.pem" "$pki/$name-cert.pem" "$pki/$name-key.pem" "$dir/$name/"
+    done
+    psktool -u alice -p "$dir/psk/keys.psk" >/dev/null
+    psktool -u alice -p "$dir/wrong-psk/keys.psk" >/dev/null
+}
+
 # server_pid NAME: the pid of a server start_server started.
 server_pid() { cut -d' ' -f1 "$HARNESS_WORK/$1.pid"; }
 

@@ -124,33 +124,59 @@ extension Connection {
             UnsafeRawBufferPointer(start: nil, count: 0))
     }
 
-    /// One chunk per negotiated context, the last marked done.
+    /// One chunk per negotiated context, the last marked done. A dirty-bitmap context whose
+    /// checkpoint was deleted since the handshake fails the request (EINVAL) before any chunk.
     private func replyBlockStatus(_ request: Request, _ worker: RequestWorker) throws {
         guard request.length > 0 else {
             throw StoreError.invalidArgument("block status of zero bytes")
         }
-        let extents = try server.disk.extents(
-            at: request.offset, byteCount: request.length,
-            maxExtentCount: request.flags.contains(.requestOne) ? 1 : Self.maxExtentCount)
-        let extended = session.extendedHeaders
-        let payload = worker.payload.prefix(
-            BlockStatusPrefix.payloadByteCount(descriptorCount: extents.count, extended: extended))
-        for (position, context) in session.metaContexts.enumerated() {
-            var used = BlockStatusPrefix(
-                contextID: context.id, descriptorCount: UInt32(extents.count)
-            ).encode(into: payload, extended: extended)
-            for extent in extents {
-                let status: UInt32
-                switch context {
-                case .baseAllocation:
-                    status =
-                        (extent.isHole ? AllocationState.hole : 0)
-                        | (extent.isZero ? AllocationState.zero : 0)
-                case .allocationDepth:
-                    status = extent.source.rawValue
+        let maxExtentCount = request.flags.contains(.requestOne) ? 1 : Self.maxExtentCount
+        var extents: [DiskExtent] = []
+        var descriptorLists: [[BlockStatusDescriptor]] = []
+        for context in session.metaContexts {
+            switch context {
+            case .baseAllocation, .allocationDepth:
+                if extents.isEmpty {
+                    extents = try server.disk.extents(
+                        at: request.offset, byteCount: request.length,
+                        maxExtentCount: maxExtentCount)
                 }
-                used += BlockStatusDescriptor(byteCount: extent.byteCount, status: status)
-                    .encode(into: payload, at: used, extended: extended)
+                descriptorLists.append(
+                    extents.map { extent in
+                        let status: UInt32
+                        if context == .baseAllocation {
+                            status =
+                                (extent.isHole ? AllocationState.hole : 0)
+                                | (extent.isZero ? AllocationState.zero : 0)
+                        } else {
+                            status = extent.source.rawValue
+                        }
+                        return BlockStatusDescriptor(byteCount: extent.byteCount, status: status)
+                    })
+            case .dirtyBitmap(let checkpointName, _):
+                descriptorLists.append(
+                    try server.disk.changedExtents(
+                        sinceCheckpoint: checkpointName, at: request.offset,
+                        byteCount: request.length, maxExtentCount: maxExtentCount
+                    ).map {
+                        BlockStatusDescriptor(
+                            byteCount: $0.byteCount,
+                            status: $0.isChanged ? MetaContext.dirtyState : 0)
+                    })
+            }
+        }
+        let extended = session.extendedHeaders
+        for (position, (context, descriptors)) in zip(session.metaContexts, descriptorLists)
+            .enumerated()
+        {
+            let payload = worker.payload.prefix(
+                BlockStatusPrefix.payloadByteCount(
+                    descriptorCount: descriptors.count, extended: extended))
+            var used = BlockStatusPrefix(
+                contextID: context.id, descriptorCount: UInt32(descriptors.count)
+            ).encode(into: payload, extended: extended)
+            for descriptor in descriptors {
+                used += descriptor.encode(into: payload, at: used, extended: extended)
             }
             let isLast = position == session.metaContexts.count - 1
             let count = Reply.encodeChunk(

@@ -50,7 +50,7 @@ final class Connection: @unchecked Sendable {
                     "export": "\(session.export.name)",
                     "structured": "\(session.structuredReplies)",
                     "extended": "\(session.extendedHeaders)",
-                    "contexts": "\(session.metaContexts.map(\.rawValue).joined(separator: ","))",
+                    "contexts": "\(session.metaContexts.map(\.name).joined(separator: ","))",
                 ])
             try transmit()
             logger.info("client detached")
@@ -89,7 +89,7 @@ final class Connection: @unchecked Sendable {
         let deadline = monotonicSeconds() + server.configuration.handshakeTimeoutSeconds
         // A client that never reads the replies to its options must not hold the thread either.
         transport.setSendTimeout(seconds: server.configuration.handshakeTimeoutSeconds)
-        var handshake = Handshake(exports: [server.exportDescription])
+        var handshake = Handshake(exports: [server.currentExportDescription()])
         try transport.send(Handshake.greeting())
         var fixed = [UInt8](repeating: 0, count: max(ClientFlags.byteCount, OptionHeader.byteCount))
         let flags = try receive(&fixed, byteCount: ClientFlags.byteCount, deadline: deadline) {

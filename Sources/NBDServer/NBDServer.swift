@@ -150,6 +150,17 @@ public final class NBDServer: Sendable {
         if !disk.isReadOnly { try disk.flush() }
     }
 
+    /// The export as a new client sees it: with one dirty-bitmap context per checkpoint the
+    /// store holds now (checkpoints come and go while it is served).
+    func currentExportDescription() -> ExportDescription {
+        var description = exportDescription
+        description.dirtyBitmapNames = disk.checkpointNames
+        return description
+    }
+
+    /// Connections open now, in their handshake or serving requests.
+    public var connectionCount: Int { registry.withLock { $0.connections.count } }
+
     /// The URIs clients can use, one per listening socket.
     public var uris: [String] {
         listeners.map { $0.address.uri(exportName: configuration.exportName) }

@@ -15,6 +15,8 @@ public final class VirtualDisk: Sendable {
     public let byteCount: UInt64
     public var isReadOnly: Bool { !store.isWritable }
     let copyUpLocks = StripedLocks()
+    /// Held shared by every change, exclusively by a live checkpoint (WriteBarrier.swift).
+    let writeBarrier = WriteBarrier()
     let logger: Logger
 
     /// Combines an open store with its (already verified) base.

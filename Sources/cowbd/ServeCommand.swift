@@ -22,6 +22,10 @@ struct ServeCommand: ParsableCommand {
             standard output, logs to standard error. SIGTERM or SIGINT: stop accepting, finish
             the requests in flight, flush, remove the pid file and socket, exit 0.
 
+            A control socket beside the store (STORE.control, mode 0600; --control PATH \
+            elsewhere) lets `cowbd info`, `cowbd checkpoint` and `cowbd checkpoint --delete` \
+            work on the served store (docs/CONTROL.md).
+
             Started by systemd (a socket unit) or another supervisor with LISTEN_PID
             and LISTEN_FDS set, it serves the sockets passed to it instead, leaves
             them listening when it stops, and refuses --listen.
@@ -106,6 +110,13 @@ struct ServeCommand: ParsableCommand {
             valueName: "size"))
     var maxInflightBytes: String = "256M"
 
+    @Option(
+        name: .customLong("control"),
+        help: ArgumentHelp(
+            "The control socket for live info and checkpoints (default: STORE.control).",
+            valueName: "path"))
+    var controlPath: String?
+
     func validate() throws {
         for address in listen { _ = try parseAddress(address) }
         guard maxConnections >= 1 else {
@@ -182,6 +193,14 @@ struct ServeCommand: ParsableCommand {
             let server = try NBDServer(disk: disk, configuration: configuration, logger: logger)
             if let pidFile { try writePidFile(pidFile) }
             defer { if let pidFile { _ = unlink(pidFile) } }
+            let control: ControlChannel?
+            do {
+                control = try startControlChannel(disk: disk, server: server, logger: logger)
+            } catch {
+                try? server.stop()
+                throw error
+            }
+            defer { control?.stop() }
             server.start()
             logger.info(
                 "serving",

@@ -2,6 +2,7 @@
 // form the session negotiated: simple, structured, or extended.
 
 import CowStore
+import CowSupport
 import Logging
 import NBDProtocol
 
@@ -13,10 +14,17 @@ extension Connection {
     func execute(_ job: RequestWorker.Job, _ worker: RequestWorker) {
         switch job {
         case .execute(let request):
+            let startSeconds = monotonicSeconds()
             do {
                 try perform(request, worker)
+                server.metrics.recordRequest(
+                    request.command, byteCount: request.length,
+                    seconds: monotonicSeconds() - startSeconds, error: nil)
             } catch {
                 let code = ErrorMapping.nbdError(for: error)
+                server.metrics.recordRequest(
+                    request.command, byteCount: request.length,
+                    seconds: monotonicSeconds() - startSeconds, error: code)
                 logger.warning(
                     "request failed: \(error)",
                     metadata: [
@@ -28,6 +36,7 @@ extension Connection {
                     isRead: request.command == .read, worker)
             }
         case .reject(let header, let rejection):
+            server.metrics.recordRejection(rejection.error)
             logger.info(
                 "request refused: \(rejection.message)", metadata: ["type": "\(header.type)"])
             replyError(

@@ -48,6 +48,8 @@ public final class NBDServer: Sendable {
     let logger: Logger
     let exportDescription: ExportDescription
     let payloadBudget: PayloadBudget
+    /// What `serve --metrics` and a live `info` show.
+    public let metrics = ServerMetrics()
     private let listeners: [Listener]
     private let registry = Locked(Registry())
     private let running = DispatchGroup()
@@ -125,8 +127,10 @@ public final class NBDServer: Sendable {
             return
         }
         running.enter()
+        metrics.connectionOpened()
         startThread { [self] in
             defer {
+                metrics.connectionClosed()
                 _ = registry.withLock { $0.connections.removeValue(forKey: connection.id) }
                 connection.transport.shutdownBoth()
                 running.leave()

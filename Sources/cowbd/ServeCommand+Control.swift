@@ -2,6 +2,7 @@
 // figures, and checkpoints recorded, deleted and listed while clients keep writing. The socket
 // and the line protocol are NBDServer's (ControlChannel.swift).
 
+import ArgumentParser
 import CowFormat
 import CowStore
 import Logging
@@ -20,6 +21,8 @@ struct ControlService: Sendable {
     let controlPath: String
     let disk: VirtualDisk
     let server: NBDServer
+    /// Where `--metrics` serves them, if it does.
+    let metricsURL: String?
 
     func handle(_ request: ControlRequest) throws -> ControlJSON {
         switch request.command {
@@ -70,10 +73,12 @@ struct ControlService: Sendable {
                 options: baseOpenOptions()))
         summary.checkpoints = CheckpointListing(disk.store)
         summary.checkpoints?.countsEveryHeldChunk = false
-        let served: [(String, String)] = [
-            ("served by", "pid \(getpid())"), ("control socket", controlPath),
-            ("connections", String(server.connectionCount)),
-        ]
+        let served: [(String, String)] =
+            [
+                ("served by", "pid \(getpid())"), ("control socket", controlPath),
+                ("connections", String(server.connectionCount)),
+                ("metrics", metricsURL ?? "none (serve --metrics HOST:PORT)"),
+            ] + server.metrics.summaryRows(disk: disk)
         guard case .object(var members) = summary.json.controlJSON else {
             preconditionFailure("a summary is an object")
         }
@@ -105,12 +110,13 @@ extension ServeCommand {
     /// Binds the control socket (`--control`, or beside the store) and starts answering on it.
     /// A default path too long for a unix socket leaves the store without one (logged); an
     /// explicit one throws.
-    func startControlChannel(disk: VirtualDisk, server: NBDServer, logger: Logger) throws
-        -> ControlChannel?
-    {
+    func startControlChannel(
+        disk: VirtualDisk, server: NBDServer, metricsURL: String?, logger: Logger
+    ) throws -> ControlChannel? {
         let path = controlPath ?? defaultControlPath(storePath: store)
         let service = ControlService(
-            storePath: store, controlPath: path, disk: disk, server: server)
+            storePath: store, controlPath: path, disk: disk, server: server,
+            metricsURL: metricsURL)
         do {
             let channel = try ControlChannel(path: path, logger: logger) { request in
                 try service.handle(request)
@@ -123,5 +129,30 @@ extension ServeCommand {
             logger.warning("no control socket: \(path): \(why); give a shorter one with --control")
             return nil
         }
+    }
+}
+
+extension ServeCommand {
+    /// `--metrics`: PORT alone means 127.0.0.1:PORT; a unix socket is refused.
+    func parseMetricsAddress(_ text: String) throws -> ListenAddress {
+        if let port = UInt16(text) { return .tcp(host: "127.0.0.1", port: port) }
+        let address: ListenAddress
+        do { address = try ListenAddress(parsing: text) } catch {
+            throw ValidationError("--metrics: \(error)")
+        }
+        guard case .tcp = address else {
+            throw ValidationError("--metrics takes HOST:PORT or PORT, not a unix socket")
+        }
+        return address
+    }
+
+    /// Binds and starts the metrics endpoint, if `--metrics` was given.
+    func startMetricsEndpoint(disk: VirtualDisk, server: NBDServer) throws -> MetricsEndpoint? {
+        guard let metricsAddress else { return nil }
+        let endpoint = try MetricsEndpoint(address: try parseMetricsAddress(metricsAddress)) {
+            server.metrics.exposition(disk: disk)
+        }
+        endpoint.start()
+        return endpoint
     }
 }

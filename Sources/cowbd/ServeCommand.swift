@@ -117,7 +117,15 @@ struct ServeCommand: ParsableCommand {
             valueName: "path"))
     var controlPath: String?
 
+    @Option(
+        name: .customLong("metrics"),
+        help: ArgumentHelp(
+            "Serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1).",
+            valueName: "host:port"))
+    var metricsAddress: String?
+
     func validate() throws {
+        if let metricsAddress { _ = try parseMetricsAddress(metricsAddress) }
         for address in listen { _ = try parseAddress(address) }
         guard maxConnections >= 1 else {
             throw ValidationError("--max-connections must be at least 1")
@@ -194,13 +202,19 @@ struct ServeCommand: ParsableCommand {
             if let pidFile { try writePidFile(pidFile) }
             defer { if let pidFile { _ = unlink(pidFile) } }
             let control: ControlChannel?
+            let metrics: MetricsEndpoint?
             do {
-                control = try startControlChannel(disk: disk, server: server, logger: logger)
+                metrics = try startMetricsEndpoint(disk: disk, server: server)
+                control = try startControlChannel(
+                    disk: disk, server: server, metricsURL: metrics?.url, logger: logger)
             } catch {
                 try? server.stop()
                 throw error
             }
-            defer { control?.stop() }
+            defer {
+                control?.stop()
+                metrics?.stop()
+            }
             server.start()
             logger.info(
                 "serving",

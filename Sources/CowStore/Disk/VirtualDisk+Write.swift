@@ -187,6 +187,7 @@ extension VirtualDisk {
         }
         try store.writeBytes(at: chunkStart, from: UnsafeRawBufferPointer(chunk))
         store.commit(chunkIndex..<(chunkIndex + 1))
+        copyUps.add(1, ordering: .relaxed)
     }
 
     /// Puts `fill` into the store's data region for virtual bytes `start..<end`.

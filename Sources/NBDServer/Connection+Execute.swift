@@ -16,10 +16,7 @@ extension Connection {
         case .execute(let request):
             let startSeconds = monotonicSeconds()
             do {
-                try perform(request, worker)
-                server.metrics.recordRequest(
-                    request.command, byteCount: request.length,
-                    seconds: monotonicSeconds() - startSeconds, error: nil)
+                try perform(request, startSeconds: startSeconds, worker)
             } catch {
                 let code = ErrorMapping.nbdError(for: error)
                 server.metrics.recordRequest(
@@ -48,7 +45,17 @@ extension Connection {
         }
     }
 
-    private func perform(_ request: Request, _ worker: RequestWorker) throws {
+    /// Counts a request done, before its reply goes out: a client that has its reply finds it
+    /// in the metrics.
+    private func recordDone(_ request: Request, startSeconds: Double) {
+        server.metrics.recordRequest(
+            request.command, byteCount: request.length,
+            seconds: monotonicSeconds() - startSeconds, error: nil)
+    }
+
+    private func perform(_ request: Request, startSeconds: Double, _ worker: RequestWorker)
+        throws
+    {
         let disk = server.disk
         let fua = request.flags.contains(.fua)
         logger.trace(
@@ -61,6 +68,7 @@ extension Connection {
         case .read:
             let data = worker.payload.prefix(Int(request.length))
             try disk.read(at: request.offset, into: data)
+            recordDone(request, startSeconds: startSeconds)
             replyRead(request, UnsafeRawBufferPointer(data), worker)
             return
         case .write:
@@ -78,11 +86,12 @@ extension Connection {
         case .cache:
             try disk.prefetch(at: request.offset, byteCount: request.length)
         case .blockStatus:
-            try replyBlockStatus(request, worker)
+            try replyBlockStatus(request, startSeconds: startSeconds, worker)
             return
         case .disconnect:
             preconditionFailure("DISC is handled by the reader")
         }
+        recordDone(request, startSeconds: startSeconds)
         replySuccess(cookie: request.cookie, offset: request.offset, worker)
     }
 
@@ -135,7 +144,9 @@ extension Connection {
 
     /// One chunk per negotiated context, the last marked done. A dirty-bitmap context whose
     /// checkpoint was deleted since the handshake fails the request (EINVAL) before any chunk.
-    private func replyBlockStatus(_ request: Request, _ worker: RequestWorker) throws {
+    private func replyBlockStatus(
+        _ request: Request, startSeconds: Double, _ worker: RequestWorker
+    ) throws {
         guard request.length > 0 else {
             throw StoreError.invalidArgument("block status of zero bytes")
         }
@@ -174,6 +185,7 @@ extension Connection {
                     })
             }
         }
+        recordDone(request, startSeconds: startSeconds)
         let extended = session.extendedHeaders
         for (position, (context, descriptors)) in zip(session.metaContexts, descriptorLists)
             .enumerated()

@@ -152,11 +152,11 @@ extension Connection {
             server.metrics.recordReadCache(hit: false)
             return false  // the pool's blocking read reports the error properly
         }
-        replyRead(request, UnsafeRawBufferPointer(data), worker)
         server.metrics.recordReadCache(hit: true)
         server.metrics.recordRequest(
             .read, byteCount: request.length, seconds: monotonicSeconds() - startSeconds,
             error: nil)
+        replyRead(request, UnsafeRawBufferPointer(data), worker)
         return true
     }
 }

@@ -75,7 +75,8 @@ public final class ServerMetrics: Sendable {
             registry.makeDurationHistogram(
                 descriptor: Self.name(
                     "request_duration", "seconds",
-                    "Time from the start of a request's execution to its reply, by command."),
+                    "Time from the start of a request's execution until its reply is ready, by command."
+                ),
                 labels: [("command", $0)],
                 buckets: Self.latencyBucketSeconds.map { .nanoseconds(Int64($0 * 1e9)) })
         }

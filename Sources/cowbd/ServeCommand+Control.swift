@@ -45,7 +45,8 @@ struct ControlService: Sendable {
             return .object([("checkpoint", .string(name)), ("deleted", .bool(true))])
         case "export-diff":
             throw ControlFailure(
-                "\(storePath): export-diff of a served store is not available yet: take a "
+                "\(storePath): in use by a running server, and export-diff of a served store "
+                    + "is not available live yet: take a "
                     + "checkpoint and read its changes with nbdinfo/nbdcopy through the "
                     + "qemu:dirty-bitmap:NAME context, or stop the server first")
         default:

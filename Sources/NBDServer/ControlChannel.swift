@@ -26,6 +26,11 @@ public final class ControlChannel: Sendable {
     private let handler: Handler
     private let logger: Logger
     private let clientCount = Locked(0)
+    /// Handler calls in progress, and whether new ones are refused (after `stop`).
+    private let requestsRunning = Locked(0)
+    private let isStopping = Locked(false)
+    /// Longest `stop` waits for a request in progress (a checkpoint flushes first).
+    static let stopTimeoutSeconds: Double = 60
 
     /// Binds `path` (stale socket replaced, live one refused); serves nothing until `start`.
     public init(path: String, logger: Logger, handler: @escaping Handler) throws {
@@ -48,8 +53,16 @@ public final class ControlChannel: Sendable {
         }
     }
 
-    /// Stops accepting and removes the socket file. Clients being served finish their request.
-    public func stop() { listener.shutdownAndRemove() }
+    /// Stops accepting, removes the socket file and waits (at most `stopTimeoutSeconds`) for
+    /// requests being run to finish, so the caller may close what they use.
+    public func stop() {
+        listener.shutdownAndRemove()
+        isStopping.withLock { $0 = true }
+        let deadline = monotonicSeconds() + Self.stopTimeoutSeconds
+        while requestsRunning.withLock({ $0 }) > 0 && monotonicSeconds() < deadline {
+            usleep(10_000)
+        }
+    }
 
     private func admit(_ transport: SocketTransport) {
         let admitted = clientCount.withLock { count in
@@ -119,6 +132,15 @@ public final class ControlChannel: Sendable {
             logger.notice("control request refused: \(error.description)")
             return ControlProtocol.failureLine(error.description)
         }
+        let admitted = isStopping.withLock { stopping in
+            guard !stopping else { return false }
+            requestsRunning.withLock { $0 += 1 }
+            return true
+        }
+        guard admitted else {
+            return ControlProtocol.failureLine("\(path): the server is stopping")
+        }
+        defer { requestsRunning.withLock { $0 -= 1 } }
         do {
             let result = try handler(request)
             logger.info("control request done", metadata: ["command": "\(request.command)"])

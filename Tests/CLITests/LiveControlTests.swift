@@ -127,6 +127,19 @@ import Testing
         #expect(try fixture.dirtyChunksByNbdinfo(since: "cp") == expected.union([0]))
     }
 
+    @Test func aCleanStopAfterLiveCheckpointsIsNotTakenForACrash() throws {
+        let fixture = try LiveFixture(diskByteCount: 4 << 20, serveArguments: ["--metrics", "0"])
+        defer { fixture.server.kill() }
+        let connection = try fixture.server.connect()
+        try connection.pwrite([UInt8](repeating: 1, count: 4096), at: 0)
+        try fixture.workspace.succeed("checkpoint", "disk.cow", "cp")
+        try connection.pwrite([UInt8](repeating: 2, count: 4096), at: 8192)
+        try fixture.server.stop()
+        let listing = try fixture.workspace.succeed("checkpoint", "disk.cow")
+        #expect(!listing.contains("not closed cleanly"), "\(listing)")
+        #expect(listing.contains("cp: ") && listing.contains("1 chunks changed since"))
+    }
+
     @Test func metricsParseAndCountTheRequestsMade() throws {
         let port = UInt16.random(in: 20_000...60_000)
         let fixture = try LiveFixture(

@@ -1,5 +1,6 @@
-// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT for `base:allocation` and
-// `qemu:allocation-depth`. Queries in other namespaces are ignored, as the spec requires.
+// NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT for `base:allocation`,
+// `qemu:allocation-depth` and one `qemu:dirty-bitmap:NAME` a checkpoint. Queries in other
+// namespaces are ignored, as the spec requires.
 
 extension Handshake {
     mutating func metaContext(_ option: Option, _ data: [UInt8]) -> [UInt8] {
@@ -28,35 +29,36 @@ extension Handshake {
             return Self.reply(raw, .errInvalid, message: "malformed meta context option")
         }
         let name = String(decoding: nameBytes, as: UTF8.self)
-        guard export(named: name) != nil else {
+        guard let export = export(named: name) else {
             return Self.reply(raw, .errUnknown, message: "no export named '\(name)'")
         }
-        let contexts = isSet ? selected(by: queries) : listed(by: queries)
+        let offered = MetaContext.offered(by: export)
+        let contexts = isSet ? selected(by: queries, offered) : listed(by: queries, offered)
         if isSet { setSelectedContexts(contexts, exportName: name) }
         var bytes: [UInt8] = []
         for context in contexts {
             var payload: [UInt8] = []
             // LIST replies carry id 0, as the spec reserves it there.
             payload.appendBigEndian(isSet ? context.id : 0)
-            payload += Array(context.rawValue.utf8)
+            payload += Array(context.name.utf8)
             bytes += Self.reply(raw, .metaContext, payload: payload)
         }
         return bytes + Self.reply(raw, .ack)
     }
 
-    /// LIST: no query means every context; `ns:` is a wildcard for a namespace.
-    private func listed(by queries: [String]) -> [MetaContext] {
-        if queries.isEmpty { return MetaContext.allCases }
-        return MetaContext.allCases.filter { context in
+    /// LIST: no query means every context; `ns:` is a wildcard for a namespace (and
+    /// `qemu:dirty-bitmap:` for every bitmap, as qemu-nbd answers it).
+    private func listed(by queries: [String], _ offered: [MetaContext]) -> [MetaContext] {
+        if queries.isEmpty { return offered }
+        return offered.filter { context in
             queries.contains { query in
-                query == context.rawValue
-                    || (query.hasSuffix(":") && context.rawValue.hasPrefix(query))
+                query == context.name || (query.hasSuffix(":") && context.name.hasPrefix(query))
             }
         }
     }
 
     /// SET: only exact names select (the wildcard `base:` selects nothing), each once.
-    private func selected(by queries: [String]) -> [MetaContext] {
-        MetaContext.allCases.filter { queries.contains($0.rawValue) }
+    private func selected(by queries: [String], _ offered: [MetaContext]) -> [MetaContext] {
+        offered.filter { queries.contains($0.name) }
     }
 }

@@ -12,6 +12,8 @@ public struct ExportDescription: Sendable {
     public var minimumBlockByteCount: UInt32
     public var preferredBlockByteCount: UInt32
     public var maximumPayloadByteCount: UInt32
+    /// Checkpoints served as `qemu:dirty-bitmap:NAME` contexts, oldest first.
+    public var dirtyBitmapNames: [String] = []
 
     public init(
         name: String, description: String, byteCount: UInt64, isReadOnly: Bool,
@@ -33,18 +35,45 @@ public struct ExportDescription: Sendable {
 }
 
 /// A metadata context a client can select for NBD_CMD_BLOCK_STATUS.
-public enum MetaContext: String, CaseIterable, Sendable {
+public enum MetaContext: Hashable, Sendable {
     /// `base:allocation`: NBD_STATE_HOLE and NBD_STATE_ZERO.
-    case baseAllocation = "base:allocation"
+    case baseAllocation
     /// `qemu:allocation-depth`: 0 unallocated, 1 in the store, 2 in the base.
-    case allocationDepth = "qemu:allocation-depth"
+    case allocationDepth
+    /// `qemu:dirty-bitmap:NAME`, as qemu-nbd serves a bitmap: bit 0 (`dirtyState`) set where
+    /// the chunk changed since checkpoint NAME. `id` is the one sent for it on this connection.
+    case dirtyBitmap(checkpointName: String, id: UInt32)
+
+    /// What a `qemu:dirty-bitmap:NAME` context's name starts with.
+    public static let dirtyBitmapPrefix = "qemu:dirty-bitmap:"
+    /// The status bit of a changed range in a dirty-bitmap context.
+    public static let dirtyState: UInt32 = 1
+
+    /// The context's name on the wire.
+    public var name: String {
+        switch self {
+        case .baseAllocation: return "base:allocation"
+        case .allocationDepth: return "qemu:allocation-depth"
+        case .dirtyBitmap(let checkpointName, _): return Self.dirtyBitmapPrefix + checkpointName
+        }
+    }
 
     /// The id sent in `NBD_REP_META_CONTEXT` and in block status chunks.
     public var id: UInt32 {
         switch self {
         case .baseAllocation: return 1
         case .allocationDepth: return 2
+        case .dirtyBitmap(_, let id): return id
         }
+    }
+
+    /// Every context `export` offers: the two fixed ones, then one a checkpoint, numbered
+    /// from 3 in the export's order.
+    public static func offered(by export: ExportDescription) -> [MetaContext] {
+        [.baseAllocation, .allocationDepth]
+            + export.dirtyBitmapNames.enumerated().map { position, name in
+                .dirtyBitmap(checkpointName: name, id: 3 + UInt32(position))
+            }
     }
 }
 

@@ -2,6 +2,7 @@
 // form the session negotiated: simple, structured, or extended.
 
 import CowStore
+import CowSupport
 import Logging
 import NBDProtocol
 
@@ -13,10 +14,14 @@ extension Connection {
     func execute(_ job: RequestWorker.Job, _ worker: RequestWorker) {
         switch job {
         case .execute(let request):
+            let startSeconds = monotonicSeconds()
             do {
-                try perform(request, worker)
+                try perform(request, startSeconds: startSeconds, worker)
             } catch {
                 let code = ErrorMapping.nbdError(for: error)
+                server.metrics.recordRequest(
+                    request.command, byteCount: request.length,
+                    seconds: monotonicSeconds() - startSeconds, error: code)
                 logger.warning(
                     "request failed: \(error)",
                     metadata: [
@@ -28,6 +33,7 @@ extension Connection {
                     isRead: request.command == .read, worker)
             }
         case .reject(let header, let rejection):
+            server.metrics.recordRejection(rejection.error)
             logger.info(
                 "request refused: \(rejection.message)", metadata: ["type": "\(header.type)"])
             replyError(
@@ -39,7 +45,17 @@ extension Connection {
         }
     }
 
-    private func perform(_ request: Request, _ worker: RequestWorker) throws {
+    /// Counts a request done, before its reply goes out: a client that has its reply finds it
+    /// in the metrics.
+    private func recordDone(_ request: Request, startSeconds: Double) {
+        server.metrics.recordRequest(
+            request.command, byteCount: request.length,
+            seconds: monotonicSeconds() - startSeconds, error: nil)
+    }
+
+    private func perform(_ request: Request, startSeconds: Double, _ worker: RequestWorker)
+        throws
+    {
         let disk = server.disk
         let fua = request.flags.contains(.fua)
         logger.trace(
@@ -52,6 +68,7 @@ extension Connection {
         case .read:
             let data = worker.payload.prefix(Int(request.length))
             try disk.read(at: request.offset, into: data)
+            recordDone(request, startSeconds: startSeconds)
             replyRead(request, UnsafeRawBufferPointer(data), worker)
             return
         case .write:
@@ -69,11 +86,12 @@ extension Connection {
         case .cache:
             try disk.prefetch(at: request.offset, byteCount: request.length)
         case .blockStatus:
-            try replyBlockStatus(request, worker)
+            try replyBlockStatus(request, startSeconds: startSeconds, worker)
             return
         case .disconnect:
             preconditionFailure("DISC is handled by the reader")
         }
+        recordDone(request, startSeconds: startSeconds)
         replySuccess(cookie: request.cookie, offset: request.offset, worker)
     }
 
@@ -124,33 +142,62 @@ extension Connection {
             UnsafeRawBufferPointer(start: nil, count: 0))
     }
 
-    /// One chunk per negotiated context, the last marked done.
-    private func replyBlockStatus(_ request: Request, _ worker: RequestWorker) throws {
+    /// One chunk per negotiated context, the last marked done. A dirty-bitmap context whose
+    /// checkpoint was deleted since the handshake fails the request (EINVAL) before any chunk.
+    private func replyBlockStatus(
+        _ request: Request, startSeconds: Double, _ worker: RequestWorker
+    ) throws {
         guard request.length > 0 else {
             throw StoreError.invalidArgument("block status of zero bytes")
         }
-        let extents = try server.disk.extents(
-            at: request.offset, byteCount: request.length,
-            maxExtentCount: request.flags.contains(.requestOne) ? 1 : Self.maxExtentCount)
-        let extended = session.extendedHeaders
-        let payload = worker.payload.prefix(
-            BlockStatusPrefix.payloadByteCount(descriptorCount: extents.count, extended: extended))
-        for (position, context) in session.metaContexts.enumerated() {
-            var used = BlockStatusPrefix(
-                contextID: context.id, descriptorCount: UInt32(extents.count)
-            ).encode(into: payload, extended: extended)
-            for extent in extents {
-                let status: UInt32
-                switch context {
-                case .baseAllocation:
-                    status =
-                        (extent.isHole ? AllocationState.hole : 0)
-                        | (extent.isZero ? AllocationState.zero : 0)
-                case .allocationDepth:
-                    status = extent.source.rawValue
+        let maxExtentCount = request.flags.contains(.requestOne) ? 1 : Self.maxExtentCount
+        var extents: [DiskExtent] = []
+        var descriptorLists: [[BlockStatusDescriptor]] = []
+        for context in session.metaContexts {
+            switch context {
+            case .baseAllocation, .allocationDepth:
+                if extents.isEmpty {
+                    extents = try server.disk.extents(
+                        at: request.offset, byteCount: request.length,
+                        maxExtentCount: maxExtentCount)
                 }
-                used += BlockStatusDescriptor(byteCount: extent.byteCount, status: status)
-                    .encode(into: payload, at: used, extended: extended)
+                descriptorLists.append(
+                    extents.map { extent in
+                        let status: UInt32
+                        if context == .baseAllocation {
+                            status =
+                                (extent.isHole ? AllocationState.hole : 0)
+                                | (extent.isZero ? AllocationState.zero : 0)
+                        } else {
+                            status = extent.source.rawValue
+                        }
+                        return BlockStatusDescriptor(byteCount: extent.byteCount, status: status)
+                    })
+            case .dirtyBitmap(let checkpointName, _):
+                descriptorLists.append(
+                    try server.disk.changedExtents(
+                        sinceCheckpoint: checkpointName, at: request.offset,
+                        byteCount: request.length, maxExtentCount: maxExtentCount
+                    ).map {
+                        BlockStatusDescriptor(
+                            byteCount: $0.byteCount,
+                            status: $0.isChanged ? MetaContext.dirtyState : 0)
+                    })
+            }
+        }
+        recordDone(request, startSeconds: startSeconds)
+        let extended = session.extendedHeaders
+        for (position, (context, descriptors)) in zip(session.metaContexts, descriptorLists)
+            .enumerated()
+        {
+            let payload = worker.payload.prefix(
+                BlockStatusPrefix.payloadByteCount(
+                    descriptorCount: descriptors.count, extended: extended))
+            var used = BlockStatusPrefix(
+                contextID: context.id, descriptorCount: UInt32(descriptors.count)
+            ).encode(into: payload, extended: extended)
+            for descriptor in descriptors {
+                used += descriptor.encode(into: payload, at: used, extended: extended)
             }
             let isLast = position == session.metaContexts.count - 1
             let count = Reply.encodeChunk(

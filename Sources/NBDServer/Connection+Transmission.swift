@@ -141,12 +141,21 @@ extension Connection {
 
     /// Answers a read from memory if every byte is cached; false means "send it to the pool".
     private func readIfCached(_ request: Request, _ worker: RequestWorker) -> Bool {
+        let startSeconds = monotonicSeconds()
         let data = worker.payload.prefix(Int(request.length))
         do {
-            guard try server.disk.readIfCached(at: request.offset, into: data) else { return false }
+            guard try server.disk.readIfCached(at: request.offset, into: data) else {
+                server.metrics.recordReadCache(hit: false)
+                return false
+            }
         } catch {
+            server.metrics.recordReadCache(hit: false)
             return false  // the pool's blocking read reports the error properly
         }
+        server.metrics.recordReadCache(hit: true)
+        server.metrics.recordRequest(
+            .read, byteCount: request.length, seconds: monotonicSeconds() - startSeconds,
+            error: nil)
         replyRead(request, UnsafeRawBufferPointer(data), worker)
         return true
     }

@@ -56,7 +56,7 @@ final class Connection: @unchecked Sendable {
                     "export": "\(session.export.name)",
                     "structured": "\(session.structuredReplies)",
                     "extended": "\(session.extendedHeaders)",
-                    "contexts": "\(session.metaContexts.map(\.rawValue).joined(separator: ","))",
+                    "contexts": "\(session.metaContexts.map(\.name).joined(separator: ","))",
                     "tls": "\(transport is TLSTransport)",
                 ])
             try transmit()
@@ -98,7 +98,7 @@ final class Connection: @unchecked Sendable {
         // A client that never reads the replies to its options must not hold the thread either.
         transport.setSendTimeout(seconds: server.configuration.handshakeTimeoutSeconds)
         var handshake = Handshake(
-            exports: [server.exportDescription],
+            exports: [server.currentExportDescription()],
             tlsMode: server.tlsCredentials?.configuration.handshakeMode ?? .noTLS)
         try transport.send(Handshake.greeting())
         var fixed = [UInt8](repeating: 0, count: max(ClientFlags.byteCount, OptionHeader.byteCount))

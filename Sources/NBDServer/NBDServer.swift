@@ -52,6 +52,8 @@ public final class NBDServer: Sendable {
     let payloadBudget: PayloadBudget
     /// Loaded from `configuration.tls` at start, so a bad file is reported before serving.
     let tlsCredentials: TLSCredentials?
+    /// What `serve --metrics` and a live `info` show.
+    public let metrics = ServerMetrics()
     private let listeners: [Listener]
     private let registry = Locked(Registry())
     private let running = DispatchGroup()
@@ -132,8 +134,10 @@ public final class NBDServer: Sendable {
             return
         }
         running.enter()
+        metrics.connectionOpened()
         startThread { [self] in
             defer {
+                metrics.connectionClosed()
                 _ = registry.withLock { $0.connections.removeValue(forKey: connection.id) }
                 connection.socket.shutdownBoth()
                 running.leave()
@@ -156,6 +160,17 @@ public final class NBDServer: Sendable {
         }
         if !disk.isReadOnly { try disk.flush() }
     }
+
+    /// The export as a new client sees it: with one dirty-bitmap context per checkpoint the
+    /// store holds now (checkpoints come and go while it is served).
+    func currentExportDescription() -> ExportDescription {
+        var description = exportDescription
+        description.dirtyBitmapNames = disk.checkpointNames
+        return description
+    }
+
+    /// Connections open now, in their handshake or serving requests.
+    public var connectionCount: Int { registry.withLock { $0.connections.count } }
 
     /// The URIs clients can use, one per listening socket.
     /// Under `--tls require` they are `nbds://` and `nbds+unix://`, as libnbd and nbdkit write

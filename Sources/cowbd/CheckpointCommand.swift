@@ -5,6 +5,7 @@
 import ArgumentParser
 import CowFormat
 import CowStore
+import NBDServer
 import SystemPackage
 
 #if canImport(Glibc)
@@ -27,9 +28,10 @@ struct CheckpointCommand: ParsableCommand {
               cowbd checkpoint vm.cow                 list the checkpoints
               cowbd checkpoint vm.cow monday --delete forget it
 
-            Names use letters, digits, '.', '_' and '-'; a store holds at most 8. Recording \
-            and deleting need the store to themselves (stop the server first); listing works \
-            while it runs. After a crash of the server, every chunk the store holds counts as \
+            Names use letters, digits, '.', '_' and '-'; a store holds at most 8. While the \
+            store is served, all three go through the server's control socket: a checkpoint \
+            holds every write acknowledged before the command started, and none started after \
+            it returned; writes in flight land wholly on one side (docs/CONTROL.md). After a crash of the server, every chunk the store holds counts as \
             changed since each checkpoint (nothing is missed; the next diff is larger). A merge \
             into the base needs the checkpoints deleted first.
 
@@ -46,6 +48,7 @@ struct CheckpointCommand: ParsableCommand {
     var delete = false
 
     @OptionGroup var output: OutputOptions
+    @OptionGroup var control: ControlOptions
 
     func validate() throws {
         if delete && name == nil { throw ValidationError("--delete needs a checkpoint NAME") }
@@ -56,6 +59,11 @@ struct CheckpointCommand: ParsableCommand {
 
     func run() throws {
         let path = FilePath(store)
+        if let client = try exitingOnError({
+            try ControlClient.connect(storePath: store, options: control)
+        }) {
+            return try runLive(client)
+        }
         guard let name else { return try list(path) }
         try exitingOnError {
             if delete {
@@ -65,12 +73,34 @@ struct CheckpointCommand: ParsableCommand {
             } else {
                 let disk = try VirtualDisk.open(storePath: path, options: baseOpenOptions())
                 defer { disk.close() }
-                try disk.store.addCheckpoint(
-                    Checkpoint(
-                        name: name, id: UInt64.random(in: 1...UInt64.max),
-                        createdUnixSeconds: UInt64(max(0, time(nil))),
-                        diskFingerprint: try disk.fingerprint()))
+                try disk.addCheckpoint(
+                    named: name, createdUnixSeconds: UInt64(max(0, time(nil))))
             }
+        }
+        if output.json {
+            print(
+                JSONValue.object([
+                    ("checkpoint", .string(name)), ("deleted", .bool(delete)),
+                ]).rendered())
+        }
+    }
+
+    /// The same on a served store, through its control socket: recorded at once, between
+    /// two requests, while clients go on writing (docs/CONTROL.md).
+    private func runLive(_ client: ControlClient) throws {
+        guard let name else {
+            let result = try exitingOnError { try client.call("list-checkpoints") }
+            if output.json {
+                print(JSONValue(result["checkpoints"] ?? .array([])).rendered())
+                return
+            }
+            let rows = controlRows(result["rows"])
+            if rows.isEmpty { print("\(store): no checkpoints") }
+            printAligned(rows)
+            return
+        }
+        _ = try exitingOnError {
+            try client.call(delete ? "delete-checkpoint" : "checkpoint", [("name", .string(name))])
         }
         if output.json {
             print(

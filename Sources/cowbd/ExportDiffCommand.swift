@@ -4,6 +4,7 @@
 import ArgumentParser
 import CowFormat
 import CowStore
+import NBDServer
 import SystemPackage
 
 #if canImport(Glibc)
@@ -89,7 +90,23 @@ struct ExportDiffCommand: ParsableCommand {
         }
     }
 
+    @OptionGroup var control: ControlOptions
+
     func run() throws {
+        if let client = try exitingOnError({
+            try ControlClient.connect(storePath: store, options: control)
+        }) {
+            // The server answers why, or does it (docs/CONTROL.md).
+            _ = try exitingOnError {
+                try client.call(
+                    "export-diff",
+                    [
+                        ("since", since.map { .string($0) } ?? .null),
+                        ("format", .string(format.rawValue)),
+                    ])
+            }
+            return
+        }
         let result = try exitingOnError {
             let export = try StoreDiffExport(
                 storePath: FilePath(store), sinceCheckpoint: since, recordingCheckpoint: to,

@@ -2,6 +2,7 @@
 // fails over the base (it reports it); checking consistency is `check`'s job.
 
 import ArgumentParser
+import NBDServer
 
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -30,6 +31,10 @@ struct InfoCommand: ParsableCommand {
               created           creation time, ISO 8601 UTC
               checkpoints       [{name, created, changed_chunks, disk_fingerprint}]
 
+            While the store is served, info asks the server over its control socket and \
+            shows live figures (chunks written as of now) plus "served by", "control socket" \
+            and "connections"; --json adds a "served" object {pid, control, connections}.
+
             Exit status: 0 shown, 1 the store cannot be read (its problem on stderr).
             """)
 
@@ -37,8 +42,21 @@ struct InfoCommand: ParsableCommand {
     var store: String
 
     @OptionGroup var output: OutputOptions
+    @OptionGroup var control: ControlOptions
 
     func run() throws {
+        // A served store answers itself, with live figures (docs/CONTROL.md).
+        if let client = try exitingOnError({
+            try ControlClient.connect(storePath: store, options: control)
+        }) {
+            let result = try exitingOnError { try client.call("info") }
+            if output.json {
+                print(JSONValue(result["summary"] ?? .null).rendered())
+            } else {
+                printAligned(controlRows(result["rows"]))
+            }
+            return
+        }
         let summary = try exitingOnError { try StoreSummary(storePath: store) }
         if output.json {
             print(summary.json.rendered())

@@ -25,6 +25,10 @@ struct ServeCommand: ParsableCommand {
             (an upgrade): qemu's NBD client with reconnect-delay=60, also as /dev/nbd0
             through qemu-nbd --connect (README, "Running it on a host").
 
+            A control socket beside the store (STORE.control, mode 0600; --control PATH \
+            elsewhere) lets `cowbd info`, `cowbd checkpoint` and `cowbd checkpoint --delete` \
+            work on the served store (docs/CONTROL.md).
+
             Started by systemd (a socket unit) or another supervisor with LISTEN_PID
             and LISTEN_FDS set, it serves the sockets passed to it instead, leaves
             them listening when it stops, and refuses --listen.
@@ -112,7 +116,22 @@ struct ServeCommand: ParsableCommand {
     @OptionGroup(title: "TLS (NBD_OPT_STARTTLS)")
     var tls: TLSOptions
 
+    @Option(
+        name: .customLong("control"),
+        help: ArgumentHelp(
+            "The control socket for live info and checkpoints (default: STORE.control).",
+            valueName: "path"))
+    var controlPath: String?
+
+    @Option(
+        name: .customLong("metrics"),
+        help: ArgumentHelp(
+            "Serve Prometheus metrics at http://HOST:PORT/metrics (PORT alone: 127.0.0.1).",
+            valueName: "host:port"))
+    var metricsAddress: String?
+
     func validate() throws {
+        if let metricsAddress { _ = try parseMetricsAddress(metricsAddress) }
         for address in listen { _ = try parseAddress(address) }
         guard maxConnections >= 1 else {
             throw ValidationError("--max-connections must be at least 1")
@@ -189,6 +208,23 @@ struct ServeCommand: ParsableCommand {
             let server = try NBDServer(disk: disk, configuration: configuration, logger: logger)
             if let pidFile { try writePidFile(pidFile) }
             defer { if let pidFile { _ = unlink(pidFile) } }
+            let control: ControlChannel?
+            let metrics: MetricsEndpoint?
+            do {
+                metrics = try startMetricsEndpoint(disk: disk, server: server)
+                control = try startControlChannel(
+                    disk: disk, server: server, metricsURL: metrics?.url, logger: logger)
+            } catch {
+                try? server.stop()
+                throw error
+            }
+            defer {
+                control?.stop()
+                metrics?.stop()
+                // Their threads hold the disk: close it here, not when the last reference goes,
+                // so a clean stop clears the checkpoints' open flag (not a crash to them).
+                disk.close()
+            }
             server.start()
             logger.info(
                 "serving",

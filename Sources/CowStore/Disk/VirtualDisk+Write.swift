@@ -85,6 +85,15 @@ extension VirtualDisk {
     func apply(
         _ fill: Fill, from start: UInt64, to end: UInt64, isTrim: Bool, scratch: ChunkScratch?
     ) throws {
+        // The whole request under one hold: a checkpoint sees all of it or none of it.
+        try writeBarrier.whileChanging {
+            try applyRuns(fill, from: start, to: end, isTrim: isTrim, scratch: scratch)
+        }
+    }
+
+    private func applyRuns(
+        _ fill: Fill, from start: UInt64, to end: UInt64, isTrim: Bool, scratch: ChunkScratch?
+    ) throws {
         let maxRunByteCount = geometry.byteOffset(ofChunk: StoreFile.maxChunkCountPerLock)
         var cursor = start
         while cursor < end {
@@ -178,6 +187,7 @@ extension VirtualDisk {
         }
         try store.writeBytes(at: chunkStart, from: UnsafeRawBufferPointer(chunk))
         store.commit(chunkIndex..<(chunkIndex + 1))
+        copyUps.add(1, ordering: .relaxed)
     }
 
     /// Puts `fill` into the store's data region for virtual bytes `start..<end`.

@@ -4,6 +4,7 @@
 
 import CowFormat
 import Logging
+import Synchronization
 import SystemPackage
 
 /// A copy-on-write view of a base image through a store.
@@ -15,6 +16,10 @@ public final class VirtualDisk: Sendable {
     public let byteCount: UInt64
     public var isReadOnly: Bool { !store.isWritable }
     let copyUpLocks = StripedLocks()
+    /// Held shared by every change, exclusively by a live checkpoint (WriteBarrier.swift).
+    let writeBarrier = WriteBarrier()
+    /// Chunks copied up from the base since open, for `serve --metrics`.
+    let copyUps = Atomic<UInt64>(0)
     let logger: Logger
 
     /// Combines an open store with its (already verified) base.
@@ -47,6 +52,9 @@ public final class VirtualDisk: Sendable {
     public func fingerprint() throws -> BaseFingerprint {
         try sampleFingerprint(byteCount: byteCount, read: read(at:into:))
     }
+
+    /// Chunks built from the base plus a partial write since the disk was opened.
+    public var copyUpCount: UInt64 { copyUps.load(ordering: .relaxed) }
 
     /// Closes the store and releases its lock (see `StoreFile.close`).
     public func close() { store.close() }

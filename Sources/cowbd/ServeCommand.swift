@@ -106,6 +106,8 @@ struct ServeCommand: ParsableCommand {
             valueName: "size"))
     var maxInflightBytes: String = "256M"
 
+    @OptionGroup var remoteBase: RemoteBaseOptions
+
     func validate() throws {
         for address in listen { _ = try parseAddress(address) }
         guard maxConnections >= 1 else {
@@ -163,8 +165,9 @@ struct ServeCommand: ParsableCommand {
                 listen.isEmpty ? try makePrivateFolder() : nil
             }
             defer { if let privateFolder { rmdir(privateFolder) } }
-            let options = baseOpenOptions(
+            var options = baseOpenOptions(
                 cacheByteCount: Int((try? ByteSize.parse(cacheSize)) ?? 0), logger: logger)
+            options.remote = remoteBase.settings
             let disk = try VirtualDisk.open(
                 storePath: FilePath(store), readOnly: readOnly, options: options)
             var configuration = NBDServer.Configuration()
@@ -186,7 +189,8 @@ struct ServeCommand: ParsableCommand {
             logger.info(
                 "serving",
                 metadata: [
-                    "store": "\(store)", "base": "\(disk.base.path)", "size": "\(disk.byteCount)",
+                    "store": "\(store)", "base": "\(disk.base.locationDescription)",
+                    "size": "\(disk.byteCount)",
                     "readOnly": "\(readOnly)",
                 ])
             if let captiveCommand {

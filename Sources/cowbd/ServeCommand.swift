@@ -85,8 +85,12 @@ struct ServeCommand: ParsableCommand {
             """)
     var messageTimeout: Double = 120
 
-    @Option(help: "Requests of one connection executed at once.")
-    var threads: Int = 4
+    @Option(
+        help: """
+            Requests of one connection executed at once (default 4; 32 over a base on an NBD \
+            server, whose reads wait on the network).
+            """)
+    var threads: Int?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
@@ -113,7 +117,7 @@ struct ServeCommand: ParsableCommand {
         guard maxConnections >= 1 else {
             throw ValidationError("--max-connections must be at least 1")
         }
-        guard threads >= 1 && threads <= 64 else {
+        if let threads, !(1...64).contains(threads) {
             throw ValidationError("--threads must be 1 to 64")
         }
         guard handshakeTimeout > 0 else {
@@ -179,7 +183,7 @@ struct ServeCommand: ParsableCommand {
             configuration.maxConnections = maxConnections
             configuration.handshakeTimeoutSeconds = handshakeTimeout
             configuration.messageTimeoutSeconds = messageTimeout
-            configuration.workersPerConnection = threads
+            configuration.workersPerConnection = threads ?? (disk.base.mayBeSlow ? 32 : 4)
             configuration.maxInflightByteCount = Int(
                 (try? ByteSize.parse(maxInflightBytes)) ?? 256 << 20)
             let server = try NBDServer(disk: disk, configuration: configuration, logger: logger)

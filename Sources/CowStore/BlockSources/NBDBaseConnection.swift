@@ -8,6 +8,7 @@ import CNBD
 import CowFormat
 import CowSupport
 import Logging
+import Synchronization
 
 #if canImport(Glibc)
     import Glibc
@@ -38,11 +39,14 @@ final class NBDBaseConnection: @unchecked Sendable {
     private var hasConnected: Bool
     /// Set when a command failed because the connection went away: the handle is dropped.
     private var isLost = false
+    /// Whether a handle is up: submitters wake a connection that can send.
+    let isUp = Atomic<Bool>(false)
 
     init(link: NBDBaseLink, handle: OpaquePointer? = nil) {
         self.link = link
         self.handle = handle
         hasConnected = handle != nil
+        isUp.store(handle != nil, ordering: .relaxed)
         var descriptors: [Int32] = [0, 0]
         let result = pipe(&descriptors)
         precondition(result == 0, "pipe failed: \(errno)")
@@ -132,6 +136,7 @@ final class NBDBaseConnection: @unchecked Sendable {
             return false
         }
         handle = candidate
+        isUp.store(true, ordering: .relaxed)
         if hasConnected {
             link.logger.notice("network base reconnected", metadata: ["base": "\(link.uri)"])
         }
@@ -146,6 +151,7 @@ final class NBDBaseConnection: @unchecked Sendable {
         // After nbd_close libnbd no longer writes into any fetch's buffer.
         nbd_close(dead)
         handle = nil
+        isUp.store(false, ordering: .relaxed)
         let lost = inFlight.values.sorted { $0.byteOffset < $1.byteOffset }
         inFlight = [:]
         link.logger.warning(

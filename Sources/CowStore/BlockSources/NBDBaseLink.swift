@@ -7,6 +7,7 @@
 import CowFormat
 import CowSupport
 import Logging
+import Synchronization
 
 /// Settings of a network base, from the command line (`--base-timeout`, `--base-cache-size`).
 public struct RemoteBaseSettings: Sendable {
@@ -55,6 +56,8 @@ final class NBDBaseLink: @unchecked Sendable {
     let logger: Logger
     let state = Locked(State())
     private var connections: [NBDBaseConnection] = []
+    /// Which connection the next submit wakes first.
+    private let nextWake = Atomic<Int>(0)
 
     init(uri: String, settings: RemoteBaseSettings, identity: RemoteBaseIdentity, logger: Logger) {
         self.uri = uri
@@ -84,6 +87,20 @@ final class NBDBaseLink: @unchecked Sendable {
             for fetch in fetches { fetch.finish(.failure(refusal)) }
             return
         }
+        wakeOne()
+    }
+
+    /// Wakes one connection that is up, taking turns (each wake-up is a write to a pipe and a
+    /// thread scheduled: one per submit, not one per connection). With none up, wakes them all.
+    func wakeOne() {
+        let first = nextWake.add(1, ordering: .relaxed).oldValue
+        for step in 0..<connections.count {
+            let connection = connections[(first + step) % connections.count]
+            if connection.isUp.load(ordering: .relaxed) {
+                connection.wake()
+                return
+            }
+        }
         for connection in connections { connection.wake() }
     }
 
@@ -92,12 +109,15 @@ final class NBDBaseLink: @unchecked Sendable {
     func take(maxCount: Int) -> [NBDBaseFetch] {
         guard maxCount > 0 else { return [] }
         expireQueued()
-        return state.withLock { state in
+        let (taken, isMoreQueued) = state.withLock { state in
             let count = min(maxCount, state.queue.count)
             let taken = Array(state.queue.prefix(count))
             state.queue.removeFirst(count)
-            return taken
+            return (taken, !state.queue.isEmpty)
         }
+        // This connection is full: another one takes the rest.
+        if isMoreQueued { wakeOne() }
+        return taken
     }
 
     /// Puts back the fetches of a connection that dropped: they go first, they are the oldest.

@@ -39,7 +39,7 @@ let package = Package(
         .target(
             name: "CowStore",
             dependencies: [
-                "CowFormat", "CowSupport", "CLZ4", "CLinux",
+                "CowFormat", "CowSupport", "CLZ4", "CLinux", "CNBD",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -38,6 +38,9 @@ extension Connection {
         let headerByteCount =
             extended ? RequestHeader.extendedByteCount : RequestHeader.compactByteCount
         let maxPayload = UInt64(session.export.maximumPayloadByteCount)
+        // Over a network base, a write into a chunk the store lacks copies the rest of the
+        // chunk from the base: it may wait on the network, so it must not hold up the reader.
+        let slowBase = server.disk.base.mayBeSlow
         while !broken.load(ordering: .relaxed) {
             let header: RequestHeader
             do {
@@ -59,6 +62,10 @@ extension Connection {
             let mayBlock =
                 header.flags.contains(.fua) || header.type == Command.flush.rawValue
                 || header.type == Command.cache.rawValue
+                || (slowBase
+                    && (header.type == Command.write.rawValue
+                        || header.type == Command.writeZeroes.rawValue
+                        || header.type == Command.trim.rawValue))
             // Budget before any buffer is touched. A request that may block then takes a pool
             // worker before its payload is read, so the payload lands in the buffer of the
             // thread that will use it.

@@ -43,7 +43,9 @@ struct CreateCommand: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "The read-only base image: a raw image file or block device.", valueName: "path"))
+            "The read-only base: an image file, a block device, or an NBD URI "
+                + "(nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, nbds://...).",
+            valueName: "path"))
     var base: String
 
     @Option(
@@ -77,7 +79,10 @@ struct CreateCommand: ParsableCommand {
         let geometry = try geometry()
         let virtualByteCount = try virtualByteCount()
         let summary = try exitingOnError {
-            let image = try BaseLocator.openImage(at: FilePath(base), options: baseOpenOptions())
+            let image =
+                NBDBaseImage.isURI(base)
+                ? try BaseLocator.openURI(base, options: baseOpenOptions())
+                : try BaseLocator.openImage(at: FilePath(base), options: baseOpenOptions())
             let header = try StoreFile.create(
                 at: FilePath(store), base: image, basePathGiven: base,
                 options: .init(

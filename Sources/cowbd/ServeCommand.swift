@@ -92,8 +92,12 @@ struct ServeCommand: ParsableCommand {
             """)
     var messageTimeout: Double = 120
 
-    @Option(help: "Requests of one connection executed at once.")
-    var threads: Int = 4
+    @Option(
+        help: """
+            Requests of one connection executed at once (default 4; 32 over a base on an NBD \
+            server, whose reads wait on the network).
+            """)
+    var threads: Int?
 
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
@@ -130,13 +134,15 @@ struct ServeCommand: ParsableCommand {
             valueName: "host:port"))
     var metricsAddress: String?
 
+    @OptionGroup var remoteBase: RemoteBaseOptions
+
     func validate() throws {
         if let metricsAddress { _ = try parseMetricsAddress(metricsAddress) }
         for address in listen { _ = try parseAddress(address) }
         guard maxConnections >= 1 else {
             throw ValidationError("--max-connections must be at least 1")
         }
-        guard threads >= 1 && threads <= 64 else {
+        if let threads, !(1...64).contains(threads) {
             throw ValidationError("--threads must be 1 to 64")
         }
         guard handshakeTimeout > 0 else {
@@ -188,8 +194,9 @@ struct ServeCommand: ParsableCommand {
                 listen.isEmpty ? try makePrivateFolder() : nil
             }
             defer { if let privateFolder { rmdir(privateFolder) } }
-            let options = baseOpenOptions(
+            var options = baseOpenOptions(
                 cacheByteCount: Int((try? ByteSize.parse(cacheSize)) ?? 0), logger: logger)
+            options.remote = remoteBase.settings
             let disk = try VirtualDisk.open(
                 storePath: FilePath(store), readOnly: readOnly, options: options)
             var configuration = NBDServer.Configuration()
@@ -201,7 +208,7 @@ struct ServeCommand: ParsableCommand {
             configuration.maxConnections = maxConnections
             configuration.handshakeTimeoutSeconds = handshakeTimeout
             configuration.messageTimeoutSeconds = messageTimeout
-            configuration.workersPerConnection = threads
+            configuration.workersPerConnection = threads ?? (disk.base.mayBeSlow ? 32 : 4)
             configuration.maxInflightByteCount = Int(
                 (try? ByteSize.parse(maxInflightBytes)) ?? 256 << 20)
             configuration.tls = tls.serverConfiguration
@@ -229,7 +236,8 @@ struct ServeCommand: ParsableCommand {
             logger.info(
                 "serving",
                 metadata: [
-                    "store": "\(store)", "base": "\(disk.base.path)", "size": "\(disk.byteCount)",
+                    "store": "\(store)", "base": "\(disk.base.locationDescription)",
+                    "size": "\(disk.byteCount)",
                     "readOnly": "\(readOnly)",
                 ])
             if let captiveCommand {

@@ -49,7 +49,7 @@ struct StoreSummary {
             ("chunks_total", .integer(header.chunkCount)),
             ("chunks_written", .integer(writtenChunkCount)),
             ("allocated_bytes", .integer(allocatedByteCount)),
-            ("base", .optional(base.image?.path.string)),
+            ("base", .optional(base.image?.locationDescription)),
             ("base_given", .string(header.basePathGiven)),
             ("base_resolved", .string(header.basePathResolved)),
             ("base_kind", .optional(base.image?.kindName)),
@@ -68,7 +68,7 @@ struct StoreSummary {
         switch base {
         case .missing(let tried): basePath = "not found (tried \(tried.joined(separator: ", ")))"
         case .unreadable: basePath = "unreadable"
-        case .ok(let image), .changed(let image, _): basePath = image.path.string
+        case .ok(let image), .changed(let image, _): basePath = image.locationDescription
         }
         return [
             ("store", path),

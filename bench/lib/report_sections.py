@@ -39,6 +39,9 @@ def build(run_dir, meta, sections):
     if "multiconn" in sections:
         targets, jobs = report_jobs.build_fio_jobs(run_dir, meta, "multiconn")
         built["multiconn"] = {"targets": targets, "jobs": jobs}
+    if "remote" in sections:
+        targets, jobs = report_jobs.build_fio_jobs(run_dir, meta, "remote")
+        built["remote"] = {"targets": targets, "jobs": jobs}
     if "kernel" in sections:
         skipped = raw / "kernel.skipped.env"
         if skipped.exists():
@@ -195,6 +198,46 @@ def scaling_text(jobs, target, kind):
         report_jobs.primary(first["results"][target], first)) + "x")
 
 
+# --- remote ---------------------------------------------------------------------------------
+
+REMOTE_COWBD = "cowbd-remote"
+
+
+def remote_markdown(section, meta):
+    jobs, targets = section["jobs"], section["targets"]
+    lines = ["## Remote base: the base on an NBD server", "",
+             f"- One base server for every target, in the same run: "
+             f"{meta.get('remote.base_server', 'nbdkit')}, over the page-cached base. cowbd: "
+             "`create --base nbd+unix://...`; nbdkit-cow-remote: `nbdkit --filter=cow nbd`; "
+             "qemu-nbd-remote: a qcow2 overlay whose backing file is the `nbd+unix://` URI.",
+             "- Cold: a fresh overlay and server before the job; warm: the same job (same seed) "
+             "right after it. One fio connection, unix sockets.",
+             "- The machine is shared with other builds: ratios, not absolute numbers, are what "
+             "compare, and even they move from run to run.", "",
+             "| target | " + " | ".join(f"{job['name']} {job['metric']}" for job in jobs) + " |",
+             "|" + "---|" * (len(jobs) + 1)]
+    for target in targets:
+        cells = [format_number(report_jobs.primary(job["results"][target], job)) for job in jobs]
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    peers = [target for target in targets if target != REMOTE_COWBD]
+    if REMOTE_COWBD in targets and peers:
+        lines += ["", "cowbd ÷ peer (above 1.00 means cowbd is faster):", "",
+                  "| job | " + " | ".join(peers) + " | better peer |",
+                  "|" + "---|" * (len(peers) + 2)]
+        for job in jobs:
+            mine = report_jobs.primary(job["results"][REMOTE_COWBD], job)
+            values = [report_jobs.primary(job["results"][peer], job) for peer in peers]
+            best = max((value for value in values if value), default=None)
+            lines.append(f"| {job['name']} | " + " | ".join(
+                ratio_text(mine, value) for value in values) + f" | {ratio_text(mine, best)} |")
+    lines.append("")
+    for job in jobs:
+        lines += [f"### remote {job['name']}: {job['description']}", "",
+                  f"fio: `{job['fio_arguments']}`", "",
+                  *report_jobs.job_table(job, reference=REMOTE_COWBD), ""]
+    return lines
+
+
 # --- the whole report -----------------------------------------------------------------------
 
 def markdown(results):
@@ -204,6 +247,8 @@ def markdown(results):
         lines += ["", *compressed_markdown(built["compressed"], meta)]
     if "multiconn" in built:
         lines += ["", *multiconn_markdown(built["multiconn"])]
+    if "remote" in built:
+        lines += ["", *remote_markdown(built["remote"], meta)]
     if "kernel" in built:
         lines += ["", *kernel_markdown(built["kernel"], meta)]
     if "diff" in built:
@@ -240,6 +285,12 @@ def panels(results):
                     labels.append(f"{target} ×{connection_count(job['name'])}")
                     values.append(report_jobs.primary(job["results"][target], job))
             found.append((f"{kind} by connections: IOPS (higher is better)", labels, values,
+                          "{:,.0f}"))
+    if "remote" in built:
+        for job in built["remote"]["jobs"]:
+            targets = list(job["results"])
+            found.append((f"remote {job['name']}: {job['metric']} (higher is better)", targets,
+                          [report_jobs.primary(job["results"][t], job) for t in targets],
                           "{:,.0f}"))
     kernel = built.get("kernel", {}).get("results")
     if kernel:

@@ -59,6 +59,7 @@ start_target() {
             start_server "$target" "$socket" qemu-nbd --persistent --shared=16 \
                 --socket="$socket" --format=qcow2 "$WORK_DIR/$target.qcow2"
             ;;
+        *-remote) start_remote_target "$target" ;;
         *) die "unknown target '$target'" ;;
     esac
 }
@@ -83,7 +84,7 @@ stop_target() {
 overlay_bytes() {
     local target="$1"
     case "$target" in
-        cowbd | cowbd-lz4-*)
+        cowbd | cowbd-lz4-* | cowbd-remote)
             local allocated
             allocated=$("$cowbd" info "$WORK_DIR/$target.cow" --json \
                 | "$PYTHON" -c 'import json, sys; print(json.load(sys.stdin)["allocated_bytes"])')
@@ -94,7 +95,7 @@ overlay_bytes() {
             allocated=$(allocated_bytes_on_disk "$WORK_DIR/$target.qcow2")
             echo "$allocated $allocated"
             ;;
-        nbdkit-cow | nbdkit-xz)
+        nbdkit-cow | nbdkit-xz | nbdkit-cow-remote)
             local descriptor
             for descriptor in /proc/"${SERVER_PIDS[$target]}"/fd/*; do
                 if [[ "$(readlink "$descriptor")" == "$WORK_DIR/$target-tmp/"* ]]; then

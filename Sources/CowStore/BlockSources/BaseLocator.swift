@@ -6,10 +6,12 @@ import SystemPackage
 /// Opening bases by path, whatever their format.
 public enum BaseLocator {
     /// Opens the image at `path` read-only, detecting its format by its first bytes: a
-    /// compressed image ("COWBDLZ4"), else raw; each takes `options.lock`.
+    /// compressed image ("COWBDLZ4"), else raw; each takes `options.lock`. An NBD URI
+    /// (`nbd://`, `nbd+unix://`, `nbds://`...) opens the export on that server instead.
     public static func openImage(at path: FilePath, options: BaseOpenOptions) throws
         -> any BlockSource
     {
+        if NBDBaseImage.isURI(path.string) { return try openURI(path.string, options: options) }
         if try isCompressedImage(at: path) {
             return try CompressedBaseImage(path: path, options: options)
         }
@@ -21,6 +23,9 @@ public enum BaseLocator {
     public static func openBase(
         for header: StoreHeader, storePath: FilePath, options: BaseOpenOptions
     ) throws -> any BlockSource {
+        if NBDBaseImage.isURI(header.basePathGiven) {
+            return try openURI(header.basePathGiven, options: options)
+        }
         var candidates = [header.basePathResolved]
         let given = FilePath(header.basePathGiven)
         if !given.isAbsolute {
@@ -36,6 +41,11 @@ public enum BaseLocator {
             }
         }
         throw StoreError.baseMissing(path: storePath, tried: candidates)
+    }
+
+    /// Opens the NBD export `uri` names (a path turned into FilePath loses the URI's "//").
+    public static func openURI(_ uri: String, options: BaseOpenOptions) throws -> any BlockSource {
+        try NBDBaseImage(uri: uri, settings: options.remote, logger: options.logger)
     }
 
     /// Refuses a base whose size or sampled content differs from what the store recorded.

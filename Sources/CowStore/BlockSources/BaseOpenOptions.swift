@@ -14,14 +14,17 @@ public struct BaseOpenOptions: Sendable {
     public var logger: Logger
     /// The lock each source takes on its file while open.
     public var lock: SourceLock
+    /// How a base on an NBD server is read: its timeout, cache and connections.
+    public var remote: RemoteBaseSettings
 
     public init(
         cacheByteCount: Int = CompressedBaseImage.defaultCacheByteCount, logger: Logger,
-        lock: SourceLock = .shared
+        lock: SourceLock = .shared, remote: RemoteBaseSettings = RemoteBaseSettings()
     ) {
         self.cacheByteCount = cacheByteCount
         self.logger = logger
         self.lock = lock
+        self.remote = remote
     }
 
     /// The defaults, with a logger that writes nothing: for callers with nothing to log to

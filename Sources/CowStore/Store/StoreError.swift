@@ -24,6 +24,9 @@ public enum StoreError: Error {
     case failed(path: FilePath)
     /// The store is in the middle of a merge and must not be used until it is finished.
     case mergeInProgress(path: FilePath, target: String)
+    /// A network base (an NBD URI) that cannot serve: unreachable past the base timeout,
+    /// changed when it came back, or answering with an error.
+    case remoteBase(uri: String, detail: String)
 }
 
 extension StoreError: CustomStringConvertible {
@@ -62,6 +65,8 @@ extension StoreError: CustomStringConvertible {
         case .failed(let path):
             return
                 "\(path): an earlier fsync of the store failed, so writes since the last successful flush may be lost; it takes no more changes until it is reopened"
+        case .remoteBase(let uri, let detail):
+            return "\(uri): \(detail)"
         case .mergeInProgress(let path, let target):
             return
                 "\(path): a merge into \(target) was interrupted; run cowbd merge again to finish it, or take it back with --abort"

@@ -49,7 +49,10 @@ extension StoreFile {
                 baseByteCount: base.byteCount,
                 baseFingerprint: try base.fingerprint(),
                 fingerprintScheme: BaseFingerprintPlan.scheme,
-                basePathGiven: basePathGiven, basePathResolved: absolutePath(basePathGiven).string,
+                basePathGiven: basePathGiven,
+                // A URI is where the base is wherever the store goes: recorded as given.
+                basePathResolved: NBDBaseImage.isURI(basePathGiven)
+                    ? basePathGiven : absolutePath(basePathGiven).string,
                 createdUnixSeconds: options.createdUnixSeconds)
         } catch let error as FormatError {
             throw StoreError.format(path: path, error)

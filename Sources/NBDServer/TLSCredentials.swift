@@ -17,36 +17,37 @@ final class TLSCredentials: @unchecked Sendable {
     static let maxKeysFileByteCount = 1 << 20
 
     let configuration: TLSConfiguration
-    private let certificates: gnutls_certificate_credentials_t?
-    private let preSharedKeys: gnutls_psk_server_credentials_t?
-    private let priorities: gnutls_priority_t?
+    // Set only in `init`. Each starts nil, so a throw part-way through `init` still runs
+    // `deinit`, which frees whatever was made.
+    private var certificates: gnutls_certificate_credentials_t? = nil
+    private var preSharedKeys: gnutls_psk_server_credentials_t? = nil
+    private var priorities: gnutls_priority_t? = nil
 
     /// Loads the credentials `configuration` names; throws naming the file and the failing
     /// call.
     init(_ configuration: TLSConfiguration) throws(ServerError) {
         self.configuration = configuration
+        let priorityText: String
         switch configuration.credentials {
         case .certificates(let directory, let verifyPeer):
-            certificates = try Self.loadCertificates(directory: directory, verifyPeer: verifyPeer)
-            preSharedKeys = nil
-            priorities = try Self.priorities("NORMAL", freeingOnError: self.certificates, nil)
+            try loadCertificates(directory: directory, verifyPeer: verifyPeer)
+            priorityText = "NORMAL"
         case .preSharedKeys(let file):
             try Self.checkKeysFile(file)
-            var credentials: gnutls_psk_server_credentials_t? = nil
             try Self.check(
-                gnutls_psk_allocate_server_credentials(&credentials), path: file,
+                gnutls_psk_allocate_server_credentials(&preSharedKeys), path: file,
                 "gnutls_psk_allocate_server_credentials")
             // GnuTLS reads the file again at each handshake, so a rewritten key file applies to
             // the next client without a restart.
-            let result = gnutls_psk_set_server_credentials_file(credentials, file)
-            if result < 0 { gnutls_psk_free_server_credentials(credentials) }
-            try Self.check(result, path: file, "gnutls_psk_set_server_credentials_file")
-            certificates = nil
-            preSharedKeys = credentials
+            try Self.check(
+                gnutls_psk_set_server_credentials_file(preSharedKeys, file), path: file,
+                "gnutls_psk_set_server_credentials_file")
             // PSK suites are not in NORMAL; the ECDHE and DHE ones give forward secrecy.
-            priorities = try Self.priorities(
-                "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK", freeingOnError: nil, credentials)
+            priorityText = "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK"
         }
+        try Self.check(
+            gnutls_priority_init(&priorities, priorityText, nil), path: priorityText,
+            "gnutls_priority_init")
     }
 
     deinit {
@@ -94,62 +95,35 @@ final class TLSCredentials: @unchecked Sendable {
         guard result >= 0 else { throw .tlsSetup(path: path, call: call, message(result)) }
     }
 
-    private static func loadCertificates(directory: String, verifyPeer: Bool)
-        throws(ServerError) -> gnutls_certificate_credentials_t
-    {
+    private func loadCertificates(directory: String, verifyPeer: Bool) throws(ServerError) {
         let certificate = directory + "/server-cert.pem"
         let key = directory + "/server-key.pem"
         let authority = directory + "/ca-cert.pem"
         let revocations = directory + "/ca-crl.pem"
         for required in [certificate, key] + (verifyPeer ? [authority] : []) {
             guard access(required, R_OK) == 0 else {
-                throw .tlsSetup(
-                    path: required, call: "open", "\(Errno(rawValue: errno))")
+                throw .tlsSetup(path: required, call: "open", "\(Errno(rawValue: errno))")
             }
         }
-        var credentials: gnutls_certificate_credentials_t? = nil
-        try check(
-            gnutls_certificate_allocate_credentials(&credentials), path: directory,
+        try Self.check(
+            gnutls_certificate_allocate_credentials(&certificates), path: directory,
             "gnutls_certificate_allocate_credentials")
-        guard let credentials else {
-            throw .tlsSetup(path: directory, call: "gnutls_certificate_allocate_credentials", "")
+        try Self.check(
+            gnutls_certificate_set_x509_key_file(
+                certificates, certificate, key, GNUTLS_X509_FMT_PEM),
+            path: "\(certificate) with \(key)", "gnutls_certificate_set_x509_key_file")
+        if access(authority, R_OK) == 0 {
+            try Self.check(
+                gnutls_certificate_set_x509_trust_file(
+                    certificates, authority, GNUTLS_X509_FMT_PEM),
+                path: authority, "gnutls_certificate_set_x509_trust_file")
         }
-        do throws(ServerError) {
-            try check(
-                gnutls_certificate_set_x509_key_file(
-                    credentials, certificate, key, GNUTLS_X509_FMT_PEM),
-                path: "\(certificate) with \(key)", "gnutls_certificate_set_x509_key_file")
-            if access(authority, R_OK) == 0 {
-                try check(
-                    gnutls_certificate_set_x509_trust_file(
-                        credentials, authority, GNUTLS_X509_FMT_PEM),
-                    path: authority, "gnutls_certificate_set_x509_trust_file")
-            }
-            if access(revocations, R_OK) == 0 {
-                try check(
-                    gnutls_certificate_set_x509_crl_file(
-                        credentials, revocations, GNUTLS_X509_FMT_PEM),
-                    path: revocations, "gnutls_certificate_set_x509_crl_file")
-            }
-        } catch {
-            gnutls_certificate_free_credentials(credentials)
-            throw error
+        if access(revocations, R_OK) == 0 {
+            try Self.check(
+                gnutls_certificate_set_x509_crl_file(
+                    certificates, revocations, GNUTLS_X509_FMT_PEM),
+                path: revocations, "gnutls_certificate_set_x509_crl_file")
         }
-        return credentials
-    }
-
-    private static func priorities(
-        _ text: String, freeingOnError certificates: gnutls_certificate_credentials_t?,
-        _ preSharedKeys: gnutls_psk_server_credentials_t?
-    ) throws(ServerError) -> gnutls_priority_t {
-        var priorities: gnutls_priority_t? = nil
-        let result = gnutls_priority_init(&priorities, text, nil)
-        guard result >= 0, let priorities else {
-            if let certificates { gnutls_certificate_free_credentials(certificates) }
-            if let preSharedKeys { gnutls_psk_free_server_credentials(preSharedKeys) }
-            throw .tlsSetup(path: text, call: "gnutls_priority_init", message(result))
-        }
-        return priorities
     }
 
     /// Checks that a pre-shared keys file is readable and in psktool's format now, rather than

@@ -182,6 +182,14 @@ private enum TLSWire {
         let garbage = credentials.folder.appendingPathComponent("garbage.psk").path
         try "alice:not-hex\n".write(toFile: garbage, atomically: true, encoding: .utf8)
         let missing = credentials.folder.appendingPathComponent("missing").path
+        // A certificate that is not PEM, beside a real key: GnuTLS refuses it, naming both.
+        let broken = credentials.folder.appendingPathComponent("broken").path
+        try FileManager.default.createDirectory(atPath: broken, withIntermediateDirectories: true)
+        try "not a certificate\n".write(
+            toFile: broken + "/server-cert.pem", atomically: true, encoding: .utf8)
+        try FileManager.default.copyItem(
+            atPath: credentials.serverDirectory + "/server-key.pem",
+            toPath: broken + "/server-key.pem")
         let folder = credentials.folder
         try TestImage.write(to: folder.appendingPathComponent("base.img").path)
         let cowbd = try cowbdExecutable()
@@ -191,6 +199,7 @@ private enum TLSWire {
         for (arguments, named) in [
             (["--tls-psk", garbage], garbage), (["--tls-psk", missing], missing),
             (["--tls-certificates", missing], missing + "/server-cert.pem"),
+            (["--tls-certificates", broken], broken + "/server-cert.pem with"),
             (
                 ["--tls-certificates", credentials.anonymousClientDirectory],
                 credentials.anonymousClientDirectory + "/server-cert.pem"

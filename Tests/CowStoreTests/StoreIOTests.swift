@@ -41,3 +41,22 @@ import Testing
         #expect(calls.contains(operation), "no \(operation) seen")
     }
 }
+
+/// The store writes a long buffer in pieces of at most 256 KiB: every piece must land where it
+/// belongs, a short last piece included, across a reopen.
+@Test func aWriteOfSeveralPwritesReadsBackWholeAfterReopening() throws {
+    let scratch = try Scratch()
+    var expected = try makeBase(at: scratch.path("base"), byteCount: 3 << 20, seed: 9)
+    try createStore(at: scratch.path("cow"), base: scratch.path("base"))
+    var generator = SplitMix64(seed: 9)
+    let data = randomBytes((1 << 20) + (256 << 10) + 5000, &generator)
+    let byteOffset = 4096 * 3 + 77
+    expected.replaceSubrange(byteOffset..<(byteOffset + data.count), with: data)
+    let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
+    try disk.writeBytes(data, at: UInt64(byteOffset), scratch: disk.makeScratch())
+    try disk.flush()
+    disk.close()
+    let reopened = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
+    defer { reopened.close() }
+    #expect(try reopened.readBytes(at: 0, count: expected.count) == expected)
+}

@@ -73,8 +73,21 @@ public struct FileStoreIO: StoreIO {
         descriptor.readIfCached(at: byteOffset, into: buffer)
     }
 
+    /// Most bytes one `pwrite` writes; a longer buffer is written piece by piece, in order.
+    /// Linux 6.18 on ext4 spent 0.54 to 1.21 s of system time writing 512 MiB into a fresh
+    /// sparse file in 1 MiB calls, and 0.26 to 0.28 s in 64 to 256 KiB calls (the same bytes,
+    /// repeated runs): a first-touch stream of 1 MiB NBD writes paid the difference.
+    static let maxWriteByteCountPerCall = 256 << 10
+
     public func write(at byteOffset: UInt64, from buffer: UnsafeRawBufferPointer) throws(Errno) {
-        try descriptor.writeFully(at: byteOffset, from: buffer)
+        var done = 0
+        repeat {
+            let pieceByteCount = min(buffer.count - done, Self.maxWriteByteCountPerCall)
+            try descriptor.writeFully(
+                at: byteOffset + UInt64(done),
+                from: UnsafeRawBufferPointer(rebasing: buffer[done..<(done + pieceByteCount)]))
+            done += pieceByteCount
+        } while done < buffer.count
     }
 
     public func punchHole(at byteOffset: UInt64, byteCount: UInt64) throws(Errno) {

@@ -1,5 +1,5 @@
 // The read-only interface of every layer a virtual disk reads through: a raw image, a
-// compressed image, a store's own disk (and next an NBD server). Sources never write; reads
+// compressed image, a store's own disk, an export on an NBD server. Sources never write; reads
 // at explicit offsets are safe from many threads at once. Locking and opening are each
 // source's own (RawBaseImage, CompressedBaseImage, VirtualDiskImage); chains are VirtualDisk's.
 
@@ -51,7 +51,7 @@ public protocol BlockSource: AnyObject, Sendable {
     var locationDescription: String { get }
     /// The source's virtual size in bytes.
     var byteCount: UInt64 { get }
-    /// What kind of image this is, for `info`: "raw", "cowbd-lz4", "cowbd store".
+    /// What kind of image this is, for `info`: "raw", "cowbd-lz4", "cowbd store", "nbd".
     var kindName: String { get }
     /// True if a `read` may wait on something slower than a local disk (a network), for long:
     /// a connection's reader thread then calls only `readIfReady` and hands misses to threads

@@ -70,10 +70,12 @@ final class ControlClient {
         guard connected == 0 else {
             let failure = Errno(rawValue: errno)
             close(descriptor)
-            if failure == .connectionRefused && options.path == nil { return nil }
-            if failure == .permissionDenied {
-                throw ControlFailure(
-                    "\(path): permission denied: the store is served by another user")
+            // Nobody answers (stale), or another user's server: go on offline, where reading
+            // works as it always did and changing meets the store's lock.
+            if failure == .connectionRefused || failure == .permissionDenied,
+                options.path == nil
+            {
+                return nil
             }
             throw ControlFailure("\(path): cannot reach the serving cowbd: \(failure)")
         }
@@ -97,10 +99,18 @@ final class ControlClient {
             }
             if result < 0 && errno == EINTR { continue }
             guard result > 0 else {
-                throw ControlFailure("\(path): send failed: \(Errno(rawValue: errno))")
+                // The server may have answered and closed first (a refused peer): read that.
+                let failure = Errno(rawValue: errno)
+                if let line = try? receiveLine() { return try ControlProtocol.parseResponse(line) }
+                throw ControlFailure("\(path): send failed: \(failure)")
             }
             sent += result
         }
+        return try ControlProtocol.parseResponse(try receiveLine())
+    }
+
+    /// One response line, without its newline.
+    private func receiveLine() throws -> [UInt8] {
         var response: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 4096)
         while !response.contains(UInt8(ascii: "\n")) {
@@ -120,7 +130,7 @@ final class ControlClient {
             response += chunk[..<received]
         }
         let end = response.firstIndex(of: UInt8(ascii: "\n")) ?? response.endIndex
-        return try ControlProtocol.parseResponse(Array(response[..<end]))
+        return Array(response[..<end])
     }
 }
 

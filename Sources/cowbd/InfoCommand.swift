@@ -6,7 +6,7 @@ import ArgumentParser
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info",
-        abstract: "Show a store's size, chunk use and base image.",
+        abstract: "Show a store's size, chunk use, base image and chain of layers.",
         discussion: """
             info reads the store without locking it, so it works while `cowbd serve` runs. A \
             server records written chunks in the store at each flush, so "chunks written" is \
@@ -29,6 +29,9 @@ struct InfoCommand: ParsableCommand {
               format_version    the store format version
               created           creation time, ISO 8601 UTC
               checkpoints       [{name, created, changed_chunks, disk_fingerprint}]
+              chain             the layers top to bottom, this store first: [{path, kind \
+            ("cow", "raw", "cowbd-lz4", or "missing"/"unreadable" where the chain breaks), \
+            size, and for stores chunk_size, chunks_written, frozen; problem where it breaks}]
 
             Exit status: 0 shown, 1 the store cannot be read (its problem on stderr).
             """)

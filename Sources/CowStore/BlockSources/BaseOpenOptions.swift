@@ -14,6 +14,9 @@ public struct BaseOpenOptions: Sendable {
     public var logger: Logger
     /// The lock each source takes on its file while open.
     public var lock: SourceLock
+    /// The stores above the source being opened, top first: a lower store found among them is
+    /// a cycle, and their count bounds the chain's depth (LayerChain.swift).
+    public var layersAbove: [LayerAbove] = []
 
     public init(
         cacheByteCount: Int = CompressedBaseImage.defaultCacheByteCount, logger: Logger,

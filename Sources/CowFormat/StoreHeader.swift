@@ -44,9 +44,13 @@ public struct StoreHeader: Equatable, Sendable {
     /// "Checkpoints"). A writer that does not know it would change the disk without marking
     /// the checkpoints' bitmaps, so their incremental diffs would miss changes.
     public static let checkpointsFeature: UInt32 = 1 << 1
+    /// Incompatible feature bit: the store is a frozen layer (docs/FORMAT.md, "Chains and
+    /// snapshots"): other stores are built over its disk, so it must never change. A writer
+    /// that does not know the bit would change it, so the bit is incompatible.
+    public static let frozenFeature: UInt32 = 1 << 2
     /// Incompatible feature bits this build understands.
     public static let knownIncompatibleFeatures: UInt32 =
-        mergeInProgressFeature | checkpointsFeature
+        mergeInProgressFeature | checkpointsFeature | frozenFeature
 
     enum Field {
         static let magic = 0
@@ -182,6 +186,18 @@ public struct StoreHeader: Equatable, Sendable {
             incompatibleFeatures &= ~Self.mergeInProgressFeature
         } else {
             incompatibleFeatures |= Self.mergeInProgressFeature
+        }
+    }
+
+    /// True for a frozen layer: readable, never written (`snapshot` sets it).
+    public var isFrozen: Bool { incompatibleFeatures & Self.frozenFeature != 0 }
+
+    /// Marks the store a frozen layer, or not.
+    public mutating func setFrozen(_ isFrozen: Bool) {
+        if isFrozen {
+            incompatibleFeatures |= Self.frozenFeature
+        } else {
+            incompatibleFeatures &= ~Self.frozenFeature
         }
     }
 

@@ -17,6 +17,9 @@ struct CheckCommand: ParsableCommand {
               leaked data  data in chunks whose bit is clear (a note, not a problem)
               base         the base is found, with the recorded size and fingerprint
 
+            When the base is another store (a chain), every store under this one is checked \
+            the same way, without repair, and listed after it ("layer 2: ...").
+
             Leaked data is what a crash can leave: a write reached the store, but the server \
             stopped before its next flush recorded the chunk in the bitmap. It is harmless \
             (those chunks still read from the base, and the next write to one rewrites the \
@@ -33,7 +36,8 @@ struct CheckCommand: ParsableCommand {
             unfixed), chunks_total, chunks_written, leaked_chunks, leaked_bytes, \
             fingerprint_status, checked (the parts examined) and findings, each with area, \
             severity ("problem" or "note"), message, repair ("available", "done" or \
-            "impossible") and repair_detail.
+            "impossible") and repair_detail; and layers, the same for each store under it \
+            (path, consistent, problems, findings).
 
             Exit status: 0 consistent (after any repair; notes allowed), 1 problems remain, \
             2 could not check (missing file, not a store, truncated, in use by another \
@@ -52,15 +56,28 @@ struct CheckCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func run() throws {
-        let report = try exitingOnError(status: ExitStatus.cannotOpen) {
-            try StoreCheck.run(storePath: FilePath(store), repair: repair)
+        let (report, lowerReports) = try exitingOnError(status: ExitStatus.cannotOpen) {
+            let report = try StoreCheck.run(storePath: FilePath(store), repair: repair)
+            let lowerPaths = LayerChain.list(topStorePath: FilePath(store)).dropFirst()
+                .filter(\.isStore).map(\.path)
+            // Lower layers are only read: other stores are built over them.
+            return (report, try lowerPaths.map { try StoreCheck.run(storePath: $0, repair: false) })
         }
         if output.json {
-            print(json(report).rendered())
+            var object = json(report)
+            if case .object(var members) = object {
+                members.append(("layers", .array(lowerReports.map { json($0) })))
+                object = .object(members)
+            }
+            print(object.rendered())
         } else {
-            printText(report)
+            printText(report, name: store)
+            for (index, lower) in lowerReports.enumerated() {
+                print("layer \(index + 2): \(lower.path)")
+                printText(lower, name: lower.path.string)
+            }
         }
-        let problemCount = report.remainingProblemCount
+        let problemCount = ([report] + lowerReports).map(\.remainingProblemCount).reduce(0, +)
         guard problemCount == 0 else {
             let problems = problemCount == 1 ? "1 problem" : "\(problemCount) problems"
             printErrorLine(
@@ -73,7 +90,7 @@ struct CheckCommand: ParsableCommand {
 
     // MARK: Output
 
-    private func printText(_ report: StoreCheckReport) {
+    private func printText(_ report: StoreCheckReport, name: String) {
         var rows: [(String, String)] = []
         for area in StoreCheckReport.Area.allCases {
             let label = Self.label(area)
@@ -91,7 +108,7 @@ struct CheckCommand: ParsableCommand {
         guard report.isConsistent else { return }
         let repairedCount = report.findings.count { $0.severity == .problem && $0.isRepaired }
         let noteCount = report.findings.count { $0.severity == .note }
-        var verdict = "\(store): consistent"
+        var verdict = "\(name): consistent"
         if repairedCount > 0 { verdict += " after repair (\(repairedCount) fixed)" }
         if noteCount > 0 { verdict += noteCount == 1 ? " (1 note)" : " (\(noteCount) notes)" }
         print(verdict)
@@ -152,7 +169,7 @@ struct CheckCommand: ParsableCommand {
             ])
         }
         return .object([
-            ("path", .string(store)),
+            ("path", .string(report.path == FilePath(store) ? store : report.path.string)),
             ("consistent", .bool(report.isConsistent)),
             ("repair", .bool(repair)),
             ("problems", .integer(UInt64(report.remainingProblemCount))),

@@ -20,6 +20,12 @@ struct CreateCommand: ParsableCommand {
             lives: the store records its size and a content fingerprint, and refuses a base \
             that differs.
 
+            The base may be a raw image, a compressed image (cowbd compress) or another \
+            store: then the new store is a layer over that store's disk (a chain, at most \
+            64 stores deep). A lower store is opened read-only under a shared lock, so many \
+            stores can be served over one lower at once, and nothing may write it while one \
+            is open; its chunk size may differ from the new store's.
+
             The base path is recorded as you typed it and as an absolute path. If the base is \
             not at the absolute path later, a relative path is tried beside the store, so a \
             store and its base can be moved together.
@@ -33,6 +39,7 @@ struct CreateCommand: ParsableCommand {
             Examples:
               cowbd create disk.cow --base golden.img
               cowbd create big.cow --base golden.img --size 100G --chunk-size 64K
+              cowbd create vm1.cow --base template.cow
 
             Exit status: 0 created, 1 not created (the reason on stderr; nothing is left \
             behind), 64 bad option value.
@@ -43,8 +50,8 @@ struct CreateCommand: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
-            "The read-only base: an image file, a block device, or an NBD URI "
-                + "(nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, nbds://...).",
+            "The read-only base: a raw image file or block device, a compressed image, a store, "
+                + "or an NBD URI (nbd://HOST:PORT/EXPORT, nbd+unix:///EXPORT?socket=PATH, nbds://...).",
             valueName: "path"))
     var base: String
 
@@ -83,15 +90,18 @@ struct CreateCommand: ParsableCommand {
                 NBDBaseImage.isURI(base)
                 ? try BaseLocator.openURI(base, options: baseOpenOptions())
                 : try BaseLocator.openImage(at: FilePath(base), options: baseOpenOptions())
+            try LayerChain.checkRoom(over: image, newStorePath: FilePath(store))
             let header = try StoreFile.create(
                 at: FilePath(store), base: image, basePathGiven: base,
                 options: .init(
                     geometry: geometry, virtualByteCount: virtualByteCount,
                     createdUnixSeconds: UInt64(clamping: time(nil))))
             // A new store holds nothing yet: no chunk written, no data allocated.
-            return StoreSummary(
+            var summary = StoreSummary(
                 path: store, header: header, writtenChunkCount: 0, allocatedByteCount: 0,
                 base: .ok(image))
+            summary.chain = LayerChain.list(topStorePath: FilePath(store))
+            return summary
         }
         if output.json {
             print(summary.json.rendered())

@@ -7,7 +7,7 @@ import NBDServer
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info",
-        abstract: "Show a store's size, chunk use and base image.",
+        abstract: "Show a store's size, chunk use, base image and chain of layers.",
         discussion: """
             info reads the store without locking it, so it works while `cowbd serve` runs. A \
             server records written chunks in the store at each flush, so "chunks written" is \
@@ -30,6 +30,9 @@ struct InfoCommand: ParsableCommand {
               format_version    the store format version
               created           creation time, ISO 8601 UTC
               checkpoints       [{name, created, changed_chunks, disk_fingerprint}]
+              chain             the layers top to bottom, this store first: [{path, kind \
+            ("cow", "raw", "cowbd-lz4", or "missing"/"unreadable" where the chain breaks), \
+            size, and for stores chunk_size, chunks_written, frozen; problem where it breaks}]
 
             While the store is served, info asks the server over its control socket and \
             shows live figures (chunks written as of now) plus "served by", "control socket" \

@@ -65,6 +65,24 @@ struct ServeCommand: ParsableCommand {
     @Flag(help: "Refuse writes (EPERM); the store is not modified.")
     var readOnly = false
 
+    @Flag(
+        help: ArgumentHelp(
+            "Serve any image (raw, compressed or a store) with writes going to a temporary "
+                + "store that nothing survives: it has no name from the start (in $TMPDIR).",
+            discussion: "For fsck, test boots and CI; the image is only read."))
+    var ephemeral = false
+
+    @Option(
+        help: ArgumentHelp(
+            "The folder of --ephemeral's temporary store (default: $TMPDIR, else /tmp).",
+            valueName: "dir"))
+    var ephemeralDir: String?
+
+    /// Where --ephemeral's temporary store lives.
+    private func ephemeralFolder() -> String {
+        ephemeralDir ?? getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
+    }
+
     @Option(
         name: .customLong("run"),
         help: ArgumentHelp(
@@ -197,8 +215,13 @@ struct ServeCommand: ParsableCommand {
             var options = baseOpenOptions(
                 cacheByteCount: Int((try? ByteSize.parse(cacheSize)) ?? 0), logger: logger)
             options.remote = remoteBase.settings
-            let disk = try VirtualDisk.open(
-                storePath: FilePath(store), readOnly: readOnly, options: options)
+            let disk =
+                ephemeral
+                ? try VirtualDisk.openEphemeral(
+                    imagePath: FilePath(store), folder: FilePath(ephemeralFolder()),
+                    options: options, createdUnixSeconds: UInt64(clamping: time(nil)))
+                : try VirtualDisk.open(
+                    storePath: FilePath(store), readOnly: readOnly, options: options)
             var configuration = NBDServer.Configuration()
             configuration.listenAddresses = try listenAddresses(
                 passedDescriptors: passedDescriptors, privateFolder: privateFolder)

@@ -37,7 +37,9 @@ func baseOpenOptions(
 func printAligned(_ rows: [(String, String)]) {
     let width = rows.map { $0.0.count }.max() ?? 0
     for (key, value) in rows {
-        print(key + ":" + String(repeating: " ", count: width - key.count + 1) + value)
+        // An empty key continues the row above: no colon.
+        let label = key.isEmpty ? " " : key + ":"
+        print(label + String(repeating: " ", count: width - key.count + 1) + value)
     }
 }
 

@@ -17,6 +17,8 @@ struct StoreSummary {
     var allocatedByteCount: UInt64
     var base: BaseStatus
     var checkpoints: CheckpointListing?
+    /// The layers from this store down to the bottom image (`LayerChain.list`).
+    var chain: [ChainLayer] = []
 
     /// Reads the store at `path` without locking it, so it works while a server runs.
     init(storePath path: String) throws {
@@ -28,6 +30,7 @@ struct StoreSummary {
             base: BaseStatus(
                 header: store.header, storePath: FilePath(path), options: baseOpenOptions()))
         checkpoints = CheckpointListing(store)
+        chain = LayerChain.list(topStorePath: FilePath(path))
     }
 
     init(
@@ -59,7 +62,39 @@ struct StoreSummary {
             ("format_version", .integer(UInt64(header.version))),
             ("created", .string(iso8601(unixSeconds: header.createdUnixSeconds))),
             ("checkpoints", checkpoints?.json ?? .array([])),
+            ("chain", .array(chain.map(Self.json(of:)))),
         ])
+    }
+
+    /// One layer of `chain`: path, kind and size always; a store's chunk size, chunks written
+    /// and frozen flag; the problem where the chain breaks.
+    private static func json(of layer: ChainLayer) -> JSONValue {
+        var members: [(String, JSONValue)] = [
+            ("path", .string(layer.path.string)),
+            ("kind", .string(layer.kind)),
+            ("size", layer.byteCount.map { .integer($0) } ?? .null),
+        ]
+        if layer.isStore {
+            members += [
+                ("chunk_size", layer.chunkByteCount.map { .integer($0) } ?? .null),
+                ("chunks_written", layer.writtenChunkCount.map { .integer($0) } ?? .null),
+                ("frozen", .bool(layer.isFrozen)),
+            ]
+        }
+        if let problem = layer.problem { members.append(("problem", .string(problem))) }
+        return .object(members)
+    }
+
+    /// "top.cow: cow, 1 GiB, 12 chunks written", one per layer, top first.
+    private var chainRows: [(String, String)] {
+        chain.enumerated().map { index, layer in
+            var text = "\(layer.path): \(layer.kind)"
+            if let byteCount = layer.byteCount { text += ", \(ByteSize.describe(byteCount))" }
+            if let written = layer.writtenChunkCount { text += ", \(written) chunks written" }
+            if layer.isFrozen { text += ", frozen" }
+            if let problem = layer.problem { text += ": \(problem)" }
+            return (index == 0 ? "chain" : "", "\(index + 1). " + text)
+        }
     }
 
     /// The "key: value" rows `info` prints.
@@ -86,7 +121,7 @@ struct StoreSummary {
             ("format version", String(header.version)),
             ("created", iso8601(unixSeconds: header.createdUnixSeconds)),
             ("checkpoints", checkpointSummary),
-        ]
+        ] + chainRows
     }
 
     /// "none", or "monday (2026-11-25T10:00:00Z, 12 chunks changed since), ...".

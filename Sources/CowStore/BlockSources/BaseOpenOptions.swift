@@ -16,6 +16,9 @@ public struct BaseOpenOptions: Sendable {
     public var lock: SourceLock
     /// How a base on an NBD server is read: its timeout, cache and connections.
     public var remote: RemoteBaseSettings
+    /// The stores above the source being opened, top first: a lower store found among them is
+    /// a cycle, and their count bounds the chain's depth (LayerChain.swift).
+    public var layersAbove: [LayerAbove] = []
 
     public init(
         cacheByteCount: Int = CompressedBaseImage.defaultCacheByteCount, logger: Logger,

@@ -1,7 +1,8 @@
-// A COW store's virtual disk seen as a read-only block source, so that `compress` can flatten
-// a VM's disk into a new golden image (and, next, a store can be another store's lower layer).
-// Reads go through VirtualDisk; nothing is written.
+// A COW store's virtual disk seen as a read-only block source: the lower layer of a store
+// over a store (a chain), and what `compress` and `merge --output` flatten. Reads go through
+// VirtualDisk, which reads its own lower layer the same way; nothing is written.
 
+import CowFormat
 import SystemPackage
 
 /// The disk a store presents (its base plus its changes), as a `BlockSource`.
@@ -9,13 +10,16 @@ public final class VirtualDiskImage: BlockSource {
     public let disk: VirtualDisk
     public var path: FilePath { disk.store.path }
     public var byteCount: UInt64 { disk.byteCount }
-    public var kindName: String { "cowbd store" }
+    public var kindName: String { "cow" }
     /// As slow as the slowest layer under the store.
     public var mayBeSlow: Bool { disk.base.mayBeSlow }
+    /// Stores in the chain from this one down (this one included): 1 over a raw image.
+    public let storeCount: Int
 
     /// Wraps an open disk; open it read-only, so it cannot change while it is read.
     public init(disk: VirtualDisk) {
         self.disk = disk
+        storeCount = 1 + ((disk.base as? VirtualDiskImage)?.storeCount ?? 0)
     }
 
     /// Opens the store at `path` read-only (its exclusive lock: no server changes it meanwhile)
@@ -23,6 +27,25 @@ public final class VirtualDiskImage: BlockSource {
     public convenience init(storePath: FilePath, options: BaseOpenOptions) throws {
         self.init(
             disk: try VirtualDisk.open(storePath: storePath, readOnly: true, options: options))
+    }
+
+    /// Opens the store at `path` as the lower layer of the stores in `options.layersAbove`:
+    /// under a shared lock (any number of uppers read it at once; a server that would write
+    /// it, taking the exclusive lock, is refused meanwhile), after refusing a cycle and a chain
+    /// deeper than `LayerChain.maxStoreCount`.
+    init(lowerStorePath path: FilePath, options: BaseOpenOptions) throws {
+        let identity = try FileIdentity(of: path)
+        if let above = options.layersAbove.last,
+            options.layersAbove.contains(where: { $0.identity == identity })
+        {
+            throw ChainError.cycle(store: above.path, lower: path)
+        }
+        let storeCount = options.layersAbove.count + 1
+        guard storeCount <= LayerChain.maxStoreCount else {
+            throw ChainError.tooDeep(store: path, storeCount: storeCount)
+        }
+        self.disk = try VirtualDisk.open(storePath: path, access: .sharedRead, options: options)
+        self.storeCount = 1 + ((disk.base as? VirtualDiskImage)?.storeCount ?? 0)
     }
 
     public func read(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
@@ -35,7 +58,8 @@ public final class VirtualDiskImage: BlockSource {
         (try? disk.readIfCached(at: byteOffset, into: buffer)) ?? false
     }
 
-    /// The store's chunks at depth 1, its base's at 2, zeros past the base at 0.
+    /// The store's chunks at depth 1, its lower layers' at 2 and deeper, zeros that no layer
+    /// holds at 0.
     public func extent(at byteOffset: UInt64, maxByteCount: UInt64) throws -> SourceExtent {
         let limit = min(maxByteCount, byteCount - byteOffset)
         guard

@@ -6,11 +6,17 @@ import SystemPackage
 
 /// One stretch of the virtual disk with the same status.
 public struct DiskExtent: Equatable, Sendable {
-    /// Where a range's bytes come from: qemu's allocation depth 1, 2 and 0.
-    public enum Source: UInt32, Sendable {
-        case none = 0
-        case store = 1
-        case base = 2
+    /// Which layer a range's bytes come from, as qemu's allocation depth counts: 1 the store,
+    /// 2 its lower layer, 3 the layer under that, ...; 0 no layer (zeros past every layer's
+    /// end, or a hole in a raw base).
+    public struct Source: RawRepresentable, Hashable, Sendable {
+        public var rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+        public static let none = Source(rawValue: 0)
+        public static let store = Source(rawValue: 1)
+        /// The store's lower layer (a chain's deeper layers count on from here).
+        public static let base = Source(rawValue: 2)
     }
 
     public var byteCount: UInt64
@@ -79,8 +85,10 @@ extension VirtualDisk {
         }
         let extent = try base.extent(
             at: virtualByteOffset, maxByteCount: min(end, base.byteCount) - virtualByteOffset)
+        // A lower layer's depth d is d + 1 here; a raw base's hole is no layer's (depth 0).
+        let depth = extent.depth == 0 ? 0 : extent.depth + 1
         return DiskExtent(
             byteCount: extent.byteCount, isHole: extent.isHole, isZero: extent.isHole,
-            source: extent.isHole ? .none : .base)
+            source: DiskExtent.Source(rawValue: depth))
     }
 }

@@ -32,20 +32,35 @@ public final class VirtualDisk: Sendable {
     }
 
     /// Opens the store at `path`, finds its base (opened with `options`) and refuses a base
-    /// that changed. The disk logs to `options.logger`.
+    /// that changed. The disk logs to `options.logger`. A frozen layer opens read-only only.
     public static func open(
         storePath: FilePath, readOnly: Bool = false, options: BaseOpenOptions = .quiet
     ) throws -> VirtualDisk {
-        let store = try StoreFile(
-            path: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite,
-            logger: options.logger)
-        if let merge = store.header.merge {
-            throw StoreError.mergeInProgress(path: storePath, target: merge.targetPath)
+        try open(
+            storePath: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite,
+            options: options)
+    }
+
+    /// Opens the store at `path` with `access`, then its chain of lower layers.
+    static func open(storePath: FilePath, access: StoreFile.Access, options: BaseOpenOptions)
+        throws -> VirtualDisk
+    {
+        let store = try StoreFile(path: storePath, access: access, logger: options.logger)
+        do {
+            if let merge = store.header.merge {
+                throw StoreError.mergeInProgress(path: storePath, target: merge.targetPath)
+            }
+            if store.isWritable && store.header.isFrozen {
+                throw ChainError.frozen(store: storePath)
+            }
+            let base = try BaseLocator.openBase(
+                for: store.header, storePath: storePath, options: options)
+            try BaseLocator.verify(base, against: store.header, storePath: storePath)
+            return VirtualDisk(store: store, base: base, logger: options.logger)
+        } catch {
+            store.close()
+            throw error
         }
-        let base = try BaseLocator.openBase(
-            for: store.header, storePath: storePath, options: options)
-        try BaseLocator.verify(base, against: store.header, storePath: storePath)
-        return VirtualDisk(store: store, base: base, logger: options.logger)
     }
 
     /// The fingerprint the disk's bytes would have as a base image.

@@ -145,9 +145,9 @@ extension Connection {
                 case .baseAllocation:
                     status =
                         (extent.isHole ? AllocationState.hole : 0)
-                        | (extent.isZero ? AllocationState.zero : 0)
+                        | (extent.readsAsZeros ? AllocationState.zero : 0)
                 case .allocationDepth:
-                    status = extent.source.rawValue
+                    status = extent.depth
                 }
                 used += BlockStatusDescriptor(byteCount: extent.byteCount, status: status)
                     .encode(into: payload, at: used, extended: extended)

@@ -4,41 +4,17 @@
 import CowFormat
 import SystemPackage
 
-/// One stretch of the virtual disk with the same status.
-public struct DiskExtent: Equatable, Sendable {
-    /// Where a range's bytes come from: qemu's allocation depth 1, 2 and 0.
-    public enum Source: UInt32, Sendable {
-        case none = 0
-        case store = 1
-        case base = 2
-    }
-
-    public var byteCount: UInt64
-    /// Not backed by allocated storage (NBD_STATE_HOLE).
-    public var isHole: Bool
-    /// Reads as zeros (NBD_STATE_ZERO).
-    public var isZero: Bool
-    public var source: Source
-
-    public init(byteCount: UInt64, isHole: Bool, isZero: Bool, source: Source) {
-        self.byteCount = byteCount
-        self.isHole = isHole
-        self.isZero = isZero
-        self.source = source
-    }
-}
-
 extension VirtualDisk {
     /// Consecutive extents from `virtualByteOffset`, covering at most `byteCount` bytes and at
     /// most `maxExtentCount` extents (at least one). Adjacent extents with equal status merge.
+    /// Depth counts as `qemu:allocation-depth` does: 1 for the store, 2 for the base, 0 where
+    /// neither holds the bytes.
     public func extents(
         at virtualByteOffset: UInt64, byteCount requested: UInt64, maxExtentCount: Int
-    ) throws
-        -> [DiskExtent]
-    {
+    ) throws -> [SourceExtent] {
         try checkRange(virtualByteOffset, requested)
         precondition(maxExtentCount > 0)
-        var extents: [DiskExtent] = []
+        var extents: [SourceExtent] = []
         var cursor = virtualByteOffset
         let end = virtualByteOffset + requested
         while cursor < end {
@@ -46,8 +22,7 @@ extension VirtualDisk {
             let next =
                 isWritten
                 ? try storeExtent(at: cursor, end: runEnd) : try baseExtent(at: cursor, end: runEnd)
-            if let last = extents.last, last.isHole == next.isHole, last.isZero == next.isZero,
-                last.source == next.source
+            if let last = extents.last, last.allocation == next.allocation, last.depth == next.depth
             {
                 extents[extents.count - 1].byteCount += next.byteCount
             } else {
@@ -59,28 +34,26 @@ extension VirtualDisk {
         return extents
     }
 
-    private func storeExtent(at virtualByteOffset: UInt64, end: UInt64) throws -> DiskExtent {
+    private func storeExtent(at virtualByteOffset: UInt64, end: UInt64) throws -> SourceExtent {
         do {
             let run = try store.dataRun(from: virtualByteOffset, end: end)
-            return DiskExtent(
-                byteCount: run.end - virtualByteOffset, isHole: run.isHole, isZero: run.isHole,
-                source: .store)
+            return SourceExtent(
+                byteCount: run.end - virtualByteOffset, allocation: run.isHole ? .hole : .data,
+                depth: 1)
         } catch {
             // Reporting data is never wrong: the bytes are read from the store either way.
-            return DiskExtent(
-                byteCount: end - virtualByteOffset, isHole: false, isZero: false, source: .store)
+            return SourceExtent(byteCount: end - virtualByteOffset, allocation: .data, depth: 1)
         }
     }
 
-    private func baseExtent(at virtualByteOffset: UInt64, end: UInt64) throws -> DiskExtent {
+    private func baseExtent(at virtualByteOffset: UInt64, end: UInt64) throws -> SourceExtent {
         guard virtualByteOffset < base.byteCount else {
-            return DiskExtent(
-                byteCount: end - virtualByteOffset, isHole: true, isZero: true, source: .none)
+            return SourceExtent(byteCount: end - virtualByteOffset, isHole: true)
         }
         let extent = try base.extent(
             at: virtualByteOffset, maxByteCount: min(end, base.byteCount) - virtualByteOffset)
-        return DiskExtent(
-            byteCount: extent.byteCount, isHole: extent.isHole, isZero: extent.isHole,
-            source: extent.isHole ? .none : .base)
+        return SourceExtent(
+            byteCount: extent.byteCount, allocation: extent.isHole ? .hole : .data,
+            depth: extent.isHole ? 0 : 2)
     }
 }

@@ -38,12 +38,7 @@ private final class Checker {
         self.path = path
         self.repair = repair
         report = StoreCheckReport(path: path)
-        do {
-            descriptor = try FileDescriptor.open(
-                path, repair ? .readWrite : .readOnly, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw StoreError.open(path: path, errno)
-        }
+        descriptor = try FileDescriptor.openClosingOnExec(path, repair ? .readWrite : .readOnly)
         // Shared without repair: a server (exclusive) makes check fail rather than read a
         // bitmap that is changing underneath it. Exclusive with repair: nobody else may write.
         let locked: Bool

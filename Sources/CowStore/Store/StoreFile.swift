@@ -55,12 +55,7 @@ public final class StoreFile: Sendable {
         self.path = path
         self.logger = logger
         isWritable = access == .exclusiveWrite
-        do {
-            descriptor = try FileDescriptor.open(
-                path, isWritable ? .readWrite : .readOnly, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw StoreError.open(path: path, errno)
-        }
+        descriptor = try FileDescriptor.openClosingOnExec(path, isWritable ? .readWrite : .readOnly)
         let io = wrap(FileStoreIO(descriptor))
         self.io = io
         do {

@@ -63,13 +63,7 @@ private final class Checker {
         report.header = header
         let fileByteCount = try io("fstat") { try file.byteCount() }
         // Shorter than its data region: the bitmap cannot be read, so there is no store to check.
-        guard fileByteCount >= header.dataByteOffset else {
-            throw StoreError.format(
-                path: path,
-                .truncated(
-                    expectedByteCount: Int(header.dataByteOffset),
-                    actualByteCount: Int(fileByteCount)))
-        }
+        try StoreFile.checkReachesDataRegion(header, fileByteCount: fileByteCount, path: path)
         report.checkedAreas.append(.bitmap)
         let bitmap = try checkBitmap(header)
         report.writtenChunkCount = bitmap.setCount
@@ -97,17 +91,7 @@ private final class Checker {
             }
         }
         do {
-            // Wrong first bytes say "not a store" better than a short length does.
-            if done >= StoreHeader.magic.count && !bytes.starts(with: StoreHeader.magic) {
-                throw FormatError.badMagic(expected: "cowbd store")
-            }
-            guard done == StoreHeader.byteCount else {
-                throw FormatError.truncated(
-                    expectedByteCount: StoreHeader.byteCount, actualByteCount: done)
-            }
-            return try bytes.withUnsafeBytes { bytes throws(FormatError) in
-                try StoreHeader(parsing: bytes)
-            }
+            return try StoreFile.parseHeader(bytes, readByteCount: done)
         } catch let error as FormatError {
             switch error {
             case .checksumMismatch, .invalidField:

@@ -64,15 +64,19 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
-        .testTarget(name: "CowFormatTests", dependencies: ["CowFormat"], swiftSettings: strict),
-        .testTarget(name: "CowStoreTests", dependencies: ["CowStore"], swiftSettings: strict),
+        .testTarget(
+            name: "CowFormatTests", dependencies: ["CowFormat", "TestSupport"],
+            swiftSettings: strict),
+        .testTarget(
+            name: "CowStoreTests", dependencies: ["CowStore", "TestSupport"],
+            swiftSettings: strict),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: strict),
         .testTarget(
             name: "NBDServerTests",
             dependencies: ["NBDServer", "NBDClient", "CowStore", "TestSupport", "CGnuTLS"],
             swiftSettings: strict),
         // Runs the built cowbd: spawning, waiting and the watchdog, shared by the tests above
-        // and below.
+        // and below; and the seeded generator every suite uses.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strict),
         .testTarget(
             name: "CLITests", dependencies: ["NBDClient", "TestSupport"], swiftSettings: strict),

@@ -1,7 +1,7 @@
 // The frame shared by cowbd's fixed-size records (the store header, a compressed image's
-// header and footer, a checkpoint table copy): an 8-byte magic at offset 0 and, in the last
-// 8 bytes, XXH64 (seed 0) of every byte before them, little-endian. The fields in between are
-// each record's own. No I/O.
+// header and footer, a checkpoint table copy, an import record): an 8-byte magic at offset 0
+// and, in the last 8 bytes, XXH64 (seed 0) of every byte before them, little-endian. The fields
+// in between are each record's own. No I/O.
 
 import CXXHash
 

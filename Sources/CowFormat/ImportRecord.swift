@@ -2,8 +2,6 @@
 // recognised and finished by running it again (docs/FORMAT.md, "Applying a diff"). A value with
 // its byte layout; where the file lives and when it is written is CowStore's.
 
-import CXXHash
-
 /// Which diff is being applied to which target.
 public struct ImportRecord: Equatable, Sendable {
     public static let magic: [UInt8] = Array("COWBDIMP".utf8)
@@ -50,14 +48,7 @@ public struct ImportRecord: Equatable, Sendable {
         guard bytes.count == Self.byteCount else {
             throw .truncated(expectedByteCount: Self.byteCount, actualByteCount: bytes.count)
         }
-        guard bytes.prefix(Self.magic.count).elementsEqual(Self.magic) else {
-            throw .badMagic(expected: "cowbd import record")
-        }
-        let stored = bytes.loadLittleEndian(at: Field.checksum, as: UInt64.self)
-        let computed = XXH64(bytes.baseAddress, Field.checksum, 0)
-        guard stored == computed else {
-            throw .checksumMismatch(stored: stored, computed: computed)
-        }
+        try Self.record.check(bytes)
         let version = bytes.loadLittleEndian(at: Field.version, as: UInt32.self)
         guard version == Self.version else { throw .unsupportedVersion(version) }
         guard bytes.loadLittleEndian(at: Field.reserved, as: UInt32.self) == 0,
@@ -73,21 +64,20 @@ public struct ImportRecord: Equatable, Sendable {
             at: Field.targetByteCountBefore, as: UInt64.self)
     }
 
+    /// The record's frame: magic, fields, checksum at 120.
+    static let record = ChecksummedRecord(
+        magic: magic, byteCount: byteCount, kindName: "cowbd import record")
+
     /// The record's bytes, checksum included.
     public func encoded() -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: Self.byteCount)
-        bytes.withUnsafeMutableBytes { bytes in
-            for (index, byte) in Self.magic.enumerated() { bytes[index] = byte }
+        Self.record.encoded { bytes in
             bytes.storeLittleEndian(Self.version, at: Field.version)
             bytes.storeLittleEndian(diffByteCount, at: Field.diffByteCount)
             bytes.storeLittleEndian(diffDigest, at: Field.diffDigest)
             bytes.storeLittleEndian(targetDevice, at: Field.targetDevice)
             bytes.storeLittleEndian(targetInode, at: Field.targetInode)
             bytes.storeLittleEndian(targetByteCountBefore, at: Field.targetByteCountBefore)
-            bytes.storeLittleEndian(
-                XXH64(bytes.baseAddress, Field.checksum, 0), at: Field.checksum)
         }
-        return bytes
     }
 
     /// Whether this record names the same diff as `other` (size and digest).

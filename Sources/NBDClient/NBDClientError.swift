@@ -15,13 +15,6 @@ public struct NBDClientError: Error, CustomStringConvertible, Sendable {
     /// The value of `nbd_get_errno()`.
     public let errno: Int32
 
-    /// Makes an error by hand, for failures the wrapper itself detects (a poll timeout).
-    public init(operation: String, message: String, errno: Int32) {
-        self.operation = operation
-        self.message = message
-        self.errno = errno
-    }
-
     /// Captures libnbd's thread-local error after `operation` returned failure.
     /// The corresponding C functions are `nbd_get_error` and `nbd_get_errno`.
     static func last(_ operation: String) -> NBDClientError {

@@ -42,11 +42,6 @@ public struct BlockStatusExtent: Equatable, Sendable, CustomStringConvertible {
     public let length: UInt64
     public let flags: UInt32
 
-    public init(length: UInt64, flags: UInt32) {
-        self.length = length
-        self.flags = flags
-    }
-
     public var description: String { "(\(length), \(flags))" }
 }
 

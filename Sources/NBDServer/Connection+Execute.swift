@@ -151,7 +151,7 @@ extension Connection {
             throw StoreError.invalidArgument("block status of zero bytes")
         }
         let maxExtentCount = request.flags.contains(.requestOne) ? 1 : Self.maxExtentCount
-        var extents: [DiskExtent] = []
+        var extents: [SourceExtent] = []
         var descriptorLists: [[BlockStatusDescriptor]] = []
         for context in session.metaContexts {
             switch context {

@@ -229,21 +229,7 @@ struct CompressCommand: ParsableCommand {
 
     /// `--block-size` as a geometry; the default when absent.
     private func geometry() throws -> LZ4BlockGeometry {
-        guard let blockSize else {
-            return try LZ4BlockGeometry(shift: LZ4BlockGeometry.defaultShift)
-        }
-        let byteCount: UInt64
-        do {
-            byteCount = try ByteSize.parse(blockSize)
-        } catch {
-            throw ValidationError("--block-size: \(error)")
-        }
-        do {
-            return try LZ4BlockGeometry(blockByteCount: byteCount)
-        } catch {
-            throw ValidationError(
-                "--block-size \(blockSize): must be a power of two from 16K to 1M")
-        }
+        try LZ4BlockGeometry(option: "--block-size", blockSize, sizes: "from 16K to 1M")
     }
 
     /// Cores online, at most `ImageCompressor.maxThreadCount`. The corresponding C function is

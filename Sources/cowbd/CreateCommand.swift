@@ -116,18 +116,7 @@ struct CreateCommand: ParsableCommand {
 
     /// `--chunk-size` as a geometry; the default when absent.
     private func geometry() throws -> ChunkGeometry {
-        guard let chunkSize else { return try ChunkGeometry(shift: ChunkGeometry.defaultShift) }
-        let byteCount: UInt64
-        do {
-            byteCount = try ByteSize.parse(chunkSize)
-        } catch {
-            throw ValidationError("--chunk-size: \(error)")
-        }
-        do {
-            return try ChunkGeometry(chunkByteCount: byteCount)
-        } catch {
-            throw ValidationError("--chunk-size \(chunkSize): must be a power of two from 4K to 1M")
-        }
+        try ChunkGeometry(option: "--chunk-size", chunkSize, sizes: "from 4K to 1M")
     }
 
     /// `--size` in bytes; nil (the base's size) when absent.

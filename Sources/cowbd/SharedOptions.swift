@@ -64,3 +64,25 @@ func iso8601(unixSeconds: UInt64) -> String {
         + "T" + padded(parts.tm_hour, 2) + ":" + padded(parts.tm_min, 2) + ":"
         + padded(parts.tm_sec, 2) + "Z"
 }
+
+extension PowerOfTwoGeometry {
+    /// The size an option such as `--chunk-size 64K` asks for, or the default when it is absent.
+    /// Errors name the option and the sizes allowed (`sizes`: "from 4K to 1M").
+    init(option: String, _ text: String?, sizes: String) throws {
+        guard let text else {
+            try self.init(shift: Self.defaultShift)
+            return
+        }
+        let byteCount: UInt64
+        do {
+            byteCount = try ByteSize.parse(text)
+        } catch {
+            throw ValidationError("\(option): \(error)")
+        }
+        do {
+            try self.init(unitByteCount: byteCount)
+        } catch {
+            throw ValidationError("\(option) \(text): must be a power of two \(sizes)")
+        }
+    }
+}

@@ -20,30 +20,6 @@ struct StoreSummary {
     /// The layers from this store down to the bottom image (`LayerChain.list`).
     var chain: [ChainLayer] = []
 
-    /// Reads the store at `path` without locking it, so it works while a server runs.
-    init(storePath path: String) throws {
-        let store = try StoreFile(path: FilePath(path), access: .unlockedRead)
-        defer { store.close() }
-        self.init(
-            path: path, header: store.header, writtenChunkCount: store.writtenChunkCount,
-            allocatedByteCount: try store.allocatedDataByteCount(),
-            base: BaseStatus(
-                header: store.header, storePath: FilePath(path), options: baseOpenOptions()))
-        checkpoints = CheckpointListing(store)
-        chain = LayerChain.list(topStorePath: FilePath(path))
-    }
-
-    init(
-        path: String, header: StoreHeader, writtenChunkCount: UInt64, allocatedByteCount: UInt64,
-        base: BaseStatus
-    ) {
-        self.path = path
-        self.header = header
-        self.writtenChunkCount = writtenChunkCount
-        self.allocatedByteCount = allocatedByteCount
-        self.base = base
-    }
-
     /// The JSON `info --json` prints; keys are documented in `cowbd info --help`.
     var json: JSONValue {
         .object([
@@ -130,5 +106,20 @@ struct StoreSummary {
         return zip(checkpoints.entries, checkpoints.rows).map { entry, row in
             "\(entry.checkpoint.name) (\(row.1))"
         }.joined(separator: ", ")
+    }
+}
+
+extension StoreSummary {
+    /// Reads the store at `path` without locking it, so it works while a server runs.
+    init(storePath path: String) throws {
+        let store = try StoreFile(path: FilePath(path), access: .unlockedRead)
+        defer { store.close() }
+        self.init(
+            path: path, header: store.header, writtenChunkCount: store.writtenChunkCount,
+            allocatedByteCount: try store.allocatedDataByteCount(),
+            base: BaseStatus(
+                header: store.header, storePath: FilePath(path), options: baseOpenOptions()))
+        checkpoints = CheckpointListing(store)
+        chain = LayerChain.list(topStorePath: FilePath(path))
     }
 }

@@ -45,31 +45,6 @@ import Testing
         return workspace
     }
 
-    /// Every byte of the export, read in 4 MiB requests.
-    static func allBytes(_ connection: NBDConnection) throws -> [UInt8] {
-        let byteCount = Int(try connection.size())
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(byteCount)
-        for byteOffset in stride(from: 0, to: byteCount, by: 4 * mebibyte) {
-            bytes += try connection.pread(
-                at: UInt64(byteOffset), byteCount: min(4 * mebibyte, byteCount - byteOffset))
-        }
-        return bytes
-    }
-
-    /// Serves `store` in `workspace`, reads the whole disk and stops the server (checked).
-    static func servedBytes(_ workspace: Workspace, _ store: String) throws -> [UInt8] {
-        let server = ServedStore(
-            store: workspace.path(store), socket: workspace.path("disk.sock"),
-            extraArguments: ["--log-level", "warning"])
-        try server.start()
-        let connection = try server.connect()
-        let bytes = try allBytes(connection)
-        try connection.shutdown()
-        try server.stop()
-        return bytes
-    }
-
     /// The bytes `base:allocation` reports as holes; each hole must read as zeros in the raw
     /// image.
     static func holeByteCount(_ connection: NBDConnection) throws -> Int {
@@ -115,7 +90,7 @@ import Testing
         try server.start()
         let connection = try server.connect { try $0.addMetaContext("base:allocation") }
         #expect(try Self.holeByteCount(connection) > 0, "no hole reported")
-        #expect(try Self.allBytes(connection) == Self.golden)
+        #expect(try connection.allBytes() == Self.golden)
         try connection.shutdown()
         try server.stop()
         #expect(workspace.contents("golden.img") == Data(Self.golden), "the raw image changed")
@@ -150,12 +125,12 @@ import Testing
         #expect(info.contains { $0.wholeMatch(of: /base kind: +cowbd-lz4/) != nil })
         #expect(info.contains { $0.wholeMatch(of: /fingerprint status: +ok/) != nil })
         try workspace.succeed("check", "vm.cow")
-        #expect(try Self.servedBytes(workspace, "vm.cow") == model)
+        #expect(try workspace.servedDisk("vm.cow") == model)
 
         // Flatten the disk into a new compressed image, and serve a store over that.
         try workspace.succeed("compress", "vm.cow", "flat.lz4", "--threads", "2")
         try workspace.succeed("create", "flat.cow", "--base", "flat.lz4")
-        #expect(try Self.servedBytes(workspace, "flat.cow") == model)
+        #expect(try workspace.servedDisk("flat.cow") == model)
     }
 
     @Test func aDamagedBlockFailsOnlyItsOwnReads() throws {
@@ -211,18 +186,9 @@ import Testing
         // SIGKILL mid-run: no image under the real name and nothing left behind (the image is
         // written to an unnamed O_TMPFILE and linked into place only when complete).
         try workspace.writeRandomFile("random.img", byteCount: 160 << 20, seed: 160)
-        let process = Process()
-        process.executableURL = workspace.executable
-        process.arguments = [
-            "compress", "random.img", "killed.lz4", "--level", "high", "--threads", "1",
-        ]
-        process.currentDirectoryURL = workspace.folder
-        process.standardOutput = FileHandle.nullDevice
-        process.standardError = FileHandle.nullDevice
-        try runWithSignalsUnblocked(process)
-        usleep(500_000)
-        kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        try workspace.cowbdKilled(
+            afterMilliseconds: 500,
+            ["compress", "random.img", "killed.lz4", "--level", "high", "--threads", "1"])
         #expect(workspace.contents("killed.lz4") == nil)
         let leftovers = try workspace.entries { $0.hasPrefix(".killed.lz4.tmp.") }
         #expect(leftovers.isEmpty, "\(leftovers)")

@@ -18,9 +18,7 @@ import Testing
     static let pageByteCount = 4096
     static let writeByteCounts = [1, 100, 4096, 5000, 65536, 200_000]
     static let trialCount = 20
-    static let seed: UInt64 =
-        ProcessInfo.processInfo.environment["COWBD_CRASH_SEED"].flatMap { UInt64($0) }
-        ?? UInt64(Date().timeIntervalSince1970)
+    static let seed = seedFromEnvironment("COWBD_CRASH_SEED")
 
     /// What the disk must hold after the kill: the bytes as of the last completed flush, and
     /// the writes since then (acknowledged or in flight), any of which may or may not show.

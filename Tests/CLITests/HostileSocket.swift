@@ -114,20 +114,7 @@ final class HostileSocket {
     }
 
     /// Exactly `count` bytes; throws on end of stream or after the receive timeout.
-    func receive(_ count: Int) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        var receivedCount = 0
-        while receivedCount < count {
-            let result = bytes[receivedCount...].withUnsafeMutableBytes {
-                recv(descriptor, $0.baseAddress, $0.count, 0)
-            }
-            guard result > 0 else {
-                throw TestFailure("connection ended after \(receivedCount) of \(count) bytes")
-            }
-            receivedCount += result
-        }
-        return bytes
-    }
+    func receive(_ count: Int) throws -> [UInt8] { try receiveExactly(count, from: descriptor) }
 
     /// Whether the peer closes the connection (EOF or reset) within `seconds`, discarding
     /// whatever it sends first.

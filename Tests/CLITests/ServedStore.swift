@@ -120,3 +120,34 @@ final class ServedStore {
         return text.split(separator: "\n").suffix(10).joined(separator: "\n")
     }
 }
+
+extension NBDConnection {
+    /// Every byte of the export, read in 4 MiB requests.
+    func allBytes() throws -> [UInt8] {
+        let requestByteCount = 4 << 20
+        let byteCount = Int(try size())
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(byteCount)
+        for byteOffset in stride(from: 0, to: byteCount, by: requestByteCount) {
+            bytes += try pread(
+                at: UInt64(byteOffset), byteCount: min(requestByteCount, byteCount - byteOffset))
+        }
+        return bytes
+    }
+}
+
+extension Workspace {
+    /// Serves `store`, reads the whole disk and stops the server (checked): the disk as a
+    /// client sees it.
+    func servedDisk(_ store: String) throws -> [UInt8] {
+        let server = ServedStore(
+            store: path(store), socket: path("\(store).sock"),
+            extraArguments: ["--log-level", "warning"])
+        try server.start()
+        let connection = try server.connect()
+        let bytes = try connection.allBytes()
+        try connection.shutdown()
+        try server.stop()
+        return bytes
+    }
+}

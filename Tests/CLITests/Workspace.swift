@@ -29,6 +29,12 @@ final class Workspace {
         try runCommand(executable, arguments, in: folder)
     }
 
+    /// Runs `cowbd ARGUMENTS` to completion (bounded).
+    @discardableResult
+    func cowbd(_ arguments: [String]) throws -> CommandResult {
+        try runCommand(executable, arguments, in: folder)
+    }
+
     /// Runs `cowbd ARGUMENTS`, requires exit 0 and returns its stdout.
     @discardableResult
     func succeed(_ arguments: String...) throws -> String {
@@ -69,6 +75,53 @@ final class Workspace {
     /// The folder's entries whose names match: a leftover store or temporary file.
     func entries(where matches: (String) -> Bool) throws -> [String] {
         try FileManager.default.contentsOfDirectory(atPath: folder.path).filter(matches)
+    }
+
+    /// Whether `name` exists in the folder.
+    func exists(_ name: String) -> Bool { FileManager.default.fileExists(atPath: path(name)) }
+
+    /// Copies `source` to `destination` (replacing it), keeping holes: `cp --sparse=always`.
+    func copy(_ source: String, to destination: String) throws {
+        let result = try runCommand(
+            URL(fileURLWithPath: "/bin/cp"), ["--sparse=always", source, destination], in: folder)
+        guard result.status == 0 else {
+            throw TestFailure("cp \(source) \(destination): \(result.standardError)")
+        }
+    }
+
+    /// Runs `bash -c SCRIPT` in the folder, with `$COWBD` set to the executable: pipes (bash
+    /// for `set -o pipefail`).
+    func shell(_ script: String) throws -> CommandResult {
+        try runCommand(
+            URL(fileURLWithPath: "/bin/bash"),
+            ["-c", "COWBD=\"$1\"; " + script, "sh", executable.path], in: folder)
+    }
+
+    /// Starts `cowbd ARGUMENTS`, kills it with SIGKILL after `milliseconds` and reaps it: a crash
+    /// at that instant. False if it had finished by then.
+    @discardableResult
+    func cowbdKilled(afterMilliseconds milliseconds: Int, _ arguments: [String]) throws -> Bool {
+        let process = Process()
+        (process.executableURL, process.arguments) = dyingWithTestProcess(executable, arguments)
+        process.currentDirectoryURL = folder
+        process.standardInput = FileHandle.nullDevice
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try runWithSignalsUnblocked(process)
+        usleep(useconds_t(milliseconds * 1000))
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        return process.terminationReason == .uncaughtSignal
+    }
+
+    /// How long `cowbd ARGUMENTS` takes to succeed, in milliseconds: bounds the kill instants.
+    func millisecondsToSucceed(_ arguments: String...) throws -> Int {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let result = try runCommand(executable, arguments, in: folder)
+        guard result.status == 0 else {
+            throw TestFailure("cowbd \(arguments) exited \(result.status): \(result.standardError)")
+        }
+        return Int((DispatchTime.now().uptimeNanoseconds - start) / 1_000_000)
     }
 }
 

@@ -1,4 +1,5 @@
 import CowFormat
+import TestSupport
 import Testing
 
 @Test func bitmapRunsAgreeWithASetOfChunks() {

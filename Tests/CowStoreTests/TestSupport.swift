@@ -3,18 +3,8 @@ import CowStore
 import Foundation
 import SystemPackage
 
-/// A seeded generator, so a failing sequence reproduces from the printed seed.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+// SplitMix64, TestFailure and the process helpers, for every file of this target.
+@_exported import TestSupport
 
 /// A fresh folder, removed when the value goes away. On tmpfs (/dev/shm) by default, where
 /// fsync costs nothing, so flush-heavy model runs stay fast; `onDisk` uses the system temp

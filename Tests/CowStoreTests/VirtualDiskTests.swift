@@ -63,16 +63,16 @@ import Testing
     try disk.trim(at: 8192, byteCount: 8192)
     let extents = try disk.extents(at: 0, byteCount: 5 << 20, maxExtentCount: 100)
     #expect(
-        extents.first == DiskExtent(byteCount: 8192, isHole: false, isZero: false, source: .store))
-    #expect(extents[1] == DiskExtent(byteCount: 8192, isHole: true, isZero: true, source: .store))
-    #expect(extents[2].source == .base && !extents[2].isHole)
+        extents.first == SourceExtent(byteCount: 8192, allocation: .data, depth: 1))
+    #expect(extents[1] == SourceExtent(byteCount: 8192, allocation: .hole, depth: 1))
+    #expect(extents[2].depth == 2 && !extents[2].isHole)
     // The base's sparse hole at 2 MiB (makeBase leaves 192 KiB unallocated there).
     #expect(
         extents.contains {
-            $0.isHole && $0.source == DiskExtent.Source.none && $0.byteCount >= 3 * 65536
+            $0.isHole && $0.depth == 0 && $0.byteCount >= 3 * 65536
         })
     #expect(
-        extents.last == DiskExtent(byteCount: 1 << 20, isHole: true, isZero: true, source: .none))
+        extents.last == SourceExtent(byteCount: 1 << 20, allocation: .hole, depth: 0))
     #expect(extents.reduce(0) { $0 + $1.byteCount } == 5 << 20)
 }
 

@@ -150,3 +150,10 @@ public struct SplitMix64: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 }
+
+/// The seed in environment variable `name`, else one from the clock: a failure prints it, and
+/// setting the variable reproduces the run.
+public func seedFromEnvironment(_ name: String) -> UInt64 {
+    ProcessInfo.processInfo.environment[name].flatMap { UInt64($0) }
+        ?? UInt64(Date().timeIntervalSince1970)
+}

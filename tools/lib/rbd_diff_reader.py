@@ -1,5 +1,5 @@
-"""An independent reader of rbd diff v1 (interop-formats.md), for tools/test-diff: applies the
-stream to TARGET, checks it against cowbd's JSON extent list, and rewrites it as rbd diff v2.
+"""An independent reader of rbd diff v1 (interop-formats.md), for CLITests.DiffTests: applies
+the stream to TARGET, checks it against cowbd's JSON extent list, and rewrites it as rbd diff v2.
 Usage: rbd_diff_reader.py DIFF TARGET LISTING V2_OUT
 """
 import json, struct, sys

@@ -40,12 +40,7 @@ extension BaseLocator {
     /// The first `byteCount` bytes of the file at `path` (fewer if it is shorter): enough to
     /// tell what it is. Throws `StoreError.open` if it cannot be opened, like the images do.
     static func leadingBytes(of path: FilePath, byteCount: Int = 8) throws -> [UInt8] {
-        let descriptor: FileDescriptor
-        do {
-            descriptor = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw StoreError.open(path: path, errno)
-        }
+        let descriptor = try FileDescriptor.openClosingOnExec(path, .readOnly)
         defer { try? descriptor.close() }
         var bytes = [UInt8](repeating: 0, count: byteCount)
         let done: Int

@@ -79,12 +79,7 @@ extension FileDescriptor {
     /// Opens `path` read-only for a block source, holding `lock` while it is open.
     /// The corresponding C functions are `open(O_RDONLY)` and `flock(LOCK_NB)`.
     static func openLockedForReading(_ path: FilePath, lock: SourceLock) throws -> FileDescriptor {
-        let descriptor: FileDescriptor
-        do {
-            descriptor = try FileDescriptor.open(path, .readOnly, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw StoreError.open(path: path, errno)
-        }
+        let descriptor = try FileDescriptor.openClosingOnExec(path, .readOnly)
         do {
             try descriptor.take(lock, path: path)
         } catch {

@@ -62,15 +62,8 @@ public final class VirtualDiskImage: BlockSource {
     /// holds at 0.
     public func extent(at byteOffset: UInt64, maxByteCount: UInt64) throws -> SourceExtent {
         let limit = min(maxByteCount, byteCount - byteOffset)
-        guard
-            let first = try disk.extents(at: byteOffset, byteCount: limit, maxExtentCount: 1).first
-        else {
-            return SourceExtent(byteCount: limit, allocation: .data, depth: 1)
-        }
-        let allocation: SourceAllocation =
-            !first.isZero ? .data : first.isHole ? .hole : .zero
-        return SourceExtent(
-            byteCount: first.byteCount, allocation: allocation, depth: first.source.rawValue)
+        return try disk.extents(at: byteOffset, byteCount: limit, maxExtentCount: 1).first
+            ?? SourceExtent(byteCount: limit, allocation: .data, depth: 1)
     }
 
     public func prefetch(at byteOffset: UInt64, byteCount prefetchByteCount: UInt64) {

@@ -4,47 +4,17 @@
 import CowFormat
 import SystemPackage
 
-/// One stretch of the virtual disk with the same status.
-public struct DiskExtent: Equatable, Sendable {
-    /// Which layer a range's bytes come from, as qemu's allocation depth counts: 1 the store,
-    /// 2 its lower layer, 3 the layer under that, ...; 0 no layer (zeros past every layer's
-    /// end, or a hole in a raw base).
-    public struct Source: RawRepresentable, Hashable, Sendable {
-        public var rawValue: UInt32
-        public init(rawValue: UInt32) { self.rawValue = rawValue }
-
-        public static let none = Source(rawValue: 0)
-        public static let store = Source(rawValue: 1)
-        /// The store's lower layer (a chain's deeper layers count on from here).
-        public static let base = Source(rawValue: 2)
-    }
-
-    public var byteCount: UInt64
-    /// Not backed by allocated storage (NBD_STATE_HOLE).
-    public var isHole: Bool
-    /// Reads as zeros (NBD_STATE_ZERO).
-    public var isZero: Bool
-    public var source: Source
-
-    public init(byteCount: UInt64, isHole: Bool, isZero: Bool, source: Source) {
-        self.byteCount = byteCount
-        self.isHole = isHole
-        self.isZero = isZero
-        self.source = source
-    }
-}
-
 extension VirtualDisk {
     /// Consecutive extents from `virtualByteOffset`, covering at most `byteCount` bytes and at
     /// most `maxExtentCount` extents (at least one). Adjacent extents with equal status merge.
+    /// Depth counts as `qemu:allocation-depth` does: 1 for the store, 2 for the base, 0 where
+    /// neither holds the bytes.
     public func extents(
         at virtualByteOffset: UInt64, byteCount requested: UInt64, maxExtentCount: Int
-    ) throws
-        -> [DiskExtent]
-    {
+    ) throws -> [SourceExtent] {
         try checkRange(virtualByteOffset, requested)
         precondition(maxExtentCount > 0)
-        var extents: [DiskExtent] = []
+        var extents: [SourceExtent] = []
         var cursor = virtualByteOffset
         let end = virtualByteOffset + requested
         while cursor < end {
@@ -52,8 +22,7 @@ extension VirtualDisk {
             let next =
                 isWritten
                 ? try storeExtent(at: cursor, end: runEnd) : try baseExtent(at: cursor, end: runEnd)
-            if let last = extents.last, last.isHole == next.isHole, last.isZero == next.isZero,
-                last.source == next.source
+            if let last = extents.last, last.allocation == next.allocation, last.depth == next.depth
             {
                 extents[extents.count - 1].byteCount += next.byteCount
             } else {
@@ -65,30 +34,27 @@ extension VirtualDisk {
         return extents
     }
 
-    private func storeExtent(at virtualByteOffset: UInt64, end: UInt64) throws -> DiskExtent {
+    private func storeExtent(at virtualByteOffset: UInt64, end: UInt64) throws -> SourceExtent {
         do {
             let run = try store.dataRun(from: virtualByteOffset, end: end)
-            return DiskExtent(
-                byteCount: run.end - virtualByteOffset, isHole: run.isHole, isZero: run.isHole,
-                source: .store)
+            return SourceExtent(
+                byteCount: run.end - virtualByteOffset, allocation: run.isHole ? .hole : .data,
+                depth: 1)
         } catch {
             // Reporting data is never wrong: the bytes are read from the store either way.
-            return DiskExtent(
-                byteCount: end - virtualByteOffset, isHole: false, isZero: false, source: .store)
+            return SourceExtent(byteCount: end - virtualByteOffset, allocation: .data, depth: 1)
         }
     }
 
-    private func baseExtent(at virtualByteOffset: UInt64, end: UInt64) throws -> DiskExtent {
+    private func baseExtent(at virtualByteOffset: UInt64, end: UInt64) throws -> SourceExtent {
         guard virtualByteOffset < base.byteCount else {
-            return DiskExtent(
-                byteCount: end - virtualByteOffset, isHole: true, isZero: true, source: .none)
+            return SourceExtent(byteCount: end - virtualByteOffset, isHole: true)
         }
         let extent = try base.extent(
             at: virtualByteOffset, maxByteCount: min(end, base.byteCount) - virtualByteOffset)
         // A lower layer's depth d is d + 1 here; a raw base's hole is no layer's (depth 0).
-        let depth = extent.depth == 0 ? 0 : extent.depth + 1
-        return DiskExtent(
-            byteCount: extent.byteCount, isHole: extent.isHole, isZero: extent.isHole,
-            source: DiskExtent.Source(rawValue: depth))
+        return SourceExtent(
+            byteCount: extent.byteCount, allocation: extent.isHole ? .hole : .data,
+            depth: extent.depth == 0 ? 0 : extent.depth + 1)
     }
 }

@@ -85,19 +85,13 @@ public final class VirtualDisk: Sendable {
     public func read(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
         throws
     {
-        try checkRange(virtualByteOffset, UInt64(buffer.count))
-        var cursor = virtualByteOffset
-        let end = virtualByteOffset + UInt64(buffer.count)
-        while cursor < end {
-            let (isWritten, runEnd) = run(from: cursor, end: end)
-            let piece = UnsafeMutableRawBufferPointer(
-                rebasing: buffer[Int(cursor - virtualByteOffset)..<Int(runEnd - virtualByteOffset)])
+        _ = try forEachRun(at: virtualByteOffset, in: buffer) { isWritten, runByteOffset, piece in
             if isWritten {
-                try store.readBytes(at: cursor, into: piece)
+                try store.readBytes(at: runByteOffset, into: piece)
             } else {
-                try readBase(at: cursor, into: piece)
+                try readBase(at: runByteOffset, into: piece)
             }
-            cursor = runEnd
+            return true
         }
     }
 
@@ -107,6 +101,23 @@ public final class VirtualDisk: Sendable {
     public func readIfCached(
         at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer
     ) throws -> Bool {
+        try forEachRun(at: virtualByteOffset, in: buffer) { isWritten, runByteOffset, piece in
+            isWritten
+                ? store.readBytesIfCached(at: runByteOffset, into: piece)
+                : fillFromBase(at: runByteOffset, into: piece, base.readIfReady(at:into:))
+        }
+    }
+
+    /// Splits `buffer` (the disk's bytes from `virtualByteOffset`) into runs of chunks the store
+    /// holds and chunks it does not, and calls `fill` with each run's state, first byte and part
+    /// of `buffer`, in order; stops and returns false as soon as `fill` does.
+    @inline(__always)
+    private func forEachRun(
+        at virtualByteOffset: UInt64, in buffer: UnsafeMutableRawBufferPointer,
+        _ fill: (
+            _ isWritten: Bool, _ runByteOffset: UInt64, _ piece: UnsafeMutableRawBufferPointer
+        ) throws -> Bool
+    ) throws -> Bool {
         try checkRange(virtualByteOffset, UInt64(buffer.count))
         var cursor = virtualByteOffset
         let end = virtualByteOffset + UInt64(buffer.count)
@@ -114,24 +125,7 @@ public final class VirtualDisk: Sendable {
             let (isWritten, runEnd) = run(from: cursor, end: end)
             let piece = UnsafeMutableRawBufferPointer(
                 rebasing: buffer[Int(cursor - virtualByteOffset)..<Int(runEnd - virtualByteOffset)])
-            if isWritten {
-                guard store.readBytesIfCached(at: cursor, into: piece) else { return false }
-            } else {
-                let inBase =
-                    cursor >= base.byteCount
-                    ? 0 : Int(min(UInt64(piece.count), base.byteCount - cursor))
-                if inBase > 0 {
-                    guard
-                        base.readIfReady(
-                            at: cursor,
-                            into: UnsafeMutableRawBufferPointer(rebasing: piece[..<inBase]))
-                    else { return false }
-                }
-                if inBase < piece.count {
-                    UnsafeMutableRawBufferPointer(rebasing: piece[inBase...]).initializeMemory(
-                        as: UInt8.self, repeating: 0)
-                }
-            }
+            guard try fill(isWritten, cursor, piece) else { return false }
             cursor = runEnd
         }
         return true
@@ -147,19 +141,34 @@ public final class VirtualDisk: Sendable {
 
     /// Base bytes, with zeros past the end of the base (a disk grown with --size).
     func readBase(at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
+        _ = try fillFromBase(at: virtualByteOffset, into: buffer) { byteOffset, part in
+            try base.read(at: byteOffset, into: part)
+            return true
+        }
+    }
+
+    /// Base bytes through `readPart` (a read, or a read only of what is cached), with zeros past
+    /// the end of the base; false, having filled part of `buffer`, if `readPart` was.
+    @inline(__always)
+    private func fillFromBase(
+        at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer,
+        _ readPart: (UInt64, UnsafeMutableRawBufferPointer) throws -> Bool
+    ) rethrows -> Bool {
         let baseEnd = base.byteCount
         let inBase =
             virtualByteOffset >= baseEnd
             ? 0 : Int(min(UInt64(buffer.count), baseEnd - virtualByteOffset))
         if inBase > 0 {
-            try base.read(
-                at: virtualByteOffset,
-                into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<inBase]))
+            guard
+                try readPart(
+                    virtualByteOffset, UnsafeMutableRawBufferPointer(rebasing: buffer[..<inBase]))
+            else { return false }
         }
         if inBase < buffer.count {
             UnsafeMutableRawBufferPointer(rebasing: buffer[inBase...]).initializeMemory(
                 as: UInt8.self, repeating: 0)
         }
+        return true
     }
 
     // MARK: Flush and cache

@@ -187,28 +187,25 @@ public final class DiffImport {
         guard let expected = verifiedNativeHeader else {
             preconditionFailure("the verifying pass keeps a native diff's header")
         }
-        if expected.sinceCheckpointID != 0 {
-            // Incremental: TARGET must hold the disk as it was at the checkpoint.
-            let actual = try target.diskFingerprint()
-            guard expected.baseByteCount == target.byteCount, expected.baseFingerprint == actual
-            else {
-                throw StoreError.invalidArgument(
-                    "\(input.path): the diff holds the changes since a checkpoint, over a disk of "
-                        + "\(expected.baseByteCount) bytes with fingerprint "
-                        + "\(expected.baseFingerprint); \(target.path) holds \(target.byteCount) "
-                        + "bytes with fingerprint \(actual): not the disk as it was at the "
-                        + "checkpoint; refusing to apply it (--force applies it anyway)")
-            }
-            return
-        }
-        let actual = try target.baseFingerprint()
-        guard expected.baseByteCount == target.baseByteCount, expected.baseFingerprint == actual
-        else {
+        // Incremental: TARGET must hold the disk as it was at the checkpoint. Whole: its base.
+        let isIncremental = expected.sinceCheckpointID != 0
+        let (byteCount, actual) =
+            try isIncremental
+            ? (target.byteCount, target.diskFingerprint())
+            : (target.baseByteCount, target.baseFingerprint())
+        guard expected.baseByteCount == byteCount, expected.baseFingerprint == actual else {
+            let found = "\(byteCount) bytes with fingerprint \(actual)"
             throw StoreError.invalidArgument(
-                "\(input.path): the diff was made over a base of \(expected.baseByteCount) bytes "
-                    + "with fingerprint \(expected.baseFingerprint); \(target.path) holds a base of "
-                    + "\(target.baseByteCount) bytes with fingerprint \(actual); refusing to apply "
-                    + "it (--force applies it anyway)")
+                isIncremental
+                    ? "\(input.path): the diff holds the changes since a checkpoint, over a disk "
+                        + "of \(expected.baseByteCount) bytes with fingerprint "
+                        + "\(expected.baseFingerprint); \(target.path) holds \(found): not the "
+                        + "disk as it was at the checkpoint; refusing to apply it (--force "
+                        + "applies it anyway)"
+                    : "\(input.path): the diff was made over a base of \(expected.baseByteCount) "
+                        + "bytes with fingerprint \(expected.baseFingerprint); \(target.path) "
+                        + "holds a base of \(found); refusing to apply it (--force applies it "
+                        + "anyway)")
         }
     }
 

@@ -17,12 +17,6 @@ public struct ChangedExtent: Equatable, Sendable {
     public var byteCount: UInt64
     /// Reads as zeros (trimmed or zeroed in the store).
     public var isZero: Bool
-
-    public init(byteOffset: UInt64, byteCount: UInt64, isZero: Bool) {
-        self.byteOffset = byteOffset
-        self.byteCount = byteCount
-        self.isZero = isZero
-    }
 }
 
 /// A diff export of one store.

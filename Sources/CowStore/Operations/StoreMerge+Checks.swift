@@ -17,12 +17,7 @@ extension StoreMerge {
     /// twin check (size and fingerprint) follows, also before the record.
     func checkTargetBeforeRecording() throws {
         let path = FilePath(targetPath)
-        let target: FileDescriptor
-        do {
-            target = try FileDescriptor.open(path, .readWrite, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw StoreError.open(path: path, errno)
-        }
+        let target = try FileDescriptor.openClosingOnExec(path, .readWrite)
         defer { try? target.close() }
         var status = stat()
         guard fstat(target.rawValue, &status) == 0 else {

@@ -25,7 +25,7 @@ extension StoreMerge {
                 let extents = try disk.extents(
                     at: cursor, byteCount: min(size - cursor, 256 << 20), maxExtentCount: 4096)
                 for extent in extents {
-                    if extent.isZero {
+                    if extent.readsAsZeros {
                         summary.holeByteCount += extent.byteCount
                     } else {
                         try copy(

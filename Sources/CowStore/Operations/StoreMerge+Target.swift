@@ -62,11 +62,7 @@ extension StoreMerge {
         let path = FilePath(targetPath)
         // In place, the base's own descriptor holds the exclusive lock (StoreMerge.init).
         if !isInPlace { return try FileDescriptor.openLockedForWriting(path) }
-        do {
-            return try FileDescriptor.open(path, .readWrite, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw StoreError.open(path: path, errno)
-        }
+        return try FileDescriptor.openClosingOnExec(path, .readWrite)
     }
 
     /// Checks the target is the base's twin, computes what it will hold, and writes the record.

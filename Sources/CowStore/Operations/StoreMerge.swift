@@ -119,7 +119,7 @@ public final class StoreMerge {
                 for extent in try disk.extents(
                     at: cursor, byteCount: disk.byteCount - cursor, maxExtentCount: 4096)
                 {
-                    if extent.isZero {
+                    if extent.readsAsZeros {
                         summary.holeByteCount += extent.byteCount
                     } else {
                         summary.dataByteCount += extent.byteCount

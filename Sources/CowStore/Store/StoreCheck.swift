@@ -38,12 +38,7 @@ private final class Checker {
         self.path = path
         self.repair = repair
         report = StoreCheckReport(path: path)
-        do {
-            descriptor = try FileDescriptor.open(
-                path, repair ? .readWrite : .readOnly, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw StoreError.open(path: path, errno)
-        }
+        descriptor = try FileDescriptor.openClosingOnExec(path, repair ? .readWrite : .readOnly)
         // Shared without repair: a server (exclusive) makes check fail rather than read a
         // bitmap that is changing underneath it. Exclusive with repair: nobody else may write.
         let locked: Bool
@@ -68,13 +63,7 @@ private final class Checker {
         report.header = header
         let fileByteCount = try io("fstat") { try file.byteCount() }
         // Shorter than its data region: the bitmap cannot be read, so there is no store to check.
-        guard fileByteCount >= header.dataByteOffset else {
-            throw StoreError.format(
-                path: path,
-                .truncated(
-                    expectedByteCount: Int(header.dataByteOffset),
-                    actualByteCount: Int(fileByteCount)))
-        }
+        try StoreFile.checkReachesDataRegion(header, fileByteCount: fileByteCount, path: path)
         report.checkedAreas.append(.bitmap)
         let bitmap = try checkBitmap(header)
         report.writtenChunkCount = bitmap.setCount
@@ -102,17 +91,7 @@ private final class Checker {
             }
         }
         do {
-            // Wrong first bytes say "not a store" better than a short length does.
-            if done >= StoreHeader.magic.count && !bytes.starts(with: StoreHeader.magic) {
-                throw FormatError.badMagic(expected: "cowbd store")
-            }
-            guard done == StoreHeader.byteCount else {
-                throw FormatError.truncated(
-                    expectedByteCount: StoreHeader.byteCount, actualByteCount: done)
-            }
-            return try bytes.withUnsafeBytes { bytes throws(FormatError) in
-                try StoreHeader(parsing: bytes)
-            }
+            return try StoreFile.parseHeader(bytes, readByteCount: done)
         } catch let error as FormatError {
             switch error {
             case .checksumMismatch, .invalidField:

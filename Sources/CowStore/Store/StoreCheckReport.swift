@@ -42,13 +42,6 @@ public struct StoreCheckReport: Sendable {
         public var message: String
         public var repair: Repair
 
-        public init(area: Area, severity: Severity, message: String, repair: Repair) {
-            self.area = area
-            self.severity = severity
-            self.message = message
-            self.repair = repair
-        }
-
         /// Whether the repair fixed it.
         public var isRepaired: Bool {
             if case .done = repair { return true }

@@ -55,12 +55,7 @@ public final class StoreFile: Sendable {
         self.path = path
         self.logger = logger
         isWritable = access == .exclusiveWrite
-        do {
-            descriptor = try FileDescriptor.open(
-                path, isWritable ? .readWrite : .readOnly, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw StoreError.open(path: path, errno)
-        }
+        descriptor = try FileDescriptor.openClosingOnExec(path, isWritable ? .readWrite : .readOnly)
         let io = wrap(FileStoreIO(descriptor))
         self.io = io
         do {
@@ -77,14 +72,7 @@ public final class StoreFile: Sendable {
                 break
             }
             header = try Self.readHeader(io, path: path)
-            let fileByteCount = try io.byteCount()
-            guard fileByteCount >= header.dataByteOffset else {
-                throw StoreError.format(
-                    path: path,
-                    .truncated(
-                        expectedByteCount: Int(header.dataByteOffset),
-                        actualByteCount: Int(fileByteCount)))
-            }
+            try Self.checkReachesDataRegion(header, fileByteCount: try io.byteCount(), path: path)
             bitmap = Locked(
                 try Self.readBitmap(
                     io, header: header, regionByteOffset: header.bitmapByteOffset,
@@ -344,15 +332,40 @@ public final class StoreFile: Sendable {
             try io.read(at: 0, into: $0)
         }
         do {
-            guard done == StoreHeader.byteCount else {
-                throw FormatError.truncated(
-                    expectedByteCount: StoreHeader.byteCount, actualByteCount: done)
-            }
-            return try bytes.withUnsafeBytes { bytes throws(FormatError) in
-                try StoreHeader(parsing: bytes)
-            }
+            return try parseHeader(bytes, readByteCount: done)
         } catch let error as FormatError {
             throw StoreError.format(path: path, error)
+        }
+    }
+
+    /// Throws unless a store file of `fileByteCount` bytes reaches the data region `header`
+    /// places: shorter, its bitmap cannot be read.
+    static func checkReachesDataRegion(_ header: StoreHeader, fileByteCount: UInt64, path: FilePath)
+        throws
+    {
+        guard fileByteCount >= header.dataByteOffset else {
+            throw StoreError.format(
+                path: path,
+                .truncated(
+                    expectedByteCount: Int(header.dataByteOffset),
+                    actualByteCount: Int(fileByteCount)))
+        }
+    }
+
+    /// The header in `bytes`, of which the first `readByteCount` were read from the start of a
+    /// store file. Wrong first bytes say "not a store" better than a short length does, so the
+    /// magic is checked first.
+    /// Throws only `FormatError`.
+    static func parseHeader(_ bytes: [UInt8], readByteCount: Int) throws -> StoreHeader {
+        if readByteCount >= StoreHeader.magic.count && !bytes.starts(with: StoreHeader.magic) {
+            throw FormatError.badMagic(expected: "cowbd store")
+        }
+        guard readByteCount == StoreHeader.byteCount else {
+            throw FormatError.truncated(
+                expectedByteCount: StoreHeader.byteCount, actualByteCount: readByteCount)
+        }
+        return try bytes.withUnsafeBytes { bytes throws(FormatError) in
+            try StoreHeader(parsing: bytes)
         }
     }
 

@@ -9,6 +9,16 @@ import SystemPackage
 #endif
 
 extension FileDescriptor {
+    /// Opens `path` in `mode`, close-on-exec; a failure is `StoreError.open` naming the path.
+    /// The corresponding C function is `open`.
+    static func openClosingOnExec(_ path: FilePath, _ mode: AccessMode) throws -> FileDescriptor {
+        do {
+            return try FileDescriptor.open(path, mode, options: [.closeOnExec])
+        } catch let errno as Errno {
+            throw StoreError.open(path: path, errno)
+        }
+    }
+
     /// Reads exactly `buffer.count` bytes at `byteOffset`, looping over short reads.
     /// Returns the bytes read, less than `buffer.count` only at end of file.
     /// The corresponding C function is `pread`.

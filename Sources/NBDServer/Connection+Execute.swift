@@ -167,9 +167,9 @@ extension Connection {
                         if context == .baseAllocation {
                             status =
                                 (extent.isHole ? AllocationState.hole : 0)
-                                | (extent.isZero ? AllocationState.zero : 0)
+                                | (extent.readsAsZeros ? AllocationState.zero : 0)
                         } else {
-                            status = extent.source.rawValue
+                            status = extent.depth
                         }
                         return BlockStatusDescriptor(byteCount: extent.byteCount, status: status)
                     })

@@ -1,7 +1,8 @@
 // Checkpoints and incremental diffs through the built binary: write A, checkpoint, write B; the
 // incremental diff holds B only, applies on top of an image of base+A and onto a store holding
 // it, names its checkpoint in rbd's `f` record, and after a crash of the server covers every held
-// chunk so that it still applies. Checkpoints refuse a served store and block merge.
+// chunk so that it still applies. A served store records checkpoints through its control socket,
+// and python3-libnbd reads its qemu:dirty-bitmap context; checkpoints block merge.
 
 import Foundation
 import NBDClient
@@ -23,7 +24,8 @@ extension DiffTests {
 
         let server = ServedStore(store: workspace.path("inc.cow"), socket: workspace.path("i.sock"))
         try server.start()
-        expectOneLineError(try workspace.cowbd("checkpoint", "inc.cow", "tuesday"))
+        try workspace.succeed("checkpoint", "inc.cow", "tuesday")
+        try workspace.succeed("checkpoint", "inc.cow", "tuesday", "--delete")
         let connection = try server.connect()
         try connection.pwrite([UInt8](repeating: 0x21, count: 8192), at: 512 << 10)
         try connection.zero(at: 40 << 20, byteCount: 4096)
@@ -33,6 +35,13 @@ extension DiffTests {
         let listing = try workspace.succeed("checkpoint", "inc.cow")
         #expect(
             listing.contains(/monday: .*, 4 chunks changed since/), "while served: \(listing)")
+        let bitmap = try workspace.shell(
+            "/usr/bin/python3 '\(Self.dirtyBitmapReader)' i.sock monday")
+        #expect(
+            bitmap.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+                == "[[524288, 532480], [41943040, 41947136], [52428800, 52432896]]",
+            "python3-libnbd's qemu:dirty-bitmap:monday: \(bitmap.standardOutput) \(bitmap.standardError)"
+        )
         try workspace.copy("inc.cow", to: "crashed.cow")  // what a crash of this server leaves
         try connection.shutdown()
         try server.stop()

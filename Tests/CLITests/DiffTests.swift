@@ -21,6 +21,9 @@ import Testing
     static let rbdReader = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("tools/lib/rbd_diff_reader.py").path
+    /// An independent reader of qemu:dirty-bitmap contexts (python3-libnbd), beside it.
+    static let dirtyBitmapReader = URL(fileURLWithPath: rbdReader)
+        .deletingLastPathComponent().appendingPathComponent("dirty_bitmap.py").path
 
     /// A workspace holding base.img (32 MiB random, then a hole to 48 MiB) and a store `store`
     /// over it grown to 64 MiB.

@@ -308,6 +308,6 @@ func randomChainsAgreeWithTheModel(seed: UInt64) throws {
     let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("top.cow")), readOnly: true)
     defer { disk.close() }
     let extents = try disk.extents(at: 0, byteCount: 16384, maxExtentCount: 8)
-    #expect(extents.map(\.source.rawValue) == [1, 3, 2, 3])
+    #expect(extents.map(\.depth) == [1, 3, 2, 3])
     #expect(extents.map(\.byteCount) == [4096, 4096, 4096, 4096])
 }

@@ -44,9 +44,13 @@ public struct StoreHeader: Equatable, Sendable {
     /// "Checkpoints"). A writer that does not know it would change the disk without marking
     /// the checkpoints' bitmaps, so their incremental diffs would miss changes.
     public static let checkpointsFeature: UInt32 = 1 << 1
+    /// Incompatible feature bit: the file ends with a hydration bitmap (docs/FORMAT.md,
+    /// "Hydration"). An older reader would take hydrated chunks for the base's, and its
+    /// `check --repair` would punch their data as leaked.
+    public static let hydrationFeature: UInt32 = 1 << 2
     /// Incompatible feature bits this build understands.
     public static let knownIncompatibleFeatures: UInt32 =
-        mergeInProgressFeature | checkpointsFeature
+        mergeInProgressFeature | checkpointsFeature | hydrationFeature
 
     enum Field {
         static let magic = 0

@@ -4,6 +4,7 @@
 
 import CowFormat
 import Logging
+import Synchronization
 import SystemPackage
 
 /// A copy-on-write view of a base image through a store.
@@ -15,6 +16,8 @@ public final class VirtualDisk: Sendable {
     public let byteCount: UInt64
     public var isReadOnly: Bool { !store.isWritable }
     let copyUpLocks = StripedLocks()
+    /// Whether reads keep the base chunks they read in the store (VirtualDisk+CopyOnRead.swift).
+    let copyOnRead = Atomic<Bool>(false)
     let logger: Logger
 
     /// Combines an open store with its (already verified) base.
@@ -37,9 +40,7 @@ public final class VirtualDisk: Sendable {
         if let merge = store.header.merge {
             throw StoreError.mergeInProgress(path: storePath, target: merge.targetPath)
         }
-        let base = try BaseLocator.openBase(
-            for: store.header, storePath: storePath, options: options)
-        try BaseLocator.verify(base, against: store.header, storePath: storePath)
+        let base = try openBase(of: store, storePath: storePath, options: options)
         return VirtualDisk(store: store, base: base, logger: options.logger)
     }
 
@@ -66,13 +67,16 @@ public final class VirtualDisk: Sendable {
         var cursor = virtualByteOffset
         let end = virtualByteOffset + UInt64(buffer.count)
         while cursor < end {
-            let (isWritten, runEnd) = run(from: cursor, end: end)
+            let (isWritten, runEnd) = presentRun(from: cursor, end: end)
             let piece = UnsafeMutableRawBufferPointer(
                 rebasing: buffer[Int(cursor - virtualByteOffset)..<Int(runEnd - virtualByteOffset)])
             if isWritten {
                 try store.readBytes(at: cursor, into: piece)
             } else {
                 try readBase(at: cursor, into: piece)
+                if copyOnRead.load(ordering: .relaxed) {
+                    keepBaseChunksRead(UnsafeRawBufferPointer(piece), at: cursor)
+                }
             }
             cursor = runEnd
         }
@@ -88,12 +92,14 @@ public final class VirtualDisk: Sendable {
         var cursor = virtualByteOffset
         let end = virtualByteOffset + UInt64(buffer.count)
         while cursor < end {
-            let (isWritten, runEnd) = run(from: cursor, end: end)
+            let (isWritten, runEnd) = presentRun(from: cursor, end: end)
             let piece = UnsafeMutableRawBufferPointer(
                 rebasing: buffer[Int(cursor - virtualByteOffset)..<Int(runEnd - virtualByteOffset)])
             if isWritten {
                 guard store.readBytesIfCached(at: cursor, into: piece) else { return false }
             } else {
+                // Keeping base chunks writes the store: that is a worker thread's job.
+                guard !copyOnRead.load(ordering: .relaxed) else { return false }
                 let inBase =
                     cursor >= base.byteCount
                     ? 0 : Int(min(UInt64(piece.count), base.byteCount - cursor))

@@ -18,6 +18,6 @@ struct Cowbd: ParsableCommand {
         subcommands: [
             CreateCommand.self, InfoCommand.self, CheckCommand.self, ServeCommand.self,
             MergeCommand.self, CompressCommand.self, ExportDiffCommand.self,
-            ImportDiffCommand.self, CheckpointCommand.self,
+            ImportDiffCommand.self, CheckpointCommand.self, HydrateCommand.self,
         ])
 }

@@ -29,6 +29,8 @@ struct InfoCommand: ParsableCommand {
               format_version    the store format version
               created           creation time, ISO 8601 UTC
               checkpoints       [{name, created, changed_chunks, disk_fingerprint}]
+              chunks_hydrated   chunks holding a copy of the base's bytes (hydrate, serve --copy-on-read)
+              self_contained    true when every base chunk is in the store: the base is not needed
 
             Exit status: 0 shown, 1 the store cannot be read (its problem on stderr).
             """)

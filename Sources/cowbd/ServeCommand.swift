@@ -58,6 +58,14 @@ struct ServeCommand: ParsableCommand {
     @Flag(help: "Refuse writes (EPERM); the store is not modified.")
     var readOnly = false
 
+    @Flag(
+        help: ArgumentHelp(
+            "Keep each whole base chunk a client reads in the store (hydrated).",
+            discussion:
+                "Hydrated chunks read the same and are left out of export-diff and merge; a "
+                + "store holding every base chunk no longer needs its base (see hydrate)."))
+    var copyOnRead = false
+
     @Option(
         name: .customLong("run"),
         help: ArgumentHelp(
@@ -108,6 +116,9 @@ struct ServeCommand: ParsableCommand {
 
     func validate() throws {
         for address in listen { _ = try parseAddress(address) }
+        guard !(copyOnRead && readOnly) else {
+            throw ValidationError("--copy-on-read writes the store: it cannot be --read-only")
+        }
         guard maxConnections >= 1 else {
             throw ValidationError("--max-connections must be at least 1")
         }
@@ -167,6 +178,7 @@ struct ServeCommand: ParsableCommand {
                 cacheByteCount: Int((try? ByteSize.parse(cacheSize)) ?? 0), logger: logger)
             let disk = try VirtualDisk.open(
                 storePath: FilePath(store), readOnly: readOnly, options: options)
+            if copyOnRead { try disk.enableCopyOnRead() }
             var configuration = NBDServer.Configuration()
             configuration.listenAddresses = try listenAddresses(
                 passedDescriptors: passedDescriptors, privateFolder: privateFolder)

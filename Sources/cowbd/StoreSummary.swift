@@ -17,6 +17,9 @@ struct StoreSummary {
     var allocatedByteCount: UInt64
     var base: BaseStatus
     var checkpoints: CheckpointListing?
+    /// Chunks holding a copy of the base's bytes, and whether every base chunk is in the store.
+    var hydratedChunkCount: UInt64 = 0
+    var isSelfContained = false
 
     /// Reads the store at `path` without locking it, so it works while a server runs.
     init(storePath path: String) throws {
@@ -28,6 +31,8 @@ struct StoreSummary {
             base: BaseStatus(
                 header: store.header, storePath: FilePath(path), options: baseOpenOptions()))
         checkpoints = CheckpointListing(store)
+        hydratedChunkCount = store.hydratedChunkCount
+        isSelfContained = store.hasHydration && store.isSelfContained
     }
 
     init(
@@ -59,6 +64,8 @@ struct StoreSummary {
             ("format_version", .integer(UInt64(header.version))),
             ("created", .string(iso8601(unixSeconds: header.createdUnixSeconds))),
             ("checkpoints", checkpoints?.json ?? .array([])),
+            ("chunks_hydrated", .integer(hydratedChunkCount)),
+            ("self_contained", .bool(isSelfContained)),
         ])
     }
 
@@ -74,7 +81,16 @@ struct StoreSummary {
             ("store", path),
             ("size", describeSize(header.virtualByteCount)),
             ("chunk size", describeSize(header.geometry.chunkByteCount)),
-            ("chunks", "\(header.chunkCount) total, \(writtenChunkCount) written"),
+            (
+                "chunks",
+                "\(header.chunkCount) total, \(writtenChunkCount) written, "
+                    + "\(hydratedChunkCount) hydrated"
+            ),
+            (
+                "self-contained",
+                isSelfContained
+                    ? "yes (every base chunk is in the store; the base is not needed)" : "no"
+            ),
             ("allocated", describeSize(allocatedByteCount)),
             ("base", basePath),
             ("base given", header.basePathGiven),

@@ -207,9 +207,10 @@ extension StoreHeader {
     }
 
     /// The file's size as the format defines it: the data region's end, or the checkpoint
-    /// area's end when the store has checkpoints.
+    /// area's end when the store has checkpoints, or the hydration bitmap's end when it has one.
     public var expectedFileByteCount: UInt64 {
-        hasCheckpoints
+        if hasHydration { return hydrationBitmapByteOffset + bitmapByteCount }
+        return hasCheckpoints
             ? checkpointBitmapByteOffset(slot: CheckpointTable.slotCount)
             : dataByteOffset + virtualByteCount
     }

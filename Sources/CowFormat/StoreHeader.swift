@@ -48,9 +48,13 @@ public struct StoreHeader: Equatable, Sendable {
     /// snapshots"): other stores are built over its disk, so it must never change. A writer
     /// that does not know the bit would change it, so the bit is incompatible.
     public static let frozenFeature: UInt32 = 1 << 2
+    /// Incompatible feature bit: the file ends with a hydration bitmap (docs/FORMAT.md,
+    /// "Hydration"). An older reader would take hydrated chunks for the base's, and its
+    /// `check --repair` would punch their data as leaked.
+    public static let hydrationFeature: UInt32 = 1 << 3
     /// Incompatible feature bits this build understands.
     public static let knownIncompatibleFeatures: UInt32 =
-        mergeInProgressFeature | checkpointsFeature | frozenFeature
+        mergeInProgressFeature | checkpointsFeature | frozenFeature | hydrationFeature
 
     enum Field {
         static let magic = 0

@@ -30,6 +30,8 @@ struct InfoCommand: ParsableCommand {
               format_version    the store format version
               created           creation time, ISO 8601 UTC
               checkpoints       [{name, created, changed_chunks, disk_fingerprint}]
+              chunks_hydrated   chunks holding a copy of the base's bytes (hydrate, serve --copy-on-read)
+              self_contained    true when every base chunk is in the store: the base is not needed
               chain             the layers top to bottom, this store first: [{path, kind \
             ("cow", "raw", "cowbd-lz4", or "missing"/"unreadable" where the chain breaks), \
             size, and for stores chunk_size, chunks_written, frozen; problem where it breaks}]

@@ -83,6 +83,14 @@ struct ServeCommand: ParsableCommand {
         ephemeralDir ?? getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"
     }
 
+    @Flag(
+        help: ArgumentHelp(
+            "Keep each whole base chunk a client reads in the store (hydrated).",
+            discussion:
+                "Hydrated chunks read the same and are left out of export-diff and merge; a "
+                + "store holding every base chunk no longer needs its base (see hydrate)."))
+    var copyOnRead = false
+
     @Option(
         name: .customLong("run"),
         help: ArgumentHelp(
@@ -157,6 +165,9 @@ struct ServeCommand: ParsableCommand {
     func validate() throws {
         if let metricsAddress { _ = try parseMetricsAddress(metricsAddress) }
         for address in listen { _ = try parseAddress(address) }
+        guard !(copyOnRead && readOnly) else {
+            throw ValidationError("--copy-on-read writes the store: it cannot be --read-only")
+        }
         guard maxConnections >= 1 else {
             throw ValidationError("--max-connections must be at least 1")
         }
@@ -222,6 +233,7 @@ struct ServeCommand: ParsableCommand {
                     options: options, createdUnixSeconds: UInt64(clamping: time(nil)))
                 : try VirtualDisk.open(
                     storePath: FilePath(store), readOnly: readOnly, options: options)
+            if copyOnRead { try disk.enableCopyOnRead() }
             var configuration = NBDServer.Configuration()
             configuration.listenAddresses = try listenAddresses(
                 passedDescriptors: passedDescriptors, privateFolder: privateFolder)

@@ -19,6 +19,9 @@ struct StoreSummary {
     var checkpoints: CheckpointListing?
     /// The layers from this store down to the bottom image (`LayerChain.list`).
     var chain: [ChainLayer] = []
+    /// Chunks holding a copy of the base's bytes, and whether every base chunk is in the store.
+    var hydratedChunkCount: UInt64 = 0
+    var isSelfContained = false
 
     /// The JSON `info --json` prints; keys are documented in `cowbd info --help`.
     var json: JSONValue {
@@ -39,6 +42,8 @@ struct StoreSummary {
             ("created", .string(iso8601(unixSeconds: header.createdUnixSeconds))),
             ("checkpoints", checkpoints?.json ?? .array([])),
             ("chain", .array(chain.map(Self.json(of:)))),
+            ("chunks_hydrated", .integer(hydratedChunkCount)),
+            ("self_contained", .bool(isSelfContained)),
         ])
     }
 
@@ -85,7 +90,16 @@ struct StoreSummary {
             ("store", path),
             ("size", describeSize(header.virtualByteCount)),
             ("chunk size", describeSize(header.geometry.chunkByteCount)),
-            ("chunks", "\(header.chunkCount) total, \(writtenChunkCount) written"),
+            (
+                "chunks",
+                "\(header.chunkCount) total, \(writtenChunkCount) written, "
+                    + "\(hydratedChunkCount) hydrated"
+            ),
+            (
+                "self-contained",
+                isSelfContained
+                    ? "yes (every base chunk is in the store; the base is not needed)" : "no"
+            ),
             ("allocated", describeSize(allocatedByteCount)),
             ("base", basePath),
             ("base given", header.basePathGiven),
@@ -121,5 +135,7 @@ extension StoreSummary {
                 header: store.header, storePath: FilePath(path), options: baseOpenOptions()))
         checkpoints = CheckpointListing(store)
         chain = LayerChain.list(topStorePath: FilePath(path))
+        hydratedChunkCount = store.hydratedChunkCount
+        isSelfContained = store.hasHydration && store.isSelfContained
     }
 }

@@ -18,7 +18,7 @@ extension VirtualDisk {
         var cursor = virtualByteOffset
         let end = virtualByteOffset + requested
         while cursor < end {
-            let (isWritten, runEnd) = run(from: cursor, end: end)
+            let (isWritten, runEnd) = presentRun(from: cursor, end: end)
             let next =
                 isWritten
                 ? try storeExtent(at: cursor, end: runEnd) : try baseExtent(at: cursor, end: runEnd)

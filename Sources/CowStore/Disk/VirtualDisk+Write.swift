@@ -99,7 +99,11 @@ extension VirtualDisk {
         while cursor < end {
             let batchEnd = min(end, (cursor & ~geometry.offsetMask) + maxRunByteCount)
             let (isHeld, runEnd) = run(from: cursor, end: batchEnd)
-            if isHeld {
+            if store.hasHydration {
+                // Hydrated chunks turn written under their locks (VirtualDisk+CopyOnRead.swift).
+                try applyToHydratedStore(
+                    fill, from: cursor, to: runEnd, isTrim: isTrim, scratch: scratch)
+            } else if isHeld {
                 store.markChanged(chunks(from: cursor, to: runEnd))
                 try fillStore(fill, from: cursor, to: runEnd)
             } else if !isTrim {
@@ -134,7 +138,7 @@ extension VirtualDisk {
     /// Fills a run of unheld chunks and commits them: a partly covered first or last chunk is
     /// copied up from the base; the whole chunks between are written (or punched) in one call,
     /// replacing anything an unflushed write left in their data region before a crash.
-    private func fillUnheldRun(
+    func fillUnheldRun(
         _ fill: Fill, from start: UInt64, to end: UInt64, scratch: ChunkScratch?
     ) throws {
         let run = chunks(from: start, to: end)
@@ -156,7 +160,7 @@ extension VirtualDisk {
     }
 
     /// Where chunk `chunkIndex` ends on the disk (the last chunk may be short).
-    private func chunkEnd(_ chunkIndex: UInt64) -> UInt64 {
+    func chunkEnd(_ chunkIndex: UInt64) -> UInt64 {
         min(geometry.byteOffset(ofChunk: chunkIndex + 1), byteCount)
     }
 
@@ -191,7 +195,7 @@ extension VirtualDisk {
     }
 
     /// Puts `fill` into the store's data region for virtual bytes `start..<end`.
-    private func fillStore(_ fill: Fill, from start: UInt64, to end: UInt64) throws {
+    func fillStore(_ fill: Fill, from start: UInt64, to end: UInt64) throws {
         switch fill {
         case .data(let data, let requestByteOffset):
             try store.writeBytes(

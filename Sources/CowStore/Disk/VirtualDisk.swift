@@ -20,6 +20,8 @@ public final class VirtualDisk: Sendable {
     let writeBarrier = WriteBarrier()
     /// Chunks copied up from the base since open, for `serve --metrics`.
     let copyUps = Atomic<UInt64>(0)
+    /// Whether reads keep the base chunks they read in the store (VirtualDisk+CopyOnRead.swift).
+    let copyOnRead = Atomic<Bool>(false)
     let logger: Logger
 
     /// Combines an open store with its (already verified) base.
@@ -53,9 +55,7 @@ public final class VirtualDisk: Sendable {
             if store.isWritable && store.header.isFrozen {
                 throw ChainError.frozen(store: storePath)
             }
-            let base = try BaseLocator.openBase(
-                for: store.header, storePath: storePath, options: options)
-            try BaseLocator.verify(base, against: store.header, storePath: storePath)
+            let base = try openBase(of: store, storePath: storePath, options: options)
             return VirtualDisk(store: store, base: base, logger: options.logger)
         } catch {
             store.close()
@@ -90,6 +90,9 @@ public final class VirtualDisk: Sendable {
                 try store.readBytes(at: runByteOffset, into: piece)
             } else {
                 try readBase(at: runByteOffset, into: piece)
+                if copyOnRead.load(ordering: .relaxed) {
+                    keepBaseChunksRead(UnsafeRawBufferPointer(piece), at: runByteOffset)
+                }
             }
             return true
         }
@@ -102,9 +105,10 @@ public final class VirtualDisk: Sendable {
         at virtualByteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer
     ) throws -> Bool {
         try forEachRun(at: virtualByteOffset, in: buffer) { isWritten, runByteOffset, piece in
-            isWritten
-                ? store.readBytesIfCached(at: runByteOffset, into: piece)
-                : fillFromBase(at: runByteOffset, into: piece, base.readIfReady(at:into:))
+            if isWritten { return store.readBytesIfCached(at: runByteOffset, into: piece) }
+            // Keeping base chunks writes the store: that is a worker thread's job.
+            guard !copyOnRead.load(ordering: .relaxed) else { return false }
+            return fillFromBase(at: runByteOffset, into: piece, base.readIfReady(at:into:))
         }
     }
 
@@ -122,7 +126,7 @@ public final class VirtualDisk: Sendable {
         var cursor = virtualByteOffset
         let end = virtualByteOffset + UInt64(buffer.count)
         while cursor < end {
-            let (isWritten, runEnd) = run(from: cursor, end: end)
+            let (isWritten, runEnd) = presentRun(from: cursor, end: end)
             let piece = UnsafeMutableRawBufferPointer(
                 rebasing: buffer[Int(cursor - virtualByteOffset)..<Int(runEnd - virtualByteOffset)])
             guard try fill(isWritten, cursor, piece) else { return false }

@@ -67,6 +67,18 @@ private final class Checker {
         report.checkedAreas.append(.bitmap)
         let bitmap = try checkBitmap(header)
         report.writtenChunkCount = bitmap.setCount
+        if header.hasHydration {
+            // Hydrated chunks hold data the chunk bitmap does not point at: it is not leaked.
+            let hydrated = try StoreFile.readBitmap(
+                file, header: header, regionByteOffset: header.hydrationBitmapByteOffset,
+                path: path)
+            bitmap.formUnion(hydrated.allocatedPages())
+        }
+        let baseChunkCount = header.geometry.chunkCount(covering: header.baseByteCount)
+        let isSelfContained =
+            header.hasHydration
+            && (baseChunkCount == 0
+                || bitmap.run(from: 0, limit: baseChunkCount) == (true, baseChunkCount))
         report.checkedAreas.append(.checkpoints)
         header = try checkCheckpoints(header)
         report.checkedAreas.append(.fileSize)
@@ -74,7 +86,7 @@ private final class Checker {
         report.checkedAreas.append(.leakedData)
         try checkLeakedData(header, fileByteCount: fileByteCount, bitmap: bitmap)
         report.checkedAreas.append(.base)
-        checkBase(header)
+        checkBase(header, isSelfContained: isSelfContained)
         if changedFile { try io("fsync") { try file.synchronizeAll() } }
         return report
     }
@@ -401,12 +413,17 @@ private final class Checker {
 
     // MARK: Base
 
-    private func checkBase(_ header: StoreHeader) {
+    private func checkBase(_ header: StoreHeader, isSelfContained: Bool) {
         let status = BaseStatus(header: header, storePath: path)
         report.base = status
         switch status {
         case .ok:
             break
+        case _ where isSelfContained:
+            report.add(
+                .base, .note,
+                "base image \(status.summary); not needed: the store holds every base chunk",
+                .impossible("none needed; put the base back only to merge into it"))
         case .changed(let image, let detail):
             report.add(
                 .base, .problem,

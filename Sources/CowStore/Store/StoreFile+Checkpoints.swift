@@ -51,6 +51,10 @@ extension StoreFile {
         if let problem = Checkpoint.problem(withName: checkpoint.name) {
             throw StoreError.invalidArgument("\(checkpoint.name): \(problem)")
         }
+        guard !hasHydration else {
+            throw StoreError.invalidArgument(
+                "\(path): a store with hydrated chunks cannot take checkpoints")
+        }
         try flush()
         try flushLock.withLock { _ in
             var table = try checkpoints.withLock { $0.table } ?? createCheckpointArea()

@@ -147,14 +147,18 @@ extension StoreFile {
     /// a rerun copy punched chunks into the target as zeros. Without `wholeDataRegion` only the
     /// held runs are punched: punching a large disk's whole range costs seconds on some
     /// filesystems.
+    /// Hydrated chunks go too (their bitmap with the chunk bitmap), and then the whole data
+    /// region is punched.
     func discardAllChunks(wholeDataRegion: Bool) throws {
         try checkTakesChanges()
         try flushLock.withLock { _ in
             try io("punch hole", at: header.bitmapByteOffset) { () throws(Errno) in
                 try io.punchHole(at: header.bitmapByteOffset, byteCount: header.bitmapByteCount)
             }
+            let hadHydration = hasHydration
+            try discardHydration()
             try synchronize(.all, "fsync (bitmap)")
-            if wholeDataRegion {
+            if wholeDataRegion || hadHydration {
                 try zeroBytes(at: 0, byteCount: header.virtualByteCount, mayPunch: true)
             } else {
                 let geometry = header.geometry

@@ -37,6 +37,9 @@ public final class StoreFile: Sendable {
     /// The checkpoints' table and bitmaps (StoreFile+Checkpoints.swift). Never held across I/O;
     /// taken after `bitmap` when both are needed.
     let checkpoints: Locked<CheckpointState>
+    /// The hydration bitmap, nil until the store has one (StoreFile+Hydration.swift). Never held
+    /// across I/O; taken after `bitmap` when both are needed.
+    let hydration: Locked<ChunkBitmap?>
     /// Serialises flushes and table writes, so pages reach the disk in order.
     let flushLock = Locked<Void>(())
     /// Set by `close`, so the descriptor is closed exactly once.
@@ -78,6 +81,7 @@ public final class StoreFile: Sendable {
                     io, header: header, regionByteOffset: header.bitmapByteOffset,
                     path: path))
             checkpoints = Locked(try Self.readCheckpoints(io, header: header, path: path))
+            hydration = Locked(try Self.readHydration(io, header: header, path: path))
         } catch {
             try? descriptor.close()
             if let errno = error as? Errno {
@@ -204,9 +208,11 @@ public final class StoreFile: Sendable {
     /// Bitmap pages a flush copies and writes at a time: 8 MiB.
     public static let flushBatchPageCount = 2048
 
-    /// A bitmap page to write at a flush: of the chunk bitmap (`slot` nil) or of a checkpoint's.
+    /// A bitmap page to write at a flush: of the chunk bitmap (`slot` nil), of a checkpoint's,
+    /// or of the hydration bitmap (`isHydration`).
     private struct DirtyPage {
         var slot: Int?
+        var isHydration = false
         var pageIndex: Int
         var byteOffset: UInt64
     }
@@ -230,6 +236,11 @@ public final class StoreFile: Sendable {
                     byteOffset: regionByteOffset + UInt64($0) * pageByteCount)
             }
         }
+        pages += (hydration.withLock { $0?.takeDirtyPages() } ?? []).map {
+            DirtyPage(
+                slot: nil, isHydration: true, pageIndex: $0,
+                byteOffset: header.hydrationBitmapByteOffset + UInt64($0) * pageByteCount)
+        }
         return pages
     }
 
@@ -240,7 +251,7 @@ public final class StoreFile: Sendable {
         let wordsPerPage = ChunkBitmap.pageByteCount / 8
         var words: [UInt64] = []
         words.reserveCapacity(pages.count * wordsPerPage)
-        let chunkPages = pages.filter { $0.slot == nil }.map(\.pageIndex)
+        let chunkPages = pages.filter { $0.slot == nil && !$0.isHydration }.map(\.pageIndex)
         words += bitmap.withLock { Self.copyPages(chunkPages, of: $0) }
         let slots = pages.compactMap(\.slot)
         for slot in Set(slots).sorted() {
@@ -248,6 +259,13 @@ public final class StoreFile: Sendable {
             words += checkpoints.withLock { state in
                 state.bitmaps[slot].map { Self.copyPages(pageIndexes, of: $0) }
                     ?? [UInt64](repeating: 0, count: pageIndexes.count * wordsPerPage)
+            }
+        }
+        let hydrationPages = pages.filter(\.isHydration).map(\.pageIndex)
+        if !hydrationPages.isEmpty {
+            words += hydration.withLock { hydrated in
+                hydrated.map { Self.copyPages(hydrationPages, of: $0) }
+                    ?? [UInt64](repeating: 0, count: hydrationPages.count * wordsPerPage)
             }
         }
         return words
@@ -271,7 +289,10 @@ public final class StoreFile: Sendable {
 
     /// After a failed flush: its pages must be written again by the next one.
     private func markDirty(_ pages: [DirtyPage]) {
-        bitmap.withLock { $0.markDirty(pages.filter { $0.slot == nil }.map(\.pageIndex)) }
+        bitmap.withLock {
+            $0.markDirty(pages.filter { $0.slot == nil && !$0.isHydration }.map(\.pageIndex))
+        }
+        hydration.withLock { $0?.markDirty(pages.filter(\.isHydration).map(\.pageIndex)) }
         checkpoints.withLock { state in
             for page in pages {
                 if let slot = page.slot { state.bitmaps[slot]?.markDirty([page.pageIndex]) }
@@ -300,6 +321,7 @@ public final class StoreFile: Sendable {
     func writeHeader(_ header: StoreHeader) throws {
         var header = header
         header.setHasCheckpoints(checkpoints.withLock { $0.table != nil })
+        header.setHasHydration(hydration.withLock { $0 != nil })
         try writeHeaderBytes(header)
     }
 

@@ -1,6 +1,8 @@
 // Fuzz target: the option phase of the handshake, read as `NBDServer` reads it (client flags
 // and option headers parsed by `ClientFlags(parsing:)` and `OptionHeader(parsing:)`, then
-// the option's data), fed to `Handshake`. Input: the bytes a client sends after the greeting.
+// the option's data), fed to `Handshake` under each TLS mode (after an acknowledged STARTTLS the
+// rest of the input stands for what the client sends inside TLS). Input: the bytes a client
+// sends after the greeting.
 
 import FuzzSupport
 import NBDProtocol
@@ -12,22 +14,30 @@ let exports = [
 @_cdecl("LLVMFuzzerTestOneInput")
 public func testOneInput(_ data: UnsafePointer<UInt8>?, _ byteCount: Int) -> CInt {
     let bytes = UnsafeRawBufferPointer(start: data, count: byteCount)
-    var handshake = Handshake(exports: exports)
-    guard bytes.count >= ClientFlags.byteCount else { return 0 }
+    for tlsMode in [TLSMode.noTLS, .selective, .forced] {
+        runHandshake(bytes, tlsMode: tlsMode)
+    }
+    return 0
+}
+
+/// Feeds `bytes` to one handshake, as a connection under `tlsMode` reads them.
+func runHandshake(_ bytes: UnsafeRawBufferPointer, tlsMode: TLSMode) {
+    var handshake = Handshake(exports: exports, tlsMode: tlsMode)
+    guard bytes.count >= ClientFlags.byteCount else { return }
     let flags = ClientFlags(
         parsing: UnsafeRawBufferPointer(rebasing: bytes[..<ClientFlags.byteCount]))
-    guard handshake.receiveClientFlags(flags.rawValue) == nil else { return 0 }
+    guard handshake.receiveClientFlags(flags.rawValue) == nil else { return }
     var position = ClientFlags.byteCount
     while position + OptionHeader.byteCount <= bytes.count {
         let headerBytes = UnsafeRawBufferPointer(
             rebasing: bytes[position..<(position + OptionHeader.byteCount)])
         guard let header = try? OptionHeader(parsing: headerBytes) else {
-            return 0  // the server ends the connection
+            return  // the server ends the connection
         }
         checkRoundTrip(header)
         position += OptionHeader.byteCount
         let dataByteCount = Int(header.dataByteCount)
-        guard position + dataByteCount <= bytes.count else { return 0 }
+        guard position + dataByteCount <= bytes.count else { return }
         let optionData = Array(bytes[position..<(position + dataByteCount)])
         position += dataByteCount
         switch handshake.handle(option: header.option, data: optionData) {
@@ -35,15 +45,20 @@ public func testOneInput(_ data: UnsafePointer<UInt8>?, _ byteCount: Int) -> CIn
             checkReplies(replyBytes, option: header.option)
         case .replyAndTransmit(let replyBytes):
             precondition(handshake.session != nil, "transmission without a session")
+            precondition(
+                tlsMode != .forced || handshake.isTLSInitiated,
+                "data served before TLS under FORCEDTLS")
             if header.option != Option.exportName.rawValue {
                 checkReplies(replyBytes, option: header.option)
             }
-            return 0
+            return
+        case .replyAndStartTLS(let replyBytes):
+            precondition(tlsMode != .noTLS, "STARTTLS acknowledged without TLS")
+            checkReplies(replyBytes, option: header.option)
         case .replyAndClose:
-            return 0
+            return
         }
     }
-    return 0
 }
 
 /// Encoding a parsed option header gives back the same header.

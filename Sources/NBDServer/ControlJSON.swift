@@ -65,7 +65,8 @@ public enum ControlJSON: Equatable, Sendable {
         }
     }
 
-    static func quoted(_ text: String) -> String {
+    /// `text` as a JSON string literal (RFC 8259, section 7).
+    public static func quoted(_ text: String) -> String {
         var result = "\""
         for scalar in text.unicodeScalars {
             switch scalar {

@@ -1,6 +1,8 @@
 // A minimal JSON writer for `--json` output. Keys keep the order they are given in, so the
 // output reads the same on every run and in every version; no parsing here.
 
+import NBDServer
+
 /// A JSON value to print.
 enum JSONValue {
     case string(String)
@@ -36,22 +38,6 @@ enum JSONValue {
         }
     }
 
-    /// `text` as a JSON string literal (RFC 8259, section 7).
-    static func quoted(_ text: String) -> String {
-        var result = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": result += "\\\""
-            case "\\": result += "\\\\"
-            case "\n": result += "\\n"
-            case "\r": result += "\\r"
-            case "\t": result += "\\t"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                result += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: result.unicodeScalars.append(scalar)
-            }
-        }
-        return result + "\""
-    }
+    /// `text` as a JSON string literal: the control channel's encoder, one for both.
+    static func quoted(_ text: String) -> String { ControlJSON.quoted(text) }
 }

@@ -1,6 +1,6 @@
-// The plain-socket transport: a connected stream socket with whole-buffer receives under an
-// optional deadline, and gathered sends that never raise SIGPIPE. Short reads and writes loop
-// here and nowhere else.
+// The plain-socket transport: a connected stream socket with receives under an optional
+// deadline, and gathered sends that never raise SIGPIPE. Short sends loop here and nowhere
+// else; short receives loop once for every transport (Transport.receive).
 
 import CowSupport
 import SystemPackage
@@ -21,18 +21,6 @@ final class SocketTransport: Transport, @unchecked Sendable {
     }
 
     deinit { close(descriptor) }
-
-    /// Fills `buffer` completely. With a `deadline` (monotonic seconds, see `monotonicSeconds`)
-    /// gives up when it passes. The corresponding C functions are `poll` and `recv`.
-    func receive(into buffer: UnsafeMutableRawBufferPointer, deadline: Double?)
-        throws(ServerError)
-    {
-        var done = 0
-        while done < buffer.count {
-            done += try receiveSome(
-                into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), deadline: deadline)
-        }
-    }
 
     /// Waits until the socket is readable or `deadline` passes.
     /// The corresponding C function is `poll`.

@@ -66,16 +66,6 @@ final class TLSTransport: Transport, @unchecked Sendable {
             separator: " ")
     }
 
-    func receive(into buffer: UnsafeMutableRawBufferPointer, deadline: Double?)
-        throws(ServerError)
-    {
-        var done = 0
-        while done < buffer.count {
-            done += try receiveSome(
-                into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), deadline: deadline)
-        }
-    }
-
     /// Decrypts up to `buffer.count` bytes (at least one) into `buffer`, waiting at most until
     /// `deadline`. The corresponding C function is `gnutls_record_recv`.
     func receiveSome(into buffer: UnsafeMutableRawBufferPointer, deadline: Double?)

@@ -45,6 +45,18 @@ protocol Transport: AnyObject, Sendable {
 extension Transport {
     func endSession() {}
 
+    /// Fills `buffer` completely with `receiveSome` calls (the one loop over short receives,
+    /// for every transport), each waiting at most until `deadline` (monotonic seconds).
+    func receive(into buffer: UnsafeMutableRawBufferPointer, deadline: Double?)
+        throws(ServerError)
+    {
+        var done = 0
+        while done < buffer.count {
+            done += try receiveSome(
+                into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), deadline: deadline)
+        }
+    }
+
     /// Sends `bytes` whole (handshake replies).
     func send(_ bytes: [UInt8]) throws(ServerError) {
         let outcome = bytes.withUnsafeBytes { buffer in

@@ -10,12 +10,13 @@ import SystemPackage
     import Glibc
 #endif
 
-/// `--control PATH`: the control socket of a store served with `serve --control PATH`.
+/// `--control PATH`: the control socket `serve` makes for live info and checkpoints, and the
+/// one the other commands reach a served store through.
 struct ControlOptions: ParsableArguments {
     @Option(
         name: .customLong("control"),
         help: ArgumentHelp(
-            "The control socket of the serving cowbd (default: the store's path + .control).",
+            "The control socket of the served store (default: the store's path + .control).",
             valueName: "path"))
     var path: String?
 }

@@ -114,7 +114,7 @@ extension ServeCommand {
     func startControlChannel(
         disk: VirtualDisk, server: NBDServer, metricsURL: String?, logger: Logger
     ) throws -> ControlChannel? {
-        let path = controlPath ?? defaultControlPath(storePath: store)
+        let path = control.path ?? defaultControlPath(storePath: store)
         let service = ControlService(
             storePath: store, controlPath: path, disk: disk, server: server,
             metricsURL: metricsURL)
@@ -125,7 +125,7 @@ extension ServeCommand {
             channel.start()
             return channel
         } catch ServerError.invalidAddress(_, let why)
-            where controlPath == nil && why.contains("longer")
+            where control.path == nil && why.contains("longer")
         {
             logger.warning("no control socket: \(path): \(why); give a shorter one with --control")
             return nil

@@ -146,12 +146,7 @@ struct ServeCommand: ParsableCommand {
     @OptionGroup(title: "TLS (NBD_OPT_STARTTLS)")
     var tls: TLSOptions
 
-    @Option(
-        name: .customLong("control"),
-        help: ArgumentHelp(
-            "The control socket for live info and checkpoints (default: STORE.control).",
-            valueName: "path"))
-    var controlPath: String?
+    @OptionGroup var control: ControlOptions
 
     @Option(
         name: .customLong("metrics"),

@@ -20,13 +20,7 @@ done
 [ -n "$STORE" ] || fail "cowbd.store is required"
 [ -x /usr/bin/cowbd ] || fail "this kit has no cowbd (tools/vm/build-kit packs one when COWBD_VM_COWBD is set)"
 
-for m in failover net_failover virtio_net; do
-    ko=/lib/modules/$m.ko
-    [ -f "$ko" ] || continue
-    insmod "$ko" 2>/tmp/insmod.err || {
-        grep -q 'File exists' /tmp/insmod.err || { cat /tmp/insmod.err; fail "insmod $m failed"; }
-    }
-done
+load_modules failover net_failover virtio_net
 wait_for 30 -b /dev/vda || fail "/dev/vda (store disk) did not appear"
 wait_for 30 -b /dev/vdb || fail "/dev/vdb (base disk) did not appear"
 

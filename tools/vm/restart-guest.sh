@@ -19,13 +19,7 @@ done
 DEV=/dev/nbd0
 DATA_DIR=$MNT/restart
 
-for m in failover net_failover virtio_net; do
-    ko=/lib/modules/$m.ko
-    [ -f "$ko" ] || continue
-    insmod "$ko" 2>/tmp/insmod.err || {
-        grep -q 'File exists' /tmp/insmod.err || { cat /tmp/insmod.err; fail "insmod $m failed"; }
-    }
-done
+load_modules failover net_failover virtio_net
 wait_for 10 -b "$DEV" || fail "$DEV did not appear"
 n=100
 while [ ! -e /sys/class/net/eth0 ] && [ "$n" -gt 0 ]; do n=$((n - 1)); usleep 100000; done

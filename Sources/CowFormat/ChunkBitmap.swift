@@ -67,15 +67,7 @@ public final class ChunkBitmap {
     /// Pages that change become dirty.
     @discardableResult
     public func set(_ chunks: Range<UInt64>) -> UInt64 {
-        precondition(chunks.upperBound <= chunkCount, "chunk range out of range")
-        var newlySetCount: UInt64 = 0
-        forEachWord(in: chunks, allocating: true) { page, wordIndex, mask, pageIndex in
-            let added = mask & ~page[wordIndex]
-            guard added != 0 else { return }
-            page[wordIndex] |= added
-            newlySetCount += UInt64(added.nonzeroBitCount)
-            dirtyPages.insert(pageIndex)
-        }
+        let newlySetCount = flip(chunks, to: true)
         setCount += newlySetCount
         return newlySetCount
     }
@@ -84,17 +76,24 @@ public final class ChunkBitmap {
     /// Pages that change become dirty (they keep their memory).
     @discardableResult
     public func clear(_ chunks: Range<UInt64>) -> UInt64 {
-        precondition(chunks.upperBound <= chunkCount, "chunk range out of range")
-        var clearedCount: UInt64 = 0
-        forEachWord(in: chunks, allocating: false) { page, wordIndex, mask, pageIndex in
-            let removed = mask & page[wordIndex]
-            guard removed != 0 else { return }
-            page[wordIndex] &= ~removed
-            clearedCount += UInt64(removed.nonzeroBitCount)
-            dirtyPages.insert(pageIndex)
-        }
+        let clearedCount = flip(chunks, to: false)
         setCount -= clearedCount
         return clearedCount
+    }
+
+    /// Flips the bits in `chunks` that are not yet `isSet`, marking their pages dirty; returns
+    /// how many it flipped. Setting allocates missing pages; clearing skips them (all clear).
+    private func flip(_ chunks: Range<UInt64>, to isSet: Bool) -> UInt64 {
+        precondition(chunks.upperBound <= chunkCount, "chunk range out of range")
+        var flippedCount: UInt64 = 0
+        forEachWord(in: chunks, allocating: isSet) { page, wordIndex, mask, pageIndex in
+            let flipped = mask & (isSet ? ~page[wordIndex] : page[wordIndex])
+            guard flipped != 0 else { return }
+            page[wordIndex] ^= flipped
+            flippedCount += UInt64(flipped.nonzeroBitCount)
+            dirtyPages.insert(pageIndex)
+        }
+        return flippedCount
     }
 
     /// Calls `body` with each word that `chunks` touches and the mask of its bits in `chunks`.

@@ -7,11 +7,7 @@ extension StoreHeader {
 
     /// Records whether the file has a hydration bitmap.
     public mutating func setHasHydration(_ hasHydration: Bool) {
-        if hasHydration {
-            incompatibleFeatures |= Self.hydrationFeature
-        } else {
-            incompatibleFeatures &= ~Self.hydrationFeature
-        }
+        setIncompatibleFeature(Self.hydrationFeature, hasHydration)
     }
 
     /// Where the hydration bitmap starts: where a checkpoint area would end, whether or not the

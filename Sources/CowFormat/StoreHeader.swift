@@ -114,13 +114,7 @@ public struct StoreHeader: Equatable, Sendable {
         baseFingerprint: BaseFingerprint, fingerprintScheme: UInt32,
         basePathGiven: String, basePathResolved: String, createdUnixSeconds: UInt64
     ) throws(FormatError) {
-        guard basePathGiven.utf8.count <= Self.maxBasePathByteCount,
-            basePathResolved.utf8.count <= Self.maxBasePathByteCount
-        else {
-            throw .invalidField(
-                name: "base path length",
-                value: UInt64(max(basePathGiven.utf8.count, basePathResolved.utf8.count)))
-        }
+        try Self.checkBasePathLengths(basePathGiven, basePathResolved)
         self.version = Self.currentVersion
         self.geometry = geometry
         self.incompatibleFeatures = 0
@@ -186,11 +180,7 @@ public struct StoreHeader: Equatable, Sendable {
     /// Records a merge under way (or clears it), keeping the feature bit in step.
     public mutating func setMerge(_ record: MergeRecord?) {
         merge = record
-        if record == nil {
-            incompatibleFeatures &= ~Self.mergeInProgressFeature
-        } else {
-            incompatibleFeatures |= Self.mergeInProgressFeature
-        }
+        setIncompatibleFeature(Self.mergeInProgressFeature, record != nil)
     }
 
     /// True for a frozen layer: readable, never written (`snapshot` sets it).
@@ -198,19 +188,20 @@ public struct StoreHeader: Equatable, Sendable {
 
     /// Marks the store a frozen layer, or not.
     public mutating func setFrozen(_ isFrozen: Bool) {
-        if isFrozen {
-            incompatibleFeatures |= Self.frozenFeature
-        } else {
-            incompatibleFeatures &= ~Self.frozenFeature
-        }
+        setIncompatibleFeature(Self.frozenFeature, isFrozen)
     }
 
     /// Records whether the file has a checkpoint area.
     public mutating func setHasCheckpoints(_ hasCheckpoints: Bool) {
-        if hasCheckpoints {
-            incompatibleFeatures |= Self.checkpointsFeature
+        setIncompatibleFeature(Self.checkpointsFeature, hasCheckpoints)
+    }
+
+    /// Sets or clears one incompatible feature bit (`mergeInProgressFeature`, ...).
+    mutating func setIncompatibleFeature(_ feature: UInt32, _ isSet: Bool) {
+        if isSet {
+            incompatibleFeatures |= feature
         } else {
-            incompatibleFeatures &= ~Self.checkpointsFeature
+            incompatibleFeatures &= ~feature
         }
     }
 
@@ -219,12 +210,7 @@ public struct StoreHeader: Equatable, Sendable {
         baseByteCount: UInt64, fingerprint: BaseFingerprint, basePathGiven: String,
         basePathResolved: String
     ) throws(FormatError) {
-        guard basePathGiven.utf8.count <= Self.maxBasePathByteCount,
-            basePathResolved.utf8.count <= Self.maxBasePathByteCount
-        else {
-            throw .invalidField(
-                name: "base path length", value: UInt64(basePathResolved.utf8.count))
-        }
+        try Self.checkBasePathLengths(basePathGiven, basePathResolved)
         self.baseByteCount = baseByteCount
         self.baseFingerprint = fingerprint
         self.basePathGiven = basePathGiven
@@ -298,6 +284,14 @@ public struct StoreHeader: Equatable, Sendable {
         Self.encodePath(basePathGiven, into: header, at: Field.basePathGiven)
         Self.encodePath(basePathResolved, into: header, at: Field.basePathResolved)
         merge?.encode(into: header)
+    }
+
+    /// Throws unless both base paths fit the header (`maxBasePathByteCount` each).
+    static func checkBasePathLengths(_ given: String, _ resolved: String) throws(FormatError) {
+        let longest = max(given.utf8.count, resolved.utf8.count)
+        guard longest <= maxBasePathByteCount else {
+            throw .invalidField(name: "base path length", value: UInt64(longest))
+        }
     }
 
     static func parsePath(

@@ -77,12 +77,7 @@ struct CheckpointCommand: ParsableCommand {
                     named: name, createdUnixSeconds: UInt64(max(0, time(nil))))
             }
         }
-        if output.json {
-            print(
-                JSONValue.object([
-                    ("checkpoint", .string(name)), ("deleted", .bool(delete)),
-                ]).rendered())
-        }
+        printOutcome(name: name)
     }
 
     /// The same on a served store, through its control socket: recorded at once, between
@@ -102,12 +97,15 @@ struct CheckpointCommand: ParsableCommand {
         _ = try exitingOnError {
             try client.call(delete ? "delete-checkpoint" : "checkpoint", [("name", .string(name))])
         }
-        if output.json {
-            print(
-                JSONValue.object([
-                    ("checkpoint", .string(name)), ("deleted", .bool(delete)),
-                ]).rendered())
-        }
+        printOutcome(name: name)
+    }
+
+    /// With --json, what was done (offline or live alike); nothing otherwise.
+    private func printOutcome(name: String) {
+        guard output.json else { return }
+        print(
+            JSONValue.object([("checkpoint", .string(name)), ("deleted", .bool(delete))])
+                .rendered())
     }
 
     private func list(_ path: FilePath) throws {

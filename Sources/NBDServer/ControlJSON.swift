@@ -1,11 +1,15 @@
-// The JSON of the control channel (docs/CONTROL.md): a bounded parser and a one-line writer.
-// Only what the protocol uses: objects, arrays, strings, integers, booleans and null; no
-// fractions or exponents, at most `maxDepth` levels, so a hostile line cannot exhaust a stack.
+// cowbd's JSON: the control channel's (docs/CONTROL.md), with a bounded parser and a one-line
+// writer, and the CLI's `--json` output, written indented. Only what they use: objects,
+// arrays, strings, integers, booleans and null; no fractions or exponents, at most `maxDepth`
+// levels, so a hostile line cannot exhaust a stack.
 
-/// A JSON value of a control request or response.
+/// A JSON value: a control request or response, or what a command prints with `--json`.
 public enum ControlJSON: Equatable, Sendable {
     case string(String)
     case integer(Int64)
+    /// An integer past `Int64.max` (a count or size read from a file); `integer(_: UInt64)`
+    /// makes one only then, so each number has one form.
+    case unsignedInteger(UInt64)
     case bool(Bool)
     case null
     case array([ControlJSON])
@@ -19,6 +23,7 @@ public enum ControlJSON: Equatable, Sendable {
         switch (left, right) {
         case (.string(let a), .string(let b)): return a == b
         case (.integer(let a), .integer(let b)): return a == b
+        case (.unsignedInteger(let a), .unsignedInteger(let b)): return a == b
         case (.bool(let a), .bool(let b)): return a == b
         case (.null, .null): return true
         case (.array(let a), .array(let b)): return a == b
@@ -26,6 +31,16 @@ public enum ControlJSON: Equatable, Sendable {
             return a.count == b.count && zip(a, b).allSatisfy { $0.0 == $1.0 && $0.1 == $1.1 }
         default: return false
         }
+    }
+
+    /// A count or size: `integer` when it fits an Int64, else `unsignedInteger`.
+    public static func integer(_ value: UInt64) -> ControlJSON {
+        Int64(exactly: value).map { .integer($0) } ?? .unsignedInteger(value)
+    }
+
+    /// A string, or null when absent.
+    public static func optional(_ text: String?) -> ControlJSON {
+        text.map { .string($0) } ?? .null
     }
 
     /// The member `key` of an object; nil for anything else or a missing key.
@@ -50,18 +65,31 @@ public enum ControlJSON: Equatable, Sendable {
     }
 
     /// On one line, with no spaces: a control message is one line.
-    public func rendered() -> String {
+    public func renderedOnOneLine() -> String { rendered(indent: nil) }
+
+    /// Pretty-printed for `--json`: two-space indents from `indent`, no trailing newline.
+    /// With a nil `indent`, on one line with no spaces.
+    public func rendered(indent: Int? = 0) -> String {
+        let inner = indent.map { "\n" + String(repeating: " ", count: $0 + 2) } ?? ""
+        let outer = indent.map { "\n" + String(repeating: " ", count: $0) } ?? ""
+        let nested = indent.map { $0 + 2 }
         switch self {
         case .string(let text): return Self.quoted(text)
         case .integer(let value): return String(value)
+        case .unsignedInteger(let value): return String(value)
         case .bool(let value): return value ? "true" : "false"
         case .null: return "null"
         case .array(let values):
-            return "[" + values.map { $0.rendered() }.joined(separator: ",") + "]"
+            guard !values.isEmpty else { return "[]" }
+            let items = values.map { inner + $0.rendered(indent: nested) }
+            return "[" + items.joined(separator: ",") + outer + "]"
         case .object(let members):
-            return "{"
-                + members.map { Self.quoted($0.0) + ":" + $0.1.rendered() }.joined(separator: ",")
-                + "}"
+            guard !members.isEmpty else { return "{}" }
+            let separator = indent == nil ? ":" : ": "
+            let items = members.map {
+                inner + Self.quoted($0.0) + separator + $0.1.rendered(indent: nested)
+            }
+            return "{" + items.joined(separator: ",") + outer + "}"
         }
     }
 
@@ -200,10 +228,10 @@ private struct Parser {
         {
             throw failure("numbers are integers here")
         }
-        guard let value = Int64(String(decoding: bytes[start..<position], as: UTF8.self)) else {
-            throw failure("not a 64-bit integer")
-        }
-        return .integer(value)
+        let digits = String(decoding: bytes[start..<position], as: UTF8.self)
+        if let value = Int64(digits) { return .integer(value) }
+        guard let value = UInt64(digits) else { throw failure("not a 64-bit integer") }
+        return .unsignedInteger(value)
     }
 
     mutating func string() throws(ControlJSONError) -> String {

@@ -49,7 +49,7 @@ public enum ControlProtocol {
         ControlJSON.object([
             ("version", .integer(version)), ("command", .string(request.command)),
             ("args", request.arguments),
-        ]).rendered() + "\n"
+        ]).renderedOnOneLine() + "\n"
     }
 
     /// Parses a request line (without its newline).
@@ -81,7 +81,7 @@ public enum ControlProtocol {
     public static func successLine(_ result: ControlJSON) -> String {
         ControlJSON.object([
             ("version", .integer(version)), ("ok", .bool(true)), ("result", result),
-        ]).rendered() + "\n"
+        ]).renderedOnOneLine() + "\n"
     }
 
     /// A failure line, newline included; `message` is kept to its first line.
@@ -90,7 +90,7 @@ public enum ControlProtocol {
         return ControlJSON.object([
             ("version", .integer(version)), ("ok", .bool(false)),
             ("error", .string(String(firstLine ?? ""))),
-        ]).rendered() + "\n"
+        ]).renderedOnOneLine() + "\n"
     }
 
     /// The result of a response line (without its newline); throws the server's error line,

@@ -86,7 +86,7 @@ struct CheckpointCommand: ParsableCommand {
         guard let name else {
             let result = try exitingOnError { try client.call("list-checkpoints") }
             if output.json {
-                print(JSONValue(result["checkpoints"] ?? .array([])).rendered())
+                print((result["checkpoints"] ?? .array([])).rendered())
                 return
             }
             let rows = controlRows(result["rows"])

@@ -135,32 +135,6 @@ final class ControlClient {
     }
 }
 
-extension JSONValue {
-    /// The same value for a control message (numbers past Int64 are clamped; none are that big).
-    var controlJSON: ControlJSON {
-        switch self {
-        case .string(let text): return .string(text)
-        case .integer(let value): return .integer(Int64(clamping: value))
-        case .bool(let value): return .bool(value)
-        case .null: return .null
-        case .array(let values): return .array(values.map(\.controlJSON))
-        case .object(let members): return .object(members.map { ($0.0, $0.1.controlJSON) })
-        }
-    }
-
-    /// A control message's value, to print.
-    init(_ value: ControlJSON) {
-        switch value {
-        case .string(let text): self = .string(text)
-        case .integer(let number): self = .integer(UInt64(clamping: number))
-        case .bool(let flag): self = .bool(flag)
-        case .null: self = .null
-        case .array(let values): self = .array(values.map(JSONValue.init))
-        case .object(let members): self = .object(members.map { ($0.0, JSONValue($0.1)) })
-        }
-    }
-}
-
 /// "key: value" rows sent as `[["key","value"],...]`.
 func controlRows(_ value: ControlJSON?) -> [(String, String)] {
     guard case .array(let rows)? = value else { return [] }

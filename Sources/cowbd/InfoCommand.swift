@@ -56,7 +56,7 @@ struct InfoCommand: ParsableCommand {
         }) {
             let result = try exitingOnError { try client.call("info") }
             if output.json {
-                print(JSONValue(result["summary"] ?? .null).rendered())
+                print((result["summary"] ?? .null).rendered())
             } else {
                 printAligned(controlRows(result["rows"]))
             }

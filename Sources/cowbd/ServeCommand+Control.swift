@@ -80,7 +80,7 @@ struct ControlService: Sendable {
                 ("connections", String(server.connectionCount)),
                 ("metrics", metricsURL ?? "none (serve --metrics HOST:PORT)"),
             ] + server.metrics.summaryRows(disk: disk)
-        guard case .object(var members) = summary.json.controlJSON else {
+        guard case .object(var members) = summary.json else {
             preconditionFailure("a summary is an object")
         }
         members.append(
@@ -101,7 +101,7 @@ struct ControlService: Sendable {
         // The table is marked open while served; the bitmaps in memory miss nothing.
         listing.countsEveryHeldChunk = false
         return .object([
-            ("checkpoints", listing.json.controlJSON), ("rows", controlValue(rows: listing.rows)),
+            ("checkpoints", listing.json), ("rows", controlValue(rows: listing.rows)),
             ("counts_every_held_chunk", .bool(listing.countsEveryHeldChunk)),
         ])
     }

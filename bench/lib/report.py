@@ -48,7 +48,7 @@ def markdown(results):
         lines += core_markdown(results)
     lines += report_sections.markdown(results)
     lines += ["", "Columns: see bench/README.md."]
-    if {"core", "compressed", "multiconn", "remote"} & set(results["sections"]):
+    if {"core", "compressed", "multiconn", "remote", "depth"} & set(results["sections"]):
         lines[-1] += " Ratios of p99 latency below 1.00 mean cowbd answers faster."
     return "\n".join(lines + [""])
 

@@ -42,6 +42,10 @@ def build(run_dir, meta, sections):
     if "remote" in sections:
         targets, jobs = report_jobs.build_fio_jobs(run_dir, meta, "remote")
         built["remote"] = {"targets": targets, "jobs": jobs}
+    if "depth" in sections:
+        targets, jobs = report_jobs.build_fio_jobs(run_dir, meta, "depth")
+        built["depth"] = {"targets": targets, "jobs": jobs,
+                          "levels": [int(level) for level in meta["depth.levels"].split()]}
     if "kernel" in sections:
         skipped = raw / "kernel.skipped.env"
         if skipped.exists():
@@ -238,6 +242,42 @@ def remote_markdown(section, meta):
     return lines
 
 
+# --- depth ----------------------------------------------------------------------------------
+
+def depth_markdown(section, meta):
+    jobs, levels = section["jobs"], section["levels"]
+    lines = ["## Depth: reads through chains of overlays", "",
+             "- cowbd-dN: N stores, each `create --base` over the one below, the bottom one over "
+             "the raw base; qemu-nbd-dN: N qcow2 overlays, each `qemu-img create -b` over the one "
+             "below. Each layer got the same scattered 4 KiB writes in both chains (half the "
+             "disk's blocks in all, shared out between the layers).",
+             "- ÷ d1: the figure at this depth over the same server's at depth 1 (1.00: no "
+             "slower with depth). cowbd ÷ qemu: above 1.00 means cowbd is faster.",
+             f"- Load average at start {meta['load_average_start']}: on a busy machine the "
+             "ratios move from run to run.", "",
+             "| depth | " + " | ".join(
+                 f"cowbd {job['name']} {job['metric']} | ÷ d1 | qemu-nbd | ÷ d1 | cowbd ÷ qemu"
+                 for job in jobs) + " |",
+             "|" + "---|" * (1 + 5 * len(jobs))]
+    for level in levels:
+        cells = []
+        for job in jobs:
+            results = job["results"]
+            mine = report_jobs.primary(results[f"cowbd-d{level}"], job)
+            peer = report_jobs.primary(results[f"qemu-nbd-d{level}"], job)
+            mine_first = report_jobs.primary(results[f"cowbd-d{levels[0]}"], job)
+            peer_first = report_jobs.primary(results[f"qemu-nbd-d{levels[0]}"], job)
+            cells += [format_number(mine), ratio_text(mine, mine_first), format_number(peer),
+                      ratio_text(peer, peer_first), ratio_text(mine, peer)]
+        lines.append(f"| {level} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for job in jobs:
+        lines += [f"### depth {job['name']}: {job['description']}", "",
+                  f"fio: `{job['fio_arguments']}`", "",
+                  *report_jobs.job_table(job, reference=f"cowbd-d{levels[0]}"), ""]
+    return lines
+
+
 # --- the whole report -----------------------------------------------------------------------
 
 def markdown(results):
@@ -249,6 +289,8 @@ def markdown(results):
         lines += ["", *multiconn_markdown(built["multiconn"])]
     if "remote" in built:
         lines += ["", *remote_markdown(built["remote"], meta)]
+    if "depth" in built:
+        lines += ["", *depth_markdown(built["depth"], meta)]
     if "kernel" in built:
         lines += ["", *kernel_markdown(built["kernel"], meta)]
     if "diff" in built:
@@ -290,6 +332,12 @@ def panels(results):
         for job in built["remote"]["jobs"]:
             targets = list(job["results"])
             found.append((f"remote {job['name']}: {job['metric']} (higher is better)", targets,
+                          [report_jobs.primary(job["results"][t], job) for t in targets],
+                          "{:,.0f}"))
+    if "depth" in built:
+        for job in built["depth"]["jobs"]:
+            targets = list(job["results"])
+            found.append((f"depth {job['name']}: {job['metric']} (higher is better)", targets,
                           [report_jobs.primary(job["results"][t], job) for t in targets],
                           "{:,.0f}"))
     kernel = built.get("kernel", {}).get("results")

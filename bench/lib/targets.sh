@@ -84,6 +84,7 @@ stop_target() {
 overlay_bytes() {
     local target="$1"
     case "$target" in
+        cowbd-d[0-9]* | qemu-nbd-d[0-9]*) ;; # the depth section reads only
         cowbd | cowbd-lz4-* | cowbd-remote)
             local allocated
             allocated=$("$cowbd" info "$WORK_DIR/$target.cow" --json \

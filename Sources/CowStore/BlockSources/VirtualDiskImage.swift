@@ -15,11 +15,15 @@ public final class VirtualDiskImage: BlockSource {
     public var mayBeSlow: Bool { disk.base.mayBeSlow }
     /// Stores in the chain from this one down (this one included): 1 over a raw image.
     public let storeCount: Int
+    /// Which layer holds each chunk, for the chain right under the served store (nil: each
+    /// read asks the layers in turn; see LayerOwnerIndex.swift).
+    let ownerIndex: LayerOwnerIndex?
 
     /// Wraps an open disk; open it read-only, so it cannot change while it is read.
     public init(disk: VirtualDisk) {
         self.disk = disk
         storeCount = 1 + ((disk.base as? VirtualDiskImage)?.storeCount ?? 0)
+        ownerIndex = nil
     }
 
     /// Opens the store at `path` read-only (its exclusive lock: no server changes it meanwhile)
@@ -32,7 +36,8 @@ public final class VirtualDiskImage: BlockSource {
     /// Opens the store at `path` as the lower layer of the stores in `options.layersAbove`:
     /// under a shared lock (any number of uppers read it at once; a server that would write
     /// it, taking the exclusive lock, is refused meanwhile), after refusing a cycle and a chain
-    /// deeper than `LayerChain.maxStoreCount`.
+    /// deeper than `LayerChain.maxStoreCount`. The layer right under the store being opened
+    /// (one layer above it) indexes its chain's owners; deeper layers are read through it.
     init(lowerStorePath path: FilePath, options: BaseOpenOptions) throws {
         let identity = try FileIdentity(of: path)
         if let above = options.layersAbove.last,
@@ -46,16 +51,23 @@ public final class VirtualDiskImage: BlockSource {
         }
         self.disk = try VirtualDisk.open(storePath: path, access: .sharedRead, options: options)
         self.storeCount = 1 + ((disk.base as? VirtualDiskImage)?.storeCount ?? 0)
+        ownerIndex = options.layersAbove.count == 1 ? LayerOwnerIndex(chainOf: disk) : nil
     }
 
     public func read(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        try disk.read(at: byteOffset, into: buffer)
+        guard let ownerIndex else { return try disk.read(at: byteOffset, into: buffer) }
+        try disk.checkRange(byteOffset, UInt64(buffer.count))
+        try ownerIndex.read(at: byteOffset, into: buffer)
     }
 
     public func readIfReady(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
         -> Bool
     {
-        (try? disk.readIfCached(at: byteOffset, into: buffer)) ?? false
+        guard let ownerIndex else {
+            return (try? disk.readIfCached(at: byteOffset, into: buffer)) ?? false
+        }
+        guard (try? disk.checkRange(byteOffset, UInt64(buffer.count))) != nil else { return false }
+        return ownerIndex.readIfCached(at: byteOffset, into: buffer)
     }
 
     /// The store's chunks at depth 1, its lower layers' at 2 and deeper, zeros that no layer

@@ -74,14 +74,24 @@ public final class StoreMerge {
         }
         var baseOptions = options
         if case .inPlace = destination { baseOptions.lock = .exclusive }
-        base = try BaseLocator.openBase(
-            for: store.header, storePath: storePath, options: baseOptions)
+        let isOutput: Bool
+        if case .output = destination { isOutput = true } else { isOutput = false }
+        if isOutput && store.hasHydration && store.isSelfContained {
+            // Every base chunk is in the store: the flat image needs nothing of the base,
+            // which may be gone (a network base whose server was retired).
+            base = AbsentBase(header: store.header)
+        } else {
+            base = try BaseLocator.openBase(
+                for: store.header, storePath: storePath, options: baseOptions)
+        }
         switch destination {
         case .into(let path), .output(let path, _): targetPath = absolutePath(path.string).string
         case .inPlace: targetPath = base.path.string
         }
         guard let record = store.header.merge else {
-            try BaseLocator.verify(base, against: store.header, storePath: storePath)
+            if !(base is AbsentBase) {
+                try BaseLocator.verify(base, against: store.header, storePath: storePath)
+            }
             if case .inPlace = destination, base.kindName != "raw" {
                 throw StoreError.invalidArgument(
                     "\(base.path): an in-place merge needs a writable raw base, not a \(base.kindName) image"

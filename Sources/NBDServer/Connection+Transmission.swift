@@ -24,6 +24,20 @@ extension Connection {
             finish(worker)
         }
         defer { pool.drainAndStop() }
+        // Over a network base, requests that may wait on it have threads of their own, so a
+        // base that stops answering never holds up the reader or the requests for chunks the
+        // store holds (BaseRequestQueue.swift).
+        let baseQueue =
+            server.disk.base.mayBeSlow
+            ? BaseRequestQueue(
+                count: server.configuration.workersPerConnection,
+                payloadByteCount: payloadByteCount, makeScratch: { server.disk.makeScratch() })
+            : nil
+        baseQueue?.start { [self] job, worker in
+            execute(job, worker)
+            finish(worker)
+        }
+        defer { baseQueue?.drainAndStop() }
         let inline = RequestWorker(
             index: -1, payloadByteCount: payloadByteCount, scratch: server.disk.makeScratch())
         defer { finish(inline) }
@@ -38,9 +52,6 @@ extension Connection {
         let headerByteCount =
             extended ? RequestHeader.extendedByteCount : RequestHeader.compactByteCount
         let maxPayload = UInt64(session.export.maximumPayloadByteCount)
-        // Over a network base, a write into a chunk the store lacks copies the rest of the
-        // chunk from the base: it may wait on the network, so it must not hold up the reader.
-        let slowBase = server.disk.base.mayBeSlow
         while !broken.load(ordering: .relaxed) {
             let header: RequestHeader
             do {
@@ -58,14 +69,18 @@ extension Connection {
             if header.type == Command.disconnect.rawValue { return }
             let budgetByteCount = Self.budgetByteCount(
                 header, payloadByteCount: Int(payloadByteCount), maxPayload: maxPayload)
+            if let baseQueue, mayWaitOnBase(header) {
+                // A write into a chunk the store lacks copies the rest of it from the base.
+                reserveForWorker(budgetByteCount, inline)
+                try submitToBase(
+                    header, payloadByteCount: Int(payloadByteCount),
+                    budgetByteCount: budgetByteCount, input, baseQueue)
+                continue
+            }
             // CACHE may wait for the device to read ahead (a compressed base reads its index).
             let mayBlock =
                 header.flags.contains(.fua) || header.type == Command.flush.rawValue
                 || header.type == Command.cache.rawValue
-                || (slowBase
-                    && (header.type == Command.write.rawValue
-                        || header.type == Command.writeZeroes.rawValue
-                        || header.type == Command.trim.rawValue))
             // Budget before any buffer is touched. A request that may block then takes a pool
             // worker before its payload is read, so the payload lands in the buffer of the
             // thread that will use it.
@@ -96,6 +111,12 @@ extension Connection {
                 if !readIfCached(request, inline) {
                     // The reader's pages and budget go back before a worker's are taken.
                     reserveForWorker(budgetByteCount, inline)
+                    if let baseQueue,
+                        !server.disk.needsNoBase(at: request.offset, byteCount: request.length)
+                    {
+                        baseQueue.submit(job, payload: nil, budgetByteCount: budgetByteCount)
+                        continue
+                    }
                     let blocking = pool.acquire()
                     blocking.heldBudgetByteCount = budgetByteCount
                     pool.submit(blocking, job)

@@ -21,8 +21,8 @@ struct HydrateCommand: ParsableCommand {
             The store is opened under its lock, so it cannot be served meanwhile (use `serve \
             --copy-on-read` to hydrate what clients read). An interrupted run loses at most \
             what it copied in the last second (or 64 MiB); run it again and it continues \
-            where it stopped. A \
-            store with checkpoints cannot be hydrated.
+            where it stopped. Hydrated chunks are not changes: checkpoints do not count them \
+            and `export-diff --since` leaves them out.
 
             On a terminal, a status line shows the progress. With --json the result is one \
             object: chunks_copied, bytes_copied (this run), chunks_hydrated, chunks_written, \

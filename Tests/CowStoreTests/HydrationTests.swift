@@ -222,19 +222,69 @@ extension ArraySlice<UInt8> {
     }
 }
 
-@Test func checkpointsAndHydrationRefuseEachOtherAndChangeNothing() throws {
+/// The chunks `export-diff --since NAME` would ship, as (byte offset, byte count) pairs.
+private func changedSince(_ scratch: Scratch, _ name: String) throws -> [UInt64] {
+    let job = try StoreDiffExport(
+        storePath: FilePath(scratch.path("cow")), sinceCheckpoint: name)
+    defer { job.close() }
+    var extents: [UInt64] = []
+    try job.forEachChangedExtent { extents += [$0.byteOffset, $0.byteCount] }
+    return extents
+}
+
+private func addCheckpoint(_ disk: VirtualDisk, _ name: String, id: UInt64) throws {
+    try disk.store.addCheckpoint(
+        Checkpoint(
+            name: name, id: id, createdUnixSeconds: 0,
+            diskFingerprint: BaseFingerprint(low: 0, high: 0)))
+}
+
+/// Checkpoints before and after hydration: hydrated chunks are not changes, so a diff since a
+/// checkpoint holds only the writes; the hydration bitmap survives the checkpoint area coming
+/// and going (the last checkpoint deleted), and `check` finds nothing wrong.
+@Test func checkpointsAndHydrationWorkTogetherAndDiffsSinceHoldOnlyWrites() throws {
     let scratch = try Scratch()
-    let model = try makeStore(scratch, seed: 51)
-    let disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
+    var model = try makeStore(scratch, seed: 51)
+    var disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
+    try addCheckpoint(disk, "before", id: 1)
     try disk.enableCopyOnRead()
-    _ = try disk.readBytes(at: 0, count: 8192)
-    #expect(throws: StoreError.self) {
-        try disk.store.addCheckpoint(
-            Checkpoint(
-                name: "monday", id: 1, createdUnixSeconds: 0,
-                diskFingerprint: BaseFingerprint(low: 0, high: 0)))
-    }
+    #expect(try disk.readBytes(at: 0, count: 1 << 20) == Array(model[..<(1 << 20)]))
+    let written = [UInt8](repeating: 0xE7, count: 4096)
+    try disk.writeBytes(written, at: 40960, scratch: disk.makeScratch())
+    model.replaceSubrange(40960..<(40960 + 4096), with: written)
+    try disk.flush()
+    let hydratedAfterReads = disk.store.hydratedChunkCount
+    #expect(hydratedAfterReads > 0)
+    disk.close()
+    #expect(try changedSince(scratch, "before") == [40960, 4096])
+    disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
+    _ = try StoreHydrate.run(disk)
+    #expect(disk.store.isSelfContained)
+    disk.close()
+    #expect(try changedSince(scratch, "before") == [40960, 4096], "after hydrate")
+
+    disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
+    try addCheckpoint(disk, "after", id: 2)
+    try disk.writeBytes(written, at: 2 << 20, scratch: disk.makeScratch())
+    model.replaceSubrange((2 << 20)..<((2 << 20) + 4096), with: written)
     try disk.flush()
     disk.close()
+    #expect(try changedSince(scratch, "after") == [2 << 20, 4096])
+    #expect(try changedSince(scratch, "before") == [40960, 4096, 2 << 20, 4096])
+    #expect(
+        try StoreCheck.run(storePath: FilePath(scratch.path("cow")), repair: false).findings.isEmpty
+    )
+
+    disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
+    let hydrated = disk.store.hydratedChunkCount
+    try disk.store.deleteCheckpoint(named: "before")
+    try disk.store.deleteCheckpoint(named: "after")
+    disk.close()
+    disk = try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
+    #expect(disk.store.hydratedChunkCount == hydrated)
+    #expect(disk.store.checkpointTable == nil)
+    disk.close()
+    let report = try StoreCheck.run(storePath: FilePath(scratch.path("cow")), repair: false)
+    #expect(report.findings.isEmpty, "\(report.findings.map(\.message))")
     #expect(try diskBytes(scratch) == model)
 }

@@ -12,12 +12,19 @@ import CowSupport
 extension NBDBaseConnection {
     /// Opens a handle to `uri` (any URI libnbd accepts, TLS query parameters included) and
     /// asks for `base:allocation`. The corresponding C functions are `nbd_create`,
-    /// `nbd_add_meta_context`, `nbd_aio_connect_uri` and `nbd_poll`.
+    /// `nbd_add_meta_context`, `nbd_set_uri_allow_local_file`, `nbd_aio_connect_uri` and
+    /// `nbd_poll`.
     static func connect(uri: String, deadline: Double) throws -> OpaquePointer {
         guard let handle = nbd_create() else { throw lastError(uri, "nbd_create") }
         do {
             guard nbd_add_meta_context(handle, allocationContext) == 0 else {
                 throw lastError(uri, "nbd_add_meta_context")
+            }
+            // The URI's tls-certificates and tls-psk-file name local files; libnbd reads
+            // them only when allowed. The URI comes from whoever made the store, as a path to
+            // a base image does.
+            guard nbd_set_uri_allow_local_file(handle, true) == 0 else {
+                throw lastError(uri, "nbd_set_uri_allow_local_file")
             }
             guard nbd_aio_connect_uri(handle, uri) == 0 else {
                 throw lastError(uri, "nbd_connect_uri")

@@ -8,15 +8,11 @@ import SystemPackage
 
 extension VirtualDisk {
     /// Makes every later read keep the whole base chunks it reads in the store
-    /// (`serve --copy-on-read`). Refused on a read-only disk and on a store with checkpoints.
+    /// (`serve --copy-on-read`). Refused on a read-only disk. Kept chunks are not changes:
+    /// checkpoints do not count them, so diffs since a checkpoint leave them out.
     public func enableCopyOnRead() throws {
         guard !isReadOnly else { throw StoreError.readOnly }
         try store.checkTakesChanges()
-        guard store.checkpointTable == nil else {
-            throw StoreError.invalidArgument(
-                "\(store.path): a store with checkpoints cannot hydrate chunks; delete them first "
-                    + "(cowbd checkpoint --delete)")
-        }
         copyOnRead.store(true, ordering: .relaxed)
     }
 

@@ -112,6 +112,23 @@ public final class VirtualDisk: Sendable {
         }
     }
 
+    /// True if reading, writing or zeroing the range needs nothing from the base: every chunk in
+    /// it is in the store (written or hydrated) or lies past the base's end. A range outside
+    /// the disk needs nothing either (it is refused before it reads). Never waits, but for the
+    /// bitmap's lock: a server asks it to keep requests off threads a slow base may hold.
+    public func needsNoBase(at virtualByteOffset: UInt64, byteCount: UInt64) -> Bool {
+        guard virtualByteOffset < self.byteCount, byteCount <= self.byteCount - virtualByteOffset
+        else { return true }
+        let end = min(virtualByteOffset + byteCount, base.byteCount)
+        var cursor = virtualByteOffset
+        while cursor < end {
+            let (isPresent, runEnd) = presentRun(from: cursor, end: end)
+            guard isPresent else { return false }
+            cursor = runEnd
+        }
+        return true
+    }
+
     /// Splits `buffer` (the disk's bytes from `virtualByteOffset`) into runs of chunks the store
     /// holds and chunks it does not, and calls `fill` with each run's state, first byte and part
     /// of `buffer`, in order; stops and returns false as soon as `fill` does.

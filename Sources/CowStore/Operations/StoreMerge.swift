@@ -79,12 +79,19 @@ public final class StoreMerge {
         }
         var baseOptions = options
         if case .inPlace = destination { baseOptions.lock = .exclusive }
+        let isOutput: Bool
+        if case .output = destination { isOutput = true } else { isOutput = false }
         if case .inPlace = destination,
             let lower = try Self.openLowerStoreForWriting(
                 under: store, storePath: storePath, options: options)
         {
             lowerDisk = lower
             base = VirtualDiskImage(disk: lower)
+        } else if isOutput && store.hasHydration && store.isSelfContained {
+            // Every base chunk is in the store: the flat image needs nothing of the base,
+            // which may be gone (a network base whose server was retired).
+            lowerDisk = nil
+            base = AbsentBase(header: store.header)
         } else {
             lowerDisk = nil
             base = try BaseLocator.openBase(
@@ -95,7 +102,9 @@ public final class StoreMerge {
         case .inPlace: targetPath = base.path.string
         }
         guard let record = store.header.merge else {
-            try BaseLocator.verify(base, against: store.header, storePath: storePath)
+            if !(base is AbsentBase) {
+                try BaseLocator.verify(base, against: store.header, storePath: storePath)
+            }
             if let lowerDisk {
                 try Self.checkLowerTakesTheDisk(lowerDisk, of: store, storePath: storePath)
                 return

@@ -51,10 +51,6 @@ extension StoreFile {
         if let problem = Checkpoint.problem(withName: checkpoint.name) {
             throw StoreError.invalidArgument("\(checkpoint.name): \(problem)")
         }
-        guard !hasHydration else {
-            throw StoreError.invalidArgument(
-                "\(path): a store with hydrated chunks cannot take checkpoints")
-        }
         try flush()
         try flushLock.withLock { _ in
             var table = try checkpoints.withLock { $0.table } ?? createCheckpointArea()
@@ -102,8 +98,19 @@ extension StoreFile {
             // Header first: a crash before the truncate leaves only unused bytes past the end.
             var plain = header
             plain.setHasCheckpoints(false)
+            plain.setHasHydration(hasHydration)
             try writeHeaderBytes(plain)
             checkpoints.withLock { $0 = CheckpointState() }
+            guard !hasHydration else {
+                // The hydration bitmap stays where it is, past the area: the area is punched.
+                let start = header.checkpointAreaByteOffset
+                let count = header.hydrationBitmapByteOffset - start
+                try io("punch hole", at: start) { () throws(Errno) in
+                    try io.punchHole(at: start, byteCount: count)
+                }
+                try synchronize(.all, "fsync (punch hole)")
+                return
+            }
             let dataEnd = header.dataByteOffset + header.virtualByteCount
             try io("ftruncate", at: dataEnd) { () throws(Errno) in try io.setByteCount(dataEnd) }
             try synchronize(.all, "fsync (ftruncate)")
@@ -116,6 +123,8 @@ extension StoreFile {
     private func createCheckpointArea() throws -> CheckpointTable {
         var withArea = header
         withArea.setHasCheckpoints(true)
+        // With a hydration bitmap the file already reaches past the area: the size stays.
+        withArea.setHasHydration(hasHydration)
         try io("ftruncate", at: withArea.expectedFileByteCount) { () throws(Errno) in
             try io.setByteCount(withArea.expectedFileByteCount)
         }

@@ -53,20 +53,18 @@ extension StoreFile {
 
     /// Makes the hydration bitmap, once: the file grows by the bitmap (a hole, all clear), that
     /// is made durable, and only then does the header get the feature bit. A crash in between
-    /// leaves unused bytes past the end. Refused on a store with checkpoints (their area and
-    /// this one are not yet made to grow and shrink around each other).
+    /// leaves unused bytes past the end. The bitmap sits past where a checkpoint area ends,
+    /// so checkpoints made before or after keep their place (docs/FORMAT.md, "Hydration").
+    /// Called, like every change to the checkpoint area, under the flush lock.
     func prepareHydration() throws {
         guard !hasHydration else { return }
         try checkTakesChanges()
         try flushLock.withLock { _ in
             guard !hasHydration else { return }
-            guard checkpoints.withLock({ $0.table == nil }) else {
-                throw StoreError.invalidArgument(
-                    "\(path): a store with checkpoints cannot hydrate chunks; delete them first "
-                        + "(cowbd checkpoint --delete)")
-            }
             var withBitmap = header
             withBitmap.setHasHydration(true)
+            // The header as it is now: checkpoints may have come since the store opened.
+            withBitmap.setHasCheckpoints(checkpoints.withLock { $0.table != nil })
             let end = withBitmap.expectedFileByteCount
             try io("ftruncate", at: end) { () throws(Errno) in try io.setByteCount(end) }
             try synchronize(.all, "fsync (ftruncate)")

@@ -30,7 +30,7 @@ extension Connection {
         let baseQueue =
             server.disk.base.mayBeSlow
             ? BaseRequestQueue(
-                count: server.configuration.workersPerConnection,
+                count: server.configuration.baseWorkersPerConnection,
                 payloadByteCount: payloadByteCount, makeScratch: { server.disk.makeScratch() })
             : nil
         baseQueue?.start { [self] job, worker in

@@ -28,6 +28,9 @@ public final class NBDServer: Sendable {
         public var messageTimeoutSeconds: Double = 120
         /// Requests of one connection executed at once.
         public var workersPerConnection = 4
+        /// Over a network base: requests of one connection that wait on the base, run at once
+        /// (BaseRequestQueue.swift).
+        public var baseWorkersPerConnection = 32
         /// Largest READ or WRITE payload (NBD_INFO_BLOCK_SIZE maximum).
         public var maximumPayloadByteCount: UInt32 = 32 << 20
         /// Memory for the payloads of requests in flight, across all connections

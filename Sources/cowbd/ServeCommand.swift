@@ -120,8 +120,8 @@ struct ServeCommand: ParsableCommand {
 
     @Option(
         help: """
-            Requests of one connection executed at once (default 4; 32 over a base on an NBD \
-            server, whose reads wait on the network).
+            Requests of one connection executed at once (default 4), and over a base on an \
+            NBD server, requests waiting on the network at once besides (default 32).
             """)
     var threads: Int?
 
@@ -238,7 +238,8 @@ struct ServeCommand: ParsableCommand {
             configuration.maxConnections = maxConnections
             configuration.handshakeTimeoutSeconds = handshakeTimeout
             configuration.messageTimeoutSeconds = messageTimeout
-            configuration.workersPerConnection = threads ?? (disk.base.mayBeSlow ? 32 : 4)
+            configuration.workersPerConnection = threads ?? 4
+            configuration.baseWorkersPerConnection = threads ?? 32
             configuration.maxInflightByteCount = Int(
                 (try? ByteSize.parse(maxInflightBytes)) ?? 256 << 20)
             configuration.tls = tls.serverConfiguration

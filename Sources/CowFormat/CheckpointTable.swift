@@ -134,9 +134,7 @@ public struct CheckpointTable: Equatable, Sendable {
         return Checkpoint(
             name: name, id: id,
             createdUnixSeconds: bytes.loadLittleEndian(at: start + 72, as: UInt64.self),
-            diskFingerprint: BaseFingerprint(
-                low: bytes.loadLittleEndian(at: start + 80, as: UInt64.self),
-                high: bytes.loadLittleEndian(at: start + 88, as: UInt64.self)))
+            diskFingerprint: BaseFingerprint(loadingFrom: bytes, at: start + 80))
     }
 
     /// Writes one copy, with its checksum, into the first `byteCount` bytes of `bytes`.
@@ -161,8 +159,7 @@ public struct CheckpointTable: Equatable, Sendable {
             for (index, byte) in name.enumerated() { table[start + 2 + index] = byte }
             table.storeLittleEndian(checkpoint.id, at: start + 64)
             table.storeLittleEndian(checkpoint.createdUnixSeconds, at: start + 72)
-            table.storeLittleEndian(checkpoint.diskFingerprint.low, at: start + 80)
-            table.storeLittleEndian(checkpoint.diskFingerprint.high, at: start + 88)
+            checkpoint.diskFingerprint.store(into: table, at: start + 80)
         }
     }
 

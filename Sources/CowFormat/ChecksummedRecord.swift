@@ -1,7 +1,8 @@
 // The frame shared by cowbd's fixed-size records (the store header, a compressed image's
-// header and footer, a checkpoint table copy, an import record): an 8-byte magic at offset 0
-// and, in the last 8 bytes, XXH64 (seed 0) of every byte before them, little-endian. The fields
-// in between are each record's own. No I/O.
+// header and footer, a checkpoint table copy, an import record, a diff header): an 8-byte magic
+// at offset 0 and, in the last 8 bytes, a hash (seed 0) of every byte before them,
+// little-endian: XXH64, or XXH3-64 for a diff header. The fields in between are each record's
+// own. No I/O.
 
 import CXXHash
 
@@ -13,14 +14,27 @@ struct ChecksummedRecord: Sendable {
     let byteCount: Int
     /// What the record is, for `FormatError.badMagic` ("cowbd store").
     let kindName: String
+    /// The hash its checksum is.
+    var checksumHash: ChecksumHash = .xxh64
+
+    /// The hashes a record's checksum may be.
+    enum ChecksumHash: Sendable {
+        /// `XXH64`, seed 0: every record but the diff header.
+        case xxh64
+        /// `XXH3_64bits`: the diff header, whose stream's other checksums are XXH3 too.
+        case xxh3
+    }
 
     /// Where the checksum is: the record's last 8 bytes.
     var checksumByteOffset: Int { byteCount - 8 }
 
-    /// XXH64 (seed 0) of the bytes before the checksum.
+    /// The hash of the bytes before the checksum.
     func checksum(of bytes: UnsafeRawBufferPointer) -> UInt64 {
         precondition(bytes.count >= checksumByteOffset)
-        return XXH64(bytes.baseAddress, checksumByteOffset, 0)
+        switch checksumHash {
+        case .xxh64: return XXH64(bytes.baseAddress, checksumByteOffset, 0)
+        case .xxh3: return XXH3_64bits(bytes.baseAddress, checksumByteOffset)
+        }
     }
 
     /// Checks that `bytes` start with a whole record of this kind: long enough, the magic,

@@ -33,25 +33,13 @@ public struct DiffHeader: Equatable, Sendable {
 
     /// Parses the first `byteCount` bytes of a native diff; checks magic, version and checksum.
     public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
-        guard bytes.count >= Self.byteCount else {
-            throw .truncated(expectedByteCount: Self.byteCount, actualByteCount: bytes.count)
-        }
-        guard bytes.prefix(8).elementsEqual(Self.magic) else {
-            throw .badMagic(expected: "cowbd diff")
-        }
-        let stored = bytes.loadLittleEndian(at: 56, as: UInt64.self)
-        let computed = XXH3_64bits(bytes.baseAddress, 56)
-        guard stored == computed else {
-            throw .checksumMismatch(stored: stored, computed: computed)
-        }
+        try Self.record.check(bytes)
         let version = bytes.loadLittleEndian(at: 8, as: UInt32.self)
         guard version == Self.currentVersion else { throw .unsupportedVersion(version) }
         chunkByteCount = bytes.loadLittleEndian(at: 12, as: UInt32.self)
         virtualByteCount = bytes.loadLittleEndian(at: 16, as: UInt64.self)
         baseByteCount = bytes.loadLittleEndian(at: 24, as: UInt64.self)
-        baseFingerprint = BaseFingerprint(
-            low: bytes.loadLittleEndian(at: 32, as: UInt64.self),
-            high: bytes.loadLittleEndian(at: 40, as: UInt64.self))
+        baseFingerprint = BaseFingerprint(loadingFrom: bytes, at: 32)
         sinceCheckpointID = bytes.loadLittleEndian(at: 48, as: UInt64.self)
         guard baseByteCount <= virtualByteCount else {
             throw .invalidField(name: "base size", value: baseByteCount)
@@ -60,17 +48,19 @@ public struct DiffHeader: Equatable, Sendable {
 
     /// Writes the header into the first `byteCount` bytes of `bytes`.
     public func encode(into bytes: UnsafeMutableRawBufferPointer) {
-        precondition(bytes.count >= Self.byteCount)
-        for (index, byte) in Self.magic.enumerated() { bytes[index] = byte }
-        bytes.storeLittleEndian(Self.currentVersion, at: 8)
-        bytes.storeLittleEndian(chunkByteCount, at: 12)
-        bytes.storeLittleEndian(virtualByteCount, at: 16)
-        bytes.storeLittleEndian(baseByteCount, at: 24)
-        bytes.storeLittleEndian(baseFingerprint.low, at: 32)
-        bytes.storeLittleEndian(baseFingerprint.high, at: 40)
-        bytes.storeLittleEndian(sinceCheckpointID, at: 48)
-        bytes.storeLittleEndian(XXH3_64bits(bytes.baseAddress, 56), at: 56)
+        Self.record.encode(into: bytes) { header in
+            header.storeLittleEndian(Self.currentVersion, at: 8)
+            header.storeLittleEndian(chunkByteCount, at: 12)
+            header.storeLittleEndian(virtualByteCount, at: 16)
+            header.storeLittleEndian(baseByteCount, at: 24)
+            baseFingerprint.store(into: header, at: 32)
+            header.storeLittleEndian(sinceCheckpointID, at: 48)
+        }
     }
+
+    /// The header's frame: magic, fields, XXH3-64 checksum at 56.
+    static let record = ChecksummedRecord(
+        magic: magic, byteCount: byteCount, kindName: "cowbd diff", checksumHash: .xxh3)
 }
 
 /// One 32-byte record header of a native diff: a data extent (followed by its bytes), a zero

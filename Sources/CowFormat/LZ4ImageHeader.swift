@@ -33,8 +33,8 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         static let incompatibleFeatures = 20
         static let virtualByteCount = 24
         static let blockCount = 32
-        static let fingerprintLow = 40
-        static let fingerprintHigh = 48
+        /// `BaseFingerprint`: low u64 at 40, high u64 at 48.
+        static let fingerprint = 40
         static let fingerprintScheme = 56
         static let compatibleFeatures = 60
         static let indexByteOffset = 64
@@ -110,9 +110,7 @@ public struct LZ4ImageHeader: Equatable, Sendable {
             at: Field.incompatibleFeatures, as: UInt32.self)
         compatibleFeatures = bytes.loadLittleEndian(at: Field.compatibleFeatures, as: UInt32.self)
         virtualByteCount = bytes.loadLittleEndian(at: Field.virtualByteCount, as: UInt64.self)
-        fingerprint = BaseFingerprint(
-            low: bytes.loadLittleEndian(at: Field.fingerprintLow, as: UInt64.self),
-            high: bytes.loadLittleEndian(at: Field.fingerprintHigh, as: UInt64.self))
+        fingerprint = BaseFingerprint(loadingFrom: bytes, at: Field.fingerprint)
         fingerprintScheme = bytes.loadLittleEndian(at: Field.fingerprintScheme, as: UInt32.self)
         indexByteOffset = bytes.loadLittleEndian(at: Field.indexByteOffset, as: UInt64.self)
         indexByteCount = bytes.loadLittleEndian(at: Field.indexByteCount, as: UInt64.self)
@@ -186,8 +184,7 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         record.storeLittleEndian(incompatibleFeatures, at: Field.incompatibleFeatures)
         record.storeLittleEndian(virtualByteCount, at: Field.virtualByteCount)
         record.storeLittleEndian(blockCount, at: Field.blockCount)
-        record.storeLittleEndian(fingerprint.low, at: Field.fingerprintLow)
-        record.storeLittleEndian(fingerprint.high, at: Field.fingerprintHigh)
+        fingerprint.store(into: record, at: Field.fingerprint)
         record.storeLittleEndian(fingerprintScheme, at: Field.fingerprintScheme)
         record.storeLittleEndian(compatibleFeatures, at: Field.compatibleFeatures)
         record.storeLittleEndian(indexByteOffset, at: Field.indexByteOffset)

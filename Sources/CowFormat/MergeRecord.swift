@@ -52,9 +52,7 @@ public struct MergeRecord: Equatable, Sendable {
             throw .invalidField(name: "merge flags", value: UInt64(flags))
         }
         targetByteCount = bytes.loadLittleEndian(at: Field.mergeTargetByteCount, as: UInt64.self)
-        targetFingerprint = BaseFingerprint(
-            low: bytes.loadLittleEndian(at: Field.mergeFingerprintLow, as: UInt64.self),
-            high: bytes.loadLittleEndian(at: Field.mergeFingerprintHigh, as: UInt64.self))
+        targetFingerprint = BaseFingerprint(loadingFrom: bytes, at: Field.mergeFingerprint)
         let length = Int(bytes.loadLittleEndian(at: Field.mergeTargetPath, as: UInt16.self))
         guard length > 0, length <= Self.maxTargetPathByteCount else {
             throw .invalidField(name: "merge target path length", value: UInt64(length))
@@ -67,8 +65,7 @@ public struct MergeRecord: Equatable, Sendable {
         typealias Field = StoreHeader.Field
         bytes.storeLittleEndian(flags, at: Field.mergeFlags)
         bytes.storeLittleEndian(targetByteCount, at: Field.mergeTargetByteCount)
-        bytes.storeLittleEndian(targetFingerprint.low, at: Field.mergeFingerprintLow)
-        bytes.storeLittleEndian(targetFingerprint.high, at: Field.mergeFingerprintHigh)
+        targetFingerprint.store(into: bytes, at: Field.mergeFingerprint)
         StoreHeader.encodePath(targetPath, into: bytes, at: Field.mergeTargetPath)
     }
 }

@@ -21,6 +21,19 @@ public struct BaseFingerprint: Equatable, Sendable, CustomStringConvertible {
         }
         return hex(high) + hex(low)
     }
+
+    /// Reads the fingerprint stored at `byteOffset` of a record: `low`, then `high`, each a u64
+    /// little-endian.
+    init(loadingFrom bytes: UnsafeRawBufferPointer, at byteOffset: Int) {
+        low = bytes.loadLittleEndian(at: byteOffset, as: UInt64.self)
+        high = bytes.loadLittleEndian(at: byteOffset + 8, as: UInt64.self)
+    }
+
+    /// Writes the fingerprint at `byteOffset` of a record, as `init(loadingFrom:at:)` reads it.
+    func store(into bytes: UnsafeMutableRawBufferPointer, at byteOffset: Int) {
+        bytes.storeLittleEndian(low, at: byteOffset)
+        bytes.storeLittleEndian(high, at: byteOffset + 8)
+    }
 }
 
 /// Header of a COW store file (docs/FORMAT.md, "Store header").
@@ -64,8 +77,8 @@ public struct StoreHeader: Equatable, Sendable {
         static let incompatibleFeatures = 20
         static let virtualByteCount = 24
         static let baseByteCount = 32
-        static let fingerprintLow = 40
-        static let fingerprintHigh = 48
+        /// `BaseFingerprint`: low u64 at 40, high u64 at 48.
+        static let fingerprint = 40
         static let fingerprintScheme = 56
         static let compatibleFeatures = 60
         static let bitmapByteOffset = 64
@@ -74,8 +87,8 @@ public struct StoreHeader: Equatable, Sendable {
         static let createdUnixSeconds = 88
         static let mergeFlags = 96
         static let mergeTargetByteCount = 104
-        static let mergeFingerprintLow = 112
-        static let mergeFingerprintHigh = 120
+        /// `BaseFingerprint`: low u64 at 112, high u64 at 120.
+        static let mergeFingerprint = 112
         static let reservedStart = 128
         static let basePathGiven = 1024
         static let basePathResolved = 2048
@@ -157,9 +170,7 @@ public struct StoreHeader: Equatable, Sendable {
         compatibleFeatures = bytes.loadLittleEndian(at: Field.compatibleFeatures, as: UInt32.self)
         virtualByteCount = bytes.loadLittleEndian(at: Field.virtualByteCount, as: UInt64.self)
         baseByteCount = bytes.loadLittleEndian(at: Field.baseByteCount, as: UInt64.self)
-        baseFingerprint = BaseFingerprint(
-            low: bytes.loadLittleEndian(at: Field.fingerprintLow, as: UInt64.self),
-            high: bytes.loadLittleEndian(at: Field.fingerprintHigh, as: UInt64.self))
+        baseFingerprint = BaseFingerprint(loadingFrom: bytes, at: Field.fingerprint)
         fingerprintScheme = bytes.loadLittleEndian(at: Field.fingerprintScheme, as: UInt32.self)
         bitmapByteOffset = bytes.loadLittleEndian(at: Field.bitmapByteOffset, as: UInt64.self)
         bitmapByteCount = bytes.loadLittleEndian(at: Field.bitmapByteCount, as: UInt64.self)
@@ -273,8 +284,7 @@ public struct StoreHeader: Equatable, Sendable {
         header.storeLittleEndian(incompatibleFeatures, at: Field.incompatibleFeatures)
         header.storeLittleEndian(virtualByteCount, at: Field.virtualByteCount)
         header.storeLittleEndian(baseByteCount, at: Field.baseByteCount)
-        header.storeLittleEndian(baseFingerprint.low, at: Field.fingerprintLow)
-        header.storeLittleEndian(baseFingerprint.high, at: Field.fingerprintHigh)
+        baseFingerprint.store(into: header, at: Field.fingerprint)
         header.storeLittleEndian(fingerprintScheme, at: Field.fingerprintScheme)
         header.storeLittleEndian(compatibleFeatures, at: Field.compatibleFeatures)
         header.storeLittleEndian(bitmapByteOffset, at: Field.bitmapByteOffset)

@@ -171,47 +171,49 @@ private struct Parser {
     }
 
     mutating func object(depth: Int) throws(ControlJSONError) -> ControlJSON {
-        position += 1
         var members: [(String, ControlJSON)] = []
-        skipSpace()
-        if position < bytes.count && bytes[position] == UInt8(ascii: "}") {
-            position += 1
-            return .object(members)
+        try elements(closing: "}") { parser throws(ControlJSONError) in
+            guard parser.position < parser.bytes.count,
+                parser.bytes[parser.position] == UInt8(ascii: "\"")
+            else { throw parser.failure("expected a member name") }
+            let key = try parser.string()
+            parser.skipSpace()
+            try parser.expect(":")
+            parser.skipSpace()
+            members.append((key, try parser.value(depth: depth + 1)))
         }
-        while true {
-            skipSpace()
-            guard position < bytes.count, bytes[position] == UInt8(ascii: "\"") else {
-                throw failure("expected a member name")
-            }
-            let key = try string()
-            skipSpace()
-            try expect(":")
-            skipSpace()
-            members.append((key, try value(depth: depth + 1)))
-            skipSpace()
-            guard position < bytes.count else { throw failure("unexpected end") }
-            position += 1
-            if bytes[position - 1] == UInt8(ascii: "}") { return .object(members) }
-            guard bytes[position - 1] == UInt8(ascii: ",") else { throw failure("expected , or }") }
-        }
+        return .object(members)
     }
 
     mutating func array(depth: Int) throws(ControlJSONError) -> ControlJSON {
-        position += 1
         var values: [ControlJSON] = []
+        try elements(closing: "]") { parser throws(ControlJSONError) in
+            values.append(try parser.value(depth: depth + 1))
+        }
+        return .array(values)
+    }
+
+    /// Reads an object's or array's elements, from its opening byte to `closing`: none, or
+    /// some that `element` reads, separated by commas.
+    mutating func elements(
+        closing: Unicode.Scalar, _ element: (inout Parser) throws(ControlJSONError) -> Void
+    ) throws(ControlJSONError) {
+        position += 1
         skipSpace()
-        if position < bytes.count && bytes[position] == UInt8(ascii: "]") {
+        if position < bytes.count && bytes[position] == UInt8(ascii: closing) {
             position += 1
-            return .array(values)
+            return
         }
         while true {
             skipSpace()
-            values.append(try value(depth: depth + 1))
+            try element(&self)
             skipSpace()
             guard position < bytes.count else { throw failure("unexpected end") }
             position += 1
-            if bytes[position - 1] == UInt8(ascii: "]") { return .array(values) }
-            guard bytes[position - 1] == UInt8(ascii: ",") else { throw failure("expected , or ]") }
+            if bytes[position - 1] == UInt8(ascii: closing) { return }
+            guard bytes[position - 1] == UInt8(ascii: ",") else {
+                throw failure("expected , or \(closing)")
+            }
         }
     }
 

@@ -120,6 +120,23 @@ struct CrashStateExplorer {
             randomCount: budget.randomStateCount, generator: &generator)
     }
 
+    /// Runs `check` (no repair) on the store at `path`: its report, or nil after counting a
+    /// broken state when it finds a problem.
+    private func cleanCheck(
+        _ path: String, _ context: String, _ result: inout CrashExplorationResult
+    ) throws -> StoreCheckReport? {
+        let report = try retryingWhileInUse {
+            try StoreCheck.run(storePath: FilePath(path), repair: false)
+        }
+        let problems = report.findings.filter { $0.severity == .problem }
+        guard problems.isEmpty else {
+            result.brokenStateCount += 1
+            result.fail("\(context): check: \(problems.map(\.message))")
+            return nil
+        }
+        return report
+    }
+
     /// Checks the store at `path` (built from `image`) and compares its bytes with `model`;
     /// returns the areas' bytes as found, or nil if the store was broken.
     private func verify(
@@ -127,15 +144,7 @@ struct CrashStateExplorer {
         _ result: inout CrashExplorationResult
     ) -> [[UInt8]]? {
         do {
-            let report = try retryingWhileInUse {
-                try StoreCheck.run(storePath: FilePath(path), repair: false)
-            }
-            let problems = report.findings.filter { $0.severity == .problem }
-            if !problems.isEmpty {
-                result.brokenStateCount += 1
-                result.fail("\(context): check: \(problems.map(\.message))")
-                return nil
-            }
+            guard let report = try cleanCheck(path, context, &result) else { return nil }
             if report.leakedChunkCount > 0 { result.leakStateCount += 1 }
             let disk = try retryingWhileInUse {
                 try VirtualDisk.open(storePath: FilePath(path), readOnly: true)
@@ -197,15 +206,7 @@ struct CrashStateExplorer {
                 throw error
             }
             disk.close()
-            let report = try retryingWhileInUse {
-                try StoreCheck.run(storePath: FilePath(path), repair: false)
-            }
-            let problems = report.findings.filter { $0.severity == .problem }
-            if !problems.isEmpty {
-                result.brokenStateCount += 1
-                result.fail("\(context): check: \(problems.map(\.message))")
-                return
-            }
+            guard try cleanCheck(path, context, &result) != nil else { return }
             let reopened = try retryingWhileInUse {
                 try VirtualDisk.open(storePath: FilePath(path), readOnly: true)
             }

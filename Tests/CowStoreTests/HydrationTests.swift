@@ -33,16 +33,6 @@ private func makeStore(_ scratch: Scratch, seed: UInt64, grow: Bool = false) thr
     return model
 }
 
-private func exportNative(_ scratch: Scratch, store: String, to name: String) throws {
-    let job = try StoreDiffExport(storePath: FilePath(scratch.path(store)))
-    defer { job.close() }
-    let descriptor = try FileDescriptor.open(
-        FilePath(scratch.path(name)), .writeOnly, options: [.create, .truncate],
-        permissions: .ownerReadWrite)
-    defer { try? descriptor.close() }
-    _ = try job.write(format: .native, to: descriptor, name: name)
-}
-
 private func diskBytes(_ scratch: Scratch, store: String = "cow") throws -> [UInt8] {
     let disk = try VirtualDisk.open(storePath: FilePath(scratch.path(store)), readOnly: true)
     defer { disk.close() }
@@ -74,8 +64,8 @@ func copyOnReadThenExportDiffHoldsOnlyTheClientsWrites(seed: UInt64) throws {
     disk.close()
     plain.close()
     #expect(try diskBytes(scratch) == model)
-    try exportNative(scratch, store: "cow", to: "diff")
-    try exportNative(scratch, store: "plain", to: "plain-diff")
+    try export(scratch, .native, to: "diff")
+    try export(scratch, .native, to: "plain-diff", store: "plain")
     #expect(try fileBytes(scratch.path("diff")) == fileBytes(scratch.path("plain-diff")))
     let merge = try StoreMerge(
         storePath: FilePath(scratch.path("cow")),

@@ -9,9 +9,9 @@ import Foundation
 import SystemPackage
 import Testing
 
-/// Exports the store "cow" in `format` to the file `name`.
+/// Exports the store "cow" (or `store`) in `format` to the file `name`.
 @discardableResult
-private func export(
+func export(
     _ scratch: Scratch, _ format: StoreDiffExport.Format, to name: String, store: String = "cow"
 ) throws -> StoreDiffExport.Summary {
     let job = try StoreDiffExport(storePath: FilePath(scratch.path(store)))

@@ -9,11 +9,6 @@ import CowFormat
 public struct CheckpointChangeRun: Equatable, Sendable {
     public var byteCount: UInt64
     public var isChanged: Bool
-
-    public init(byteCount: UInt64, isChanged: Bool) {
-        self.byteCount = byteCount
-        self.isChanged = isChanged
-    }
 }
 
 extension VirtualDisk {

@@ -311,3 +311,62 @@ func randomChainsAgreeWithTheModel(seed: UInt64) throws {
     #expect(extents.map(\.depth) == [1, 3, 2, 3])
     #expect(extents.map(\.byteCount) == [4096, 4096, 4096, 4096])
 }
+
+/// Reads at random offsets and lengths through a chain up to 12 stores deep (chunk sizes mixed,
+/// disks grown on the way up, trims leaving holes) agree with the model, by each path a read
+/// can take: the top's disk, its lower layer as a block source (which finds each chunk's layer
+/// from the index built at open), the same only from memory, and the lower's own disk (which
+/// asks each layer in turn).
+@Test(arguments: [41, 42, 43, 44] as [UInt64])
+func readsAtAnyOffsetThroughADeepChainAgreeWithTheModel(seed: UInt64) throws {
+    let scratch = try Scratch()
+    var generator = SplitMix64(seed: seed)
+    let baseBytes = try makeBase(at: scratch.path("base.img"), byteCount: 1 << 20 + 777, seed: seed)
+    var model = DiskModel(base: baseBytes, virtualByteCount: baseBytes.count)
+    var lower = scratch.path("base.img")
+    let chunkSizes: [UInt64] = [4096, 16384, 65536]
+    let depth = 4 + Int(generator.next() % 9)
+    for level in 1...depth {
+        let path = scratch.path("l\(level).cow")
+        let grow = generator.next() % 3 == 0 ? Int(generator.next() % 50_000) : 0
+        try createLayer(
+            at: path, over: lower, chunkByteCount: chunkSizes[Int(generator.next() % 3)],
+            virtualByteCount: UInt64(model.bytes.count + grow))
+        model.bytes += [UInt8](repeating: 0, count: grow)
+        model.trimmed += [Bool](repeating: false, count: grow)
+        if level < depth {
+            let disk = try VirtualDisk.open(storePath: FilePath(path))
+            try applyModelledChanges(to: disk, model: &model, count: 12, &generator)
+            disk.close()
+        }
+        lower = path
+    }
+    let top = try VirtualDisk.open(storePath: FilePath(lower), readOnly: true)
+    defer { top.close() }
+    let chain = try #require(top.base as? VirtualDiskImage)
+    let lowerByteCount = Int(chain.byteCount)
+    for trial in 0..<300 {
+        let offset = Int(generator.next() % UInt64(lowerByteCount))
+        let count = min(lowerByteCount - offset, 1 + Int(generator.next() % 200_000))
+        let context = "seed \(seed), depth \(depth), trial \(trial): \(count) bytes at \(offset)"
+        let throughTop = try top.readBytes(at: UInt64(offset), count: count)
+        #expect(model.firstMismatch(throughTop, at: offset) == nil, "top: \(context)")
+        var indexed = [UInt8](repeating: 0xEE, count: count)
+        try indexed.withUnsafeMutableBytes { try chain.read(at: UInt64(offset), into: $0) }
+        #expect(indexed == throughTop, "the chain as a source: \(context)")
+        #expect(
+            try chain.disk.readBytes(at: UInt64(offset), count: count) == throughTop,
+            "the lower's own disk: \(context)")
+        var cached = [UInt8](repeating: 0xEE, count: count)
+        if cached.withUnsafeMutableBytes({ chain.readIfReady(at: UInt64(offset), into: $0) }) {
+            #expect(cached == throughTop, "from memory: \(context)")
+        }
+    }
+    // Past the lower's end, the top reads zeros (its own grown tail).
+    let tail = Int(top.byteCount) - lowerByteCount
+    if tail > 0 {
+        #expect(
+            try top.readBytes(at: UInt64(lowerByteCount), count: tail)
+                == [UInt8](repeating: 0, count: tail))
+    }
+}

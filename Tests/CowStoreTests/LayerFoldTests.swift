@@ -247,3 +247,46 @@ func randomSnapshotsMergesAndCollapsesAgreeWithTheModel(seed: UInt64) throws {
     }
     print("seed \(seed): \(steps.joined(separator: ", "))")
 }
+
+/// `rateLimitBytesPerSecond` holds the build back (a lower bound on its time, which load can
+/// only lengthen), progress reaches the total, and a progress callback that throws stops the
+/// build with nothing left behind.
+@Test func aFoldKeepsToItsRateReportsProgressAndStopsWhenProgressThrows() throws {
+    let scratch = try Scratch()
+    _ = try makeBase(at: scratch.path("base.img"), byteCount: 8 << 20, seed: 71)
+    var generator = SplitMix64(seed: 72)
+    var lower = scratch.path("base.img")
+    var paths: [String] = []
+    for (name, byteCount) in [("s1.cow", 3 << 20), ("s2.cow", 2 << 20), ("top.cow", 4096)] {
+        try createLayer(at: scratch.path(name), over: lower)
+        let disk = try VirtualDisk.open(storePath: FilePath(scratch.path(name)))
+        try disk.writeBytes(
+            randomBytes(byteCount, &generator), at: UInt64(byteCount), scratch: disk.makeScratch())
+        try disk.flush()
+        disk.close()
+        lower = scratch.path(name)
+        paths.append(lower)
+    }
+    struct Stop: Error {}
+    let fold = try LayerFold(topPath: FilePath(paths[2]), depth: 2, outputPath: nil)
+    defer { fold.close() }
+    let plan = try fold.plan()
+    #expect(throws: Stop.self) {
+        _ = try fold.build(createdUnixSeconds: 0) { _ in throw Stop() }
+    }
+    let names = try FileManager.default.contentsOfDirectory(atPath: scratch.path(""))
+    #expect(names.sorted() == ["base.img", "s1.cow", "s2.cow", "top.cow"], "\(names)")
+    let rate: UInt64 = 2 << 20
+    var last: LayerFold.Progress?
+    let start = Date()
+    let summary = try fold.build(rateLimitBytesPerSecond: rate, createdUnixSeconds: 0) {
+        last = $0
+    }
+    let seconds = Date().timeIntervalSince(start)
+    #expect(last?.doneByteCount == plan.foldedByteCount)
+    #expect(last?.totalByteCount == plan.foldedByteCount)
+    #expect(summary.foldedByteCount >= 4 << 20)
+    // The pacer's clock starts after the first piece (at most 1 MiB).
+    let leastSeconds = Double(summary.foldedByteCount - (1 << 20)) / Double(rate)
+    #expect(seconds >= 0.9 * leastSeconds, "took \(seconds) s")
+}

@@ -179,4 +179,41 @@ private func heldChunks(_ workspace: Workspace, _ store: String) throws -> Set<I
         let info = try workspace.json("info", "disk.cow", "--json")
         #expect(info["chunks_written"] as? Int == 2)
     }
+
+    @Test func checkpointsCountAcrossAnOfflineAndALiveSnapshot() throws {
+        let fixture = try LiveFixture(diskByteCount: 1 << 20)
+        defer { fixture.server.kill() }
+        let workspace = fixture.workspace
+        func write(_ chunk: Int, _ value: UInt8) throws {
+            let connection = try fixture.server.connect()
+            try connection.pwrite([UInt8](repeating: value, count: 4096), at: UInt64(chunk * 4096))
+            try connection.flush()
+            try connection.shutdown()
+        }
+        try write(0, 1)
+        try write(1, 1)
+        try workspace.succeed("checkpoint", "disk.cow", "cp")
+        let atCheckpoint = try fixture.readDisk()
+        try write(1, 2)
+        try write(2, 2)
+        try fixture.server.stop()
+        try workspace.succeed("snapshot", "disk.cow", "one.cow")  // offline
+        try fixture.server.start()
+        try write(3, 3)
+        try workspace.succeed("snapshot", "disk.cow", "two.cow")  // live, over a chain
+        try write(4, 4)
+        try write(0, 5)
+        #expect(try fixture.dirtyChunks(since: "cp") == [0, 1, 2, 3, 4])
+        let final = try fixture.readDisk()
+        try fixture.server.stop()
+        #expect(try workspace.cowbd("check", "disk.cow").status == 0)
+        try Data(atCheckpoint).write(to: URL(fileURLWithPath: workspace.path("cp.img")))
+        try workspace.succeed("export-diff", "disk.cow", "since.diff", "--since", "cp")
+        try workspace.succeed("import-diff", "since.diff", "cp.img")
+        #expect(workspace.contents("cp.img") == Data(final), "checkpoint + diff != disk")
+        // Each layer keeps the checkpoint as it was when it was frozen.
+        let one = try workspace.succeed(
+            "export-diff", "one.cow", "-", "--since", "cp", "--format", "json")
+        #expect(one.contains("\"offset\": 4096, \"length\": 8192"), "\(one)")
+    }
 }

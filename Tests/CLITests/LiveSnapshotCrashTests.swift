@@ -61,28 +61,29 @@ private final class FlushedLoad: @unchecked Sendable {
 @Suite("Live snapshot killed at random instants") struct LiveSnapshotCrashTests {
     @Test func serverKilledDuringLiveSnapshotLeavesACheckedStoreWithEveryFlushedWrite() throws {
         let diskByteCount = 8 << 20
-        let trialCount = 8
+        let trialCount = 12
         var outcomes: [String: Int] = [:]
         let seed = UInt64(time(nil))
         var generator = SplitMix64(seed: seed)
         for trial in 0..<trialCount {
-            let delayMicroseconds = UInt32(generator.next() % 200_000)
+            // Spread over the first 48 ms after the request (the snapshot takes tens of ms).
+            let delayMicroseconds = UInt32(trial * 4000) + UInt32(generator.next() % 4000)
             let fixture = try LiveFixture(diskByteCount: diskByteCount)
             defer { fixture.server.kill() }
             let workspace = fixture.workspace
             let load = FlushedLoad()
             load.start(socketPath: fixture.server.socketPath, pairCount: diskByteCount / 8192)
             #expect(waitUntil(seconds: 60) { load.leastCount >= 20 })
-            let snapshot = Process()
-            snapshot.executableURL = workspace.executable
-            snapshot.arguments = ["snapshot", "disk.cow", "layer.cow"]
-            snapshot.currentDirectoryURL = workspace.folder
-            snapshot.standardOutput = FileHandle.nullDevice
-            snapshot.standardError = FileHandle.nullDevice
-            try snapshot.run()
+            // The request straight on the control socket: a CLI that found the server gone
+            // would snapshot offline instead.
+            let control = try connectUnix(workspace.path("disk.cow.control"))
+            defer { close(control) }
+            let request = Array(
+                "{\"version\":1,\"command\":\"snapshot\",\"args\":{\"layer\":\"\(workspace.path("layer.cow"))\"}}\n"
+                    .utf8)
+            _ = request.withUnsafeBytes { send(control, $0.baseAddress!, $0.count, 0) }
             usleep(delayMicroseconds)
             fixture.server.kill()
-            snapshot.waitUntilExit()
             let (flushed, inFlight) = load.wait()
 
             // The rerun rule: a LAYER that exists means a snapshot began; finish it.

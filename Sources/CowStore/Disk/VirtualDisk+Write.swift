@@ -88,7 +88,10 @@ extension VirtualDisk {
         // The whole request under one hold: a checkpoint sees all of it or none of it. A disk
         // frozen by a live snapshot meanwhile hands the request to the disk over the new top.
         let next = try writeBarrier.whileChanging { () throws -> VirtualDisk? in
-            if let successor = self.successor { return successor }
+            if isRetired.load(ordering: .acquiring) {
+                guard let successor = self.successor else { throw StoreError.readOnly }
+                return successor
+            }
             // A live export still to read these chunks gets their bytes first.
             if let freeze = exportFreeze {
                 try freeze.preserve(chunks(from: start, to: end), of: self)

@@ -200,8 +200,10 @@ public final class VirtualDisk: Sendable {
         return successorDisk.withLock { $0 }
     }
 
-    /// Hands this disk's changes to `next` for good (a live snapshot, behind the barrier).
-    func retire(to next: VirtualDisk) {
+    /// Hands this disk's changes to `next` for good (a live snapshot, behind the barrier); nil
+    /// when the new top could not be opened: changes are then refused (the store is frozen
+    /// and has a store over it; the next open of COW finds the new top).
+    func retire(to next: VirtualDisk?) {
         successorDisk.withLock { $0 = next }
         isRetired.store(true, ordering: .releasing)
     }

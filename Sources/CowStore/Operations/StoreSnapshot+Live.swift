@@ -77,7 +77,14 @@ extension StoreSnapshot {
     private static func swap(
         _ disk: VirtualDisk, storePath: FilePath, install: (VirtualDisk) -> Void
     ) throws -> Summary {
-        let top = try StoreFile(path: storePath, access: .exclusiveWrite, logger: disk.logger)
+        let top: StoreFile
+        do {
+            top = try StoreFile(path: storePath, access: .exclusiveWrite, logger: disk.logger)
+        } catch {
+            // COW is the new top on disk: the frozen store must take no more writes.
+            disk.retire(to: nil)
+            throw error
+        }
         let next = VirtualDisk(store: top, base: VirtualDiskImage(disk: disk), logger: disk.logger)
         next.copyUps.store(disk.copyUpCount, ordering: .relaxed)
         disk.store.shareLock()

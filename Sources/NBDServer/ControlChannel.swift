@@ -13,8 +13,9 @@ import SystemPackage
 
 /// A listening control socket and the threads of its clients.
 public final class ControlChannel: Sendable {
-    /// Runs one request; a thrown error becomes the failure line (its description).
-    public typealias Handler = @Sendable (ControlRequest) throws -> ControlJSON
+    /// Runs one request; a thrown error becomes the failure line (its description). A
+    /// command that returns bytes (a live export-diff) sends them on the stream first.
+    public typealias Handler = @Sendable (ControlRequest, ControlReplyStream) throws -> ControlJSON
 
     /// Control clients served at once; more are answered with an error and closed.
     public static let maxClientCount = 8
@@ -100,7 +101,10 @@ public final class ControlChannel: Sendable {
             if let newline = pending.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = Array(pending[..<newline])
                 pending.removeSubrange(...newline)
-                do { try transport.send(Array(respond(to: line).utf8)) } catch { return }
+                let stream = ControlReplyStream(transport: transport)
+                do { try transport.send(Array(respond(to: line, stream: stream).utf8)) } catch {
+                    return
+                }
                 continue
             }
             guard pending.count < ControlProtocol.maxLineByteCount else {
@@ -124,7 +128,7 @@ public final class ControlChannel: Sendable {
         }
     }
 
-    private func respond(to line: [UInt8]) -> String {
+    private func respond(to line: [UInt8], stream: ControlReplyStream) -> String {
         let request: ControlRequest
         do {
             request = try ControlProtocol.parseRequest(line)
@@ -142,7 +146,7 @@ public final class ControlChannel: Sendable {
         }
         defer { requestsRunning.withLock { $0 -= 1 } }
         do {
-            let result = try handler(request)
+            let result = try handler(request, stream)
             logger.info("control request done", metadata: ["command": "\(request.command)"])
             return ControlProtocol.successLine(result)
         } catch {
@@ -168,6 +172,32 @@ public final class ControlChannel: Sendable {
                 + "owner (uid \(owner))"
         }
         return nil
+    }
+}
+
+/// The bytes a command returns before its response line (docs/CONTROL.md, "Byte streams"):
+/// frames of a 4-byte big-endian length (1 to `maxFrameByteCount`) and that many bytes. A
+/// frame's first byte is 0, which a response line (`{`) never starts with.
+public final class ControlReplyStream: @unchecked Sendable {
+    /// Largest frame payload.
+    public static let maxFrameByteCount = 1 << 20
+    /// Used by one request on one thread (its connection's): no lock.
+    private let transport: SocketTransport
+
+    init(transport: SocketTransport) { self.transport = transport }
+
+    /// Sends `bytes` as one frame or more.
+    public func send(_ bytes: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < bytes.count {
+            let count = min(Self.maxFrameByteCount, bytes.count - done)
+            let length = UInt32(count).bigEndian
+            try withUnsafeBytes(of: length) { header in
+                try transport.send(
+                    header, UnsafeRawBufferPointer(rebasing: bytes[done..<(done + count)]))
+            }
+            done += count
+        }
     }
 }
 

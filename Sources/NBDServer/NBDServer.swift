@@ -48,7 +48,10 @@ public final class NBDServer: Sendable {
         var stopping = false
     }
 
-    let disk: VirtualDisk
+    /// The served disk; a live snapshot replaces it while connections stay up.
+    public let liveDisk: LiveDisk
+    /// The disk as of now: a request takes it once and keeps it to its end.
+    var disk: VirtualDisk { liveDisk.current }
     let configuration: Configuration
     let logger: Logger
     let exportDescription: ExportDescription
@@ -63,7 +66,7 @@ public final class NBDServer: Sendable {
 
     /// Binds every listen address; throws (and binds nothing) if one fails.
     public init(disk: VirtualDisk, configuration: Configuration, logger: Logger) throws {
-        self.disk = disk
+        self.liveDisk = LiveDisk(disk)
         self.configuration = configuration
         self.logger = logger
         precondition(

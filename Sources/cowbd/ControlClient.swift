@@ -110,6 +110,70 @@ final class ControlClient {
         return try ControlProtocol.parseResponse(try receiveLine())
     }
 
+    /// Sends `command` like `call`, and hands the bytes the server streams before its
+    /// response line (frames: docs/CONTROL.md, "Byte streams") to `receive`, in order.
+    func callStreaming(
+        _ command: String, _ arguments: [(String, ControlJSON)],
+        receive: (UnsafeRawBufferPointer) throws -> Void
+    ) throws -> ControlJSON {
+        let line = Array(
+            ControlProtocol.requestLine(
+                ControlRequest(command: command, arguments: .object(arguments))
+            ).utf8)
+        try sendAll(line)
+        var buffer = [UInt8](repeating: 0, count: ControlReplyStream.maxFrameByteCount)
+        while true {
+            var first: UInt8 = 0
+            try withUnsafeMutableBytes(of: &first) { try receiveExactly($0) }
+            if first == UInt8(ascii: "{") {
+                return try ControlProtocol.parseResponse([first] + (try receiveLine()))
+            }
+            var lengthBytes: [UInt8] = [first, 0, 0, 0]
+            try lengthBytes.withUnsafeMutableBytes {
+                try receiveExactly(UnsafeMutableRawBufferPointer(rebasing: $0[1...]))
+            }
+            let length = lengthBytes.reduce(0) { $0 << 8 | Int($1) }
+            guard length > 0, length <= buffer.count else {
+                throw ControlFailure("\(path): bad stream frame of \(length) bytes")
+            }
+            try buffer.withUnsafeMutableBytes { bytes in
+                let frame = UnsafeMutableRawBufferPointer(rebasing: bytes[..<length])
+                try receiveExactly(frame)
+                try receive(UnsafeRawBufferPointer(frame))
+            }
+        }
+    }
+
+    private func sendAll(_ line: [UInt8]) throws {
+        var sent = 0
+        while sent < line.count {
+            let result = line.withUnsafeBytes {
+                send(descriptor, $0.baseAddress! + sent, line.count - sent, Int32(MSG_NOSIGNAL))
+            }
+            if result < 0 && errno == EINTR { continue }
+            guard result > 0 else {
+                throw ControlFailure("\(path): send failed: \(Errno(rawValue: errno))")
+            }
+            sent += result
+        }
+    }
+
+    /// Fills `buffer` from the socket, byte for byte (no read-ahead: a line follows frames).
+    private func receiveExactly(_ buffer: UnsafeMutableRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            let received = recv(descriptor, buffer.baseAddress! + done, buffer.count - done, 0)
+            if received < 0 && errno == EINTR { continue }
+            guard received > 0 else {
+                throw ControlFailure(
+                    received == 0
+                        ? "\(path): the server closed the control connection"
+                        : "\(path): no response: \(Errno(rawValue: errno))")
+            }
+            done += received
+        }
+    }
+
     /// One response line, without its newline.
     private func receiveLine() throws -> [UInt8] {
         var response: [UInt8] = []

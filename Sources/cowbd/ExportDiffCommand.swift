@@ -45,8 +45,12 @@ struct ExportDiffCommand: ParsableCommand {
             takes the disk's fingerprint, so it needs the base. A store holds at most 8 \
             checkpoints: delete old ones with cowbd checkpoint --delete.
 
-            The cost follows the size of the change, not of the disk. The base is not read. \
-            Refused while the store is served or merged (they lock it): stop the server first.
+            The cost follows the size of the change, not of the disk. The base is not read, \
+            but for chunks changed since the checkpoint that a lower layer holds (a snapshot \
+            froze them there). Refused while the store is merged. On a served store, the \
+            server exports the disk as it is at the instant of the command, while clients \
+            keep writing (docs/CONTROL.md, "Live export-diff"); a frozen layer under a served \
+            store exports as it is.
 
             Exit status: 0 written, 1 failed (the reason on stderr).
             """)
@@ -96,16 +100,7 @@ struct ExportDiffCommand: ParsableCommand {
         if let client = try exitingOnError({
             try ControlClient.connect(storePath: store, options: control)
         }) {
-            // The server answers why, or does it (docs/CONTROL.md).
-            _ = try exitingOnError {
-                try client.call(
-                    "export-diff",
-                    [
-                        ("since", since.map { .string($0) } ?? .null),
-                        ("format", .string(format.rawValue)),
-                    ])
-            }
-            return
+            return try runLive(client)
         }
         let result = try exitingOnError {
             let export = try StoreDiffExport(
@@ -115,14 +110,58 @@ struct ExportDiffCommand: ParsableCommand {
             let progress = ProgressLine(label: "export-diff")
             defer { progress.finish() }
             let total = try export.store.allocatedDataByteCount()
-            func write(to descriptor: FileDescriptor, name: String) throws
-                -> StoreDiffExport.Summary
-            {
+            return try writeOutput(forget: { try export.forgetEndCheckpoint() }) {
+                descriptor, name in
                 try export.write(
                     format: format, to: descriptor, name: name,
                     progress: { done, _ in progress.update(done, max(done, total)) })
             }
-            guard output != "-" else { return try write(to: .standardOutput, name: "stdout") }
+        }
+        printSummary(result)
+    }
+
+    /// The same on a served store: the server writes the diff of the disk at the instant it
+    /// takes the request (docs/CONTROL.md, "Live export-diff") and streams it here, to OUT.
+    private func runLive(_ client: ControlClient) throws {
+        let arguments: [(String, ControlJSON)] = [
+            ("since", since.map { .string($0) } ?? .null), ("to", to.map { .string($0) } ?? .null),
+            ("format", .string(format.rawValue)),
+        ]
+        let result = try exitingOnError {
+            try writeOutput(
+                forget: {
+                    if let to { _ = try client.call("delete-checkpoint", [("name", .string(to))]) }
+                }
+            ) { descriptor, name in
+                let answer = try client.callStreaming("export-diff", arguments) { bytes in
+                    do { try descriptor.writeAll(bytes) } catch let errno as Errno {
+                        throw StoreError.io(
+                            path: FilePath(name), operation: "write", byteOffset: 0, errno)
+                    }
+                }
+                var summary = StoreDiffExport.Summary()
+                summary.extentCount = UInt64(clamping: answer["extents"]?.integerValue ?? 0)
+                summary.dataByteCount = UInt64(clamping: answer["data_bytes"]?.integerValue ?? 0)
+                summary.zeroByteCount = UInt64(clamping: answer["zero_bytes"]?.integerValue ?? 0)
+                summary.streamByteCount = UInt64(
+                    clamping: answer["stream_bytes"]?.integerValue ?? 0)
+                summary.copiedBeforeWriteByteCount = UInt64(
+                    clamping: answer["copied_before_write_bytes"]?.integerValue ?? 0)
+                return summary
+            }
+        }
+        printSummary(result)
+    }
+
+    /// Runs `write` on OUT: stdout, a pipe or device as it is, a file through a temporary
+    /// put in place only once whole. If placing it fails, `forget` takes back the end
+    /// checkpoint the export recorded.
+    private func writeOutput(
+        forget: () throws -> Void,
+        _ write: (FileDescriptor, String) throws -> StoreDiffExport.Summary
+    ) throws -> StoreDiffExport.Summary {
+        do {
+            guard output != "-" else { return try write(.standardOutput, "stdout") }
             let path = FilePath(output)
             var status = stat()
             if stat(output, &status) == 0 {
@@ -136,25 +175,26 @@ struct ExportDiffCommand: ParsableCommand {
                         throw StoreError.open(path: path, errno)
                     }
                     defer { try? descriptor.close() }
-                    return try write(to: descriptor, name: output)
+                    return try write(descriptor, output)
                 }
                 if !force { throw StoreError.exists(path: path) }
             }
             // A file is written under a temporary name, synced, then moved into place: an
             // interrupted export never leaves a partial OUT.
             var written: StoreDiffExport.Summary?
-            do {
-                try AtomicFile.write(to: path, replacing: force) { descriptor in
-                    written = try write(to: descriptor, name: output)
-                }
-            } catch {
-                // OUT was not put in place: the checkpoint it names must not stay either.
-                try? export.forgetEndCheckpoint()
-                throw error
+            try AtomicFile.write(to: path, replacing: force) { descriptor in
+                written = try write(descriptor, output)
             }
             guard let written else { preconditionFailure("the export ran") }
             return written
+        } catch {
+            // OUT was not put in place: the checkpoint it names must not stay either.
+            try? forget()
+            throw error
         }
+    }
+
+    private func printSummary(_ result: StoreDiffExport.Summary) {
         guard summary else { return }
         let value = JSONValue.object([
             ("format", .string(format.rawValue)), ("extents", .integer(result.extentCount)),
@@ -162,6 +202,7 @@ struct ExportDiffCommand: ParsableCommand {
             ("zero_bytes", .integer(result.zeroByteCount)),
             ("stream_bytes", .integer(result.streamByteCount)),
             ("since", .optional(since)), ("to", .optional(to)),
+            ("copied_before_write_bytes", .integer(result.copiedBeforeWriteByteCount)),
         ])
         printErrorLine("export-diff summary: " + value.rendered().replacing("\n", with: " "))
     }

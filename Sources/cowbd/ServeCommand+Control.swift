@@ -15,14 +15,25 @@ import SystemPackage
 
 /// The commands of the control channel, over the served disk.
 struct ControlService: Sendable {
-    static let commands = ["info", "checkpoint", "delete-checkpoint", "list-checkpoints"]
+    static let commands = [
+        "info", "checkpoint", "delete-checkpoint", "list-checkpoints", "snapshot", "export-diff",
+    ]
 
     let storePath: String
     let controlPath: String
-    let disk: VirtualDisk
     let server: NBDServer
+    /// The served disk as of now (a live snapshot replaces it).
+    var disk: VirtualDisk { server.liveDisk.current }
     /// Where `--metrics` serves them, if it does.
     let metricsURL: String?
+
+    /// Commands that send bytes before their response line, then the rest.
+    func handle(_ request: ControlRequest, stream: ControlReplyStream) throws -> ControlJSON {
+        switch request.command {
+        case "export-diff": return try exportDiff(request, stream: stream)
+        default: return try handle(request)
+        }
+    }
 
     func handle(_ request: ControlRequest) throws -> ControlJSON {
         switch request.command {
@@ -31,8 +42,9 @@ struct ControlService: Sendable {
         case "checkpoint":
             let name = try request.string("name")
             try checkWritable(request.command)
-            let checkpoint = try disk.addCheckpoint(
-                named: name, createdUnixSeconds: UInt64(max(0, time(nil))))
+            let checkpoint = try server.liveDisk.whileChanging { disk in
+                try disk.addCheckpoint(named: name, createdUnixSeconds: UInt64(max(0, time(nil))))
+            }
             return .object([
                 ("checkpoint", .string(checkpoint.name)), ("deleted", .bool(false)),
                 ("created", .string(iso8601(unixSeconds: checkpoint.createdUnixSeconds))),
@@ -41,14 +53,9 @@ struct ControlService: Sendable {
         case "delete-checkpoint":
             let name = try request.string("name")
             try checkWritable(request.command)
-            try disk.deleteCheckpoint(named: name)
+            try server.liveDisk.whileChanging { try $0.deleteCheckpoint(named: name) }
             return .object([("checkpoint", .string(name)), ("deleted", .bool(true))])
-        case "export-diff":
-            throw ControlFailure(
-                "\(storePath): in use by a running server, and export-diff of a served store "
-                    + "is not available live yet: take a "
-                    + "checkpoint and read its changes with nbdinfo/nbdcopy through the "
-                    + "qemu:dirty-bitmap:NAME context, or stop the server first")
+        case "snapshot": return try snapshot(request)
         default:
             throw ControlFailure(
                 "unknown command '\(request.command)' (known: "
@@ -56,7 +63,7 @@ struct ControlService: Sendable {
         }
     }
 
-    private func checkWritable(_ command: String) throws {
+    func checkWritable(_ command: String) throws {
         guard !disk.isReadOnly else {
             throw ControlFailure("\(storePath): \(command): the store is served --read-only")
         }
@@ -112,15 +119,14 @@ extension ServeCommand {
     /// A default path too long for a unix socket leaves the store without one (logged); an
     /// explicit one throws.
     func startControlChannel(
-        disk: VirtualDisk, server: NBDServer, metricsURL: String?, logger: Logger
+        server: NBDServer, metricsURL: String?, logger: Logger
     ) throws -> ControlChannel? {
         let path = control.path ?? defaultControlPath(storePath: store)
         let service = ControlService(
-            storePath: store, controlPath: path, disk: disk, server: server,
-            metricsURL: metricsURL)
+            storePath: store, controlPath: path, server: server, metricsURL: metricsURL)
         do {
-            let channel = try ControlChannel(path: path, logger: logger) { request in
-                try service.handle(request)
+            let channel = try ControlChannel(path: path, logger: logger) { request, stream in
+                try service.handle(request, stream: stream)
             }
             channel.start()
             return channel
@@ -148,10 +154,10 @@ extension ServeCommand {
     }
 
     /// Binds and starts the metrics endpoint, if `--metrics` was given.
-    func startMetricsEndpoint(disk: VirtualDisk, server: NBDServer) throws -> MetricsEndpoint? {
+    func startMetricsEndpoint(server: NBDServer) throws -> MetricsEndpoint? {
         guard let metricsAddress else { return nil }
         let endpoint = try MetricsEndpoint(address: try parseMetricsAddress(metricsAddress)) {
-            server.metrics.exposition(disk: disk)
+            server.metrics.exposition(disk: server.liveDisk.current)
         }
         endpoint.start()
         return endpoint

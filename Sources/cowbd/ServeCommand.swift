@@ -249,9 +249,9 @@ struct ServeCommand: ParsableCommand {
             let control: ControlChannel?
             let metrics: MetricsEndpoint?
             do {
-                metrics = try startMetricsEndpoint(disk: disk, server: server)
+                metrics = try startMetricsEndpoint(server: server)
                 control = try startControlChannel(
-                    disk: disk, server: server, metricsURL: metrics?.url, logger: logger)
+                    server: server, metricsURL: metrics?.url, logger: logger)
             } catch {
                 try? server.stop()
                 throw error
@@ -261,7 +261,8 @@ struct ServeCommand: ParsableCommand {
                 metrics?.stop()
                 // Their threads hold the disk: close it here, not when the last reference goes,
                 // so a clean stop clears the checkpoints' open flag (not a crash to them).
-                disk.close()
+                // (After a live snapshot, the disk over the new top.)
+                server.liveDisk.current.close()
             }
             server.start()
             logger.info(

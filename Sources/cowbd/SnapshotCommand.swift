@@ -21,10 +21,13 @@ struct SnapshotCommand: ParsableCommand {
             writes go to vm.cow. Snapshots stack into a chain (at most 64 stores deep); \
             `cowbd info` lists it.
 
-            The store must be stopped (snapshot takes its exclusive lock), have no \
-            checkpoints and no merge under way. LAYER must not exist and must be on the same \
-            filesystem as COW (it is a hard link); beside COW is best, so the chain can be \
-            moved as a folder.
+            On a served store it runs live, through the server's control socket \
+            (docs/CONTROL.md): writes acknowledged before the command are in LAYER, later ones \
+            in the new top; clients stay connected and no request fails. Checkpoints carry \
+            over: LAYER keeps them, and vm.cow starts with the same ones, so changes since a \
+            checkpoint go on counting across the snapshot. No merge may be under way. LAYER \
+            must not exist and must be on the same filesystem as COW (it is a hard link); \
+            beside COW is best, so the chain can be moved as a folder.
 
             Crash-safe: at every instant COW opens and reads the same bytes. If snapshot is \
             interrupted, COW may be left frozen (it then serves read-only); run the same \
@@ -44,10 +47,14 @@ struct SnapshotCommand: ParsableCommand {
     var layer: String
 
     @OptionGroup var output: OutputOptions
+    @OptionGroup var control: ControlOptions
 
     func run() throws {
         let summary = try exitingOnError {
-            try StoreSnapshot.run(
+            if let client = try ControlClient.connect(storePath: store, options: control) {
+                return try runLive(client)
+            }
+            return try StoreSnapshot.run(
                 storePath: FilePath(store), layerPath: FilePath(layer),
                 options: baseOpenOptions(), createdUnixSeconds: UInt64(clamping: time(nil)))
         }
@@ -67,4 +74,17 @@ struct SnapshotCommand: ParsableCommand {
                     + (summary.resumed ? "; finished an interrupted snapshot" : ""))
         }
     }
+
+    /// The same on a served store, through its control socket: LAYER as an absolute path,
+    /// since the server's working folder is not ours.
+    private func runLive(_ client: ControlClient) throws -> StoreSnapshot.Summary {
+        let result = try client.call(
+            "snapshot", [("layer", .string(absoluteLayerPath()))])
+        return StoreSnapshot.Summary(
+            layerChunkCount: UInt64(clamping: result["layer_chunks"]?.integerValue ?? 0),
+            resumed: result["resumed"]?.boolValue ?? false,
+            alreadyDone: result["already_done"]?.boolValue ?? false)
+    }
+
+    private func absoluteLayerPath() -> String { absolutePath(layer).string }
 }

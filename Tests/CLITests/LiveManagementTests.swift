@@ -14,16 +14,16 @@ import Testing
 #endif
 
 /// The bytes of write `sequence` of writer `writer`: two chunks, unlike any other write's.
-private func writeContent(writer: Int, sequence: Int) -> [UInt8] {
+func writeContent(writer: Int, sequence: Int) -> [UInt8] {
     var bytes = [UInt8](repeating: UInt8((writer * 31 + sequence) % 251 + 1), count: 8192)
     for (index, byte) in "w\(writer)s\(sequence)".utf8.enumerated() { bytes[index] = byte }
     return bytes
 }
 
-private func nowSeconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+func nowSeconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
 /// One acknowledged write of the load.
-private struct WriteRecord {
+struct WriteRecord {
     var sequence: Int
     var pairIndex: Int
     var issuedSeconds: Double
@@ -33,7 +33,7 @@ private struct WriteRecord {
 /// Writers each writing fresh pairs of chunks (writer w: pairs w, w+W, w+2W, ...) one at a
 /// time, so each chunk is written at most once and a checkpoint's dirty bitmap tells exactly
 /// which writes landed after it.
-private final class WriteLoad: @unchecked Sendable {
+final class WriteLoad: @unchecked Sendable {
     let writerCount: Int
     let pairCount: Int
     private let lock = NSLock()

@@ -16,6 +16,9 @@ extension VirtualDisk {
         copyOnRead.store(true, ordering: .relaxed)
     }
 
+    /// Whether reads keep base chunks in the store (`serve --copy-on-read`).
+    public var isCopyingOnRead: Bool { copyOnRead.load(ordering: .relaxed) }
+
     /// Whether the chunk at `virtualByteOffset` is written or hydrated, and where that run ends
     /// (at most `end`).
     func presentRun(from virtualByteOffset: UInt64, end: UInt64) -> (

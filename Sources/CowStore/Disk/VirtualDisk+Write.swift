@@ -85,10 +85,21 @@ extension VirtualDisk {
     func apply(
         _ fill: Fill, from start: UInt64, to end: UInt64, isTrim: Bool, scratch: ChunkScratch?
     ) throws {
-        // The whole request under one hold: a checkpoint sees all of it or none of it.
-        try writeBarrier.whileChanging {
+        // The whole request under one hold: a checkpoint sees all of it or none of it. A disk
+        // frozen by a live snapshot meanwhile hands the request to the disk over the new top.
+        let next = try writeBarrier.whileChanging { () throws -> VirtualDisk? in
+            if isRetired.load(ordering: .acquiring) {
+                guard let successor = self.successor else { throw StoreError.readOnly }
+                return successor
+            }
+            // A live export still to read these chunks gets their bytes first.
+            if let freeze = exportFreeze {
+                try freeze.preserve(chunks(from: start, to: end), of: self)
+            }
             try applyRuns(fill, from: start, to: end, isTrim: isTrim, scratch: scratch)
+            return nil
         }
+        try next?.apply(fill, from: start, to: end, isTrim: isTrim, scratch: scratch)
     }
 
     private func applyRuns(

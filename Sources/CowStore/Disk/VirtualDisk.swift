@@ -3,6 +3,7 @@
 // may have any alignment. Safe to call from many threads at once.
 
 import CowFormat
+import CowSupport
 import Logging
 import Synchronization
 import SystemPackage
@@ -22,6 +23,14 @@ public final class VirtualDisk: Sendable {
     let copyUps = Atomic<UInt64>(0)
     /// Whether reads keep the base chunks they read in the store (VirtualDisk+CopyOnRead.swift).
     let copyOnRead = Atomic<Bool>(false)
+    /// Set once a live snapshot froze this disk's store: changes go to `successor` from then on
+    /// (StoreSnapshot+Live.swift).
+    let isRetired = Atomic<Bool>(false)
+    private let successorDisk = Locked<VirtualDisk?>(nil)
+    /// Set while a live export-diff copies chunks before writes change them
+    /// (VirtualDisk+LiveExport.swift).
+    let hasExportFreeze = Atomic<Bool>(false)
+    let exportFreezeSlot = Locked<ExportFreeze?>(nil)
     let logger: Logger
 
     /// Combines an open store with its (already verified) base.
@@ -198,7 +207,22 @@ public final class VirtualDisk: Sendable {
     /// flush: it succeeds at once.
     public func flush() throws {
         guard !isReadOnly else { return }
+        if let successor { return try successor.flush() }
         try store.flush()
+    }
+
+    /// The disk that takes this one's changes since a live snapshot froze it, if one did.
+    var successor: VirtualDisk? {
+        guard isRetired.load(ordering: .acquiring) else { return nil }
+        return successorDisk.withLock { $0 }
+    }
+
+    /// Hands this disk's changes to `next` for good (a live snapshot, behind the barrier); nil
+    /// when the new top could not be opened: changes are then refused (the store is frozen
+    /// and has a store over it; the next open of COW finds the new top).
+    func retire(to next: VirtualDisk?) {
+        successorDisk.withLock { $0 = next }
+        isRetired.store(true, ordering: .releasing)
     }
 
     /// Prefetches a range into the page cache (NBD_CMD_CACHE). Changes nothing.

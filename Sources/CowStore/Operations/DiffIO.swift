@@ -13,6 +13,8 @@ import SystemPackage
 final class DiffOutput {
     static let bufferByteCount = 1 << 20
     let descriptor: FileDescriptor
+    /// Where the bytes go instead of `descriptor`, if set.
+    let sink: ((UnsafeRawBufferPointer) throws -> Void)?
     let name: String
     let checksum = DiffChecksum()
     private(set) var writtenByteCount: UInt64 = 0
@@ -23,6 +25,13 @@ final class DiffOutput {
     init(descriptor: FileDescriptor, name: String) {
         self.descriptor = descriptor
         self.name = name
+        sink = nil
+    }
+
+    init(name: String, sink: @escaping (UnsafeRawBufferPointer) throws -> Void) {
+        descriptor = FileDescriptor(rawValue: -1)
+        self.name = name
+        self.sink = sink
     }
 
     deinit { buffer.deallocate() }
@@ -51,6 +60,11 @@ final class DiffOutput {
 
     /// Writes out what is buffered. The corresponding C function is `write`.
     func drain() throws {
+        if let sink {
+            try sink(UnsafeRawBufferPointer(rebasing: buffer[..<filled]))
+            filled = 0
+            return
+        }
         var done = 0
         while done < filled {
             let result = Glibc.write(descriptor.rawValue, buffer.baseAddress! + done, filled - done)

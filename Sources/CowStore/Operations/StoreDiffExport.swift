@@ -17,6 +17,9 @@ public struct ChangedExtent: Equatable, Sendable {
     public var byteCount: UInt64
     /// Reads as zeros (trimmed or zeroed in the store).
     public var isZero: Bool
+    /// Changed since the checkpoint but held by a lower layer: a live snapshot froze the
+    /// change into the layer under the store, and the store's checkpoint kept counting it.
+    public var isInLower = false
 }
 
 /// A diff export of one store.
@@ -31,6 +34,10 @@ public final class StoreDiffExport {
         public var dataByteCount: UInt64 = 0
         public var zeroByteCount: UInt64 = 0
         public var streamByteCount: UInt64 = 0
+        /// Live: chunk bytes copied before writes changed them during the export.
+        public var copiedBeforeWriteByteCount: UInt64 = 0
+
+        public init() {}
     }
 
     /// Largest data record written: bounds the buffer, and the reader's.
@@ -48,6 +55,12 @@ public final class StoreDiffExport {
     public let endCheckpoint: Checkpoint?
     /// Whether `write` recorded `endCheckpoint` in the store.
     public private(set) var recordedEndCheckpoint = false
+    /// Opens the store's lower layer, for chunks changed since the checkpoint that it holds.
+    private let openLower: () throws -> any BlockSource
+    private var lower: (any BlockSource)?
+    /// For a live export: the served disk, and the chunks to read as of the export's instant
+    /// (VirtualDisk+LiveExport.swift).
+    private let live: (disk: VirtualDisk, freeze: ExportFreeze)?
 
     /// Opens the store with a shared lock: refused while it is served or merged (they hold the
     /// exclusive lock), so the bits and bytes read are a consistent, flushed state. With
@@ -64,6 +77,10 @@ public final class StoreDiffExport {
         options: BaseOpenOptions = .quiet
     ) throws {
         var disk: VirtualDisk?
+        var lowerOptions = options
+        lowerOptions.layersAbove.append(
+            LayerAbove(path: storePath, identity: try FileIdentity(of: storePath)))
+        let openLowerOptions = lowerOptions
         if let name = recordingCheckpoint {
             if let problem = Checkpoint.problem(withName: name) {
                 throw StoreError.invalidArgument("\(name): \(problem)")
@@ -77,6 +94,12 @@ public final class StoreDiffExport {
         if let merge = store.header.merge {
             store.close()
             throw StoreError.mergeInProgress(path: storePath, target: merge.targetPath)
+        }
+        live = nil
+        openLower = { [store] in
+            if let disk { return disk.base }
+            return try VirtualDisk.openBase(
+                of: store, storePath: storePath, options: openLowerOptions)
         }
         do {
             let table = store.checkpointTable ?? CheckpointTable()
@@ -93,6 +116,39 @@ public final class StoreDiffExport {
             store.close()
             throw error
         }
+    }
+
+    /// A live export of the served `disk` (docs/CONTROL.md, "Live export-diff"): the diff is
+    /// the disk at this instant, taken behind the write barrier (with checkpoint
+    /// `recordingCheckpoint` recorded at it), however clients write while it is written: a
+    /// write to a chunk the export has still to read copies it first. `close` ends that.
+    public init(
+        live disk: VirtualDisk, sinceCheckpoint: String? = nil, recordingCheckpoint: String? = nil
+    ) throws {
+        store = disk.store
+        let storePath = store.path
+        guard !disk.isCopyingOnRead else {
+            throw StoreError.invalidArgument(
+                "\(storePath): served --copy-on-read (reads change the store): no live export-diff")
+        }
+        let table = store.checkpointTable ?? CheckpointTable()
+        since = try Self.checkpoint(named: sinceCheckpoint, in: table, storePath: storePath)
+        countsEveryHeldChunk = false
+        if let recordingCheckpoint {
+            guard !disk.isReadOnly else {
+                throw StoreError.invalidArgument(
+                    "\(storePath): served --read-only: --to cannot record a checkpoint")
+            }
+            if let problem = Checkpoint.problem(withName: recordingCheckpoint) {
+                throw StoreError.invalidArgument("\(recordingCheckpoint): \(problem)")
+            }
+        }
+        let begun = try disk.beginExport(
+            since: since?.slot, recordingCheckpointNamed: recordingCheckpoint)
+        endCheckpoint = begun.endCheckpoint
+        recordedEndCheckpoint = begun.endCheckpoint != nil
+        live = (disk, begun.freeze)
+        openLower = { disk.base }
     }
 
     /// The checkpoint `name` (nil for none) and its slot; throws if the store has none of
@@ -135,11 +191,20 @@ public final class StoreDiffExport {
     /// write failed (placing the file), so the failed export leaves the store as it was.
     public func forgetEndCheckpoint() throws {
         guard let endCheckpoint, recordedEndCheckpoint else { return }
-        try store.deleteCheckpoint(named: endCheckpoint.name)
+        if let live {
+            try live.disk.deleteCheckpoint(named: endCheckpoint.name)
+        } else {
+            try store.deleteCheckpoint(named: endCheckpoint.name)
+        }
         recordedEndCheckpoint = false
     }
 
-    public func close() { store.close() }
+    /// Closes the store; a live export ends its copy-before-write instead (the server keeps
+    /// the store).
+    public func close() {
+        guard let live else { return store.close() }
+        live.disk.endExport()
+    }
 
     /// Calls `visit` with each changed extent in ascending order; adjacent extents of the same
     /// kind are joined.
@@ -148,6 +213,7 @@ public final class StoreDiffExport {
         var pending: ChangedExtent?
         func emit(_ extent: ChangedExtent) throws {
             if var last = pending, last.isZero == extent.isZero,
+                last.isInLower == extent.isInLower,
                 last.byteOffset + last.byteCount == extent.byteOffset
             {
                 last.byteCount += extent.byteCount
@@ -157,31 +223,63 @@ public final class StoreDiffExport {
             if let last = pending { try visit(last) }
             pending = extent
         }
-        try store.forEachHeldRun { held in
-            try forEachChanged(from: held.lowerBound, count: UInt64(held.count)) { first, count in
-                let start = header.geometry.byteOffset(ofChunk: first)
+        if let live {
+            // The chunks fixed at the export's instant, all read as data.
+            let exportSet = live.freeze.exportSet
+            var chunkIndex: UInt64 = 0
+            while chunkIndex < exportSet.chunkCount {
+                let run = exportSet.run(from: chunkIndex, limit: exportSet.chunkCount - chunkIndex)
+                if run.isSet {
+                    let start = header.geometry.byteOffset(ofChunk: chunkIndex)
+                    let end = min(
+                        header.virtualByteCount,
+                        header.geometry.byteOffset(ofChunk: chunkIndex + run.chunkCount))
+                    try emit(
+                        ChangedExtent(byteOffset: start, byteCount: end - start, isZero: false))
+                }
+                chunkIndex += run.chunkCount
+            }
+            if let last = pending { try visit(last) }
+            return
+        }
+        guard let since, !countsEveryHeldChunk else {
+            try store.forEachHeldRun { held in
+                let start = header.geometry.byteOffset(ofChunk: held.lowerBound)
                 let end = min(
-                    header.virtualByteCount, header.geometry.byteOffset(ofChunk: first + count))
+                    header.virtualByteCount, header.geometry.byteOffset(ofChunk: held.upperBound))
                 try walkStore(from: start, to: end, emit)
+            }
+            if let last = pending { try visit(last) }
+            return
+        }
+        // Changed since the checkpoint: held chunks from the store, the rest from the layer
+        // below (changes a live snapshot froze there since the checkpoint).
+        var chunkIndex: UInt64 = 0
+        let chunkCount = header.chunkCount
+        while chunkIndex < chunkCount {
+            let run = store.changedRun(
+                slot: since.slot, from: chunkIndex, limit: chunkCount - chunkIndex)
+            defer { chunkIndex += run.chunkCount }
+            guard run.isSet else { continue }
+            var cursor = chunkIndex
+            while cursor < chunkIndex + run.chunkCount {
+                let held = store.heldRun(from: cursor, limit: chunkIndex + run.chunkCount - cursor)
+                let start = header.geometry.byteOffset(ofChunk: cursor)
+                let end = min(
+                    header.virtualByteCount,
+                    header.geometry.byteOffset(ofChunk: cursor + held.chunkCount))
+                if held.isHeld {
+                    try walkStore(from: start, to: end, emit)
+                } else {
+                    try emit(
+                        ChangedExtent(
+                            byteOffset: start, byteCount: end - start, isZero: false,
+                            isInLower: true))
+                }
+                cursor += held.chunkCount
             }
         }
         if let last = pending { try visit(last) }
-    }
-
-    /// Calls `visit` with the runs of held chunks `first..<first+count` that changed: all of
-    /// them for a whole-store diff, those marked in the checkpoint's bitmap for an incremental
-    /// one. (A chunk marked there but not held never changed: its write did not reach the disk.)
-    private func forEachChanged(
-        from first: UInt64, count: UInt64, _ visit: (UInt64, UInt64) throws -> Void
-    ) throws {
-        guard let since, !countsEveryHeldChunk else { return try visit(first, count) }
-        var chunkIndex = first
-        let end = first + count
-        while chunkIndex < end {
-            let run = store.changedRun(slot: since.slot, from: chunkIndex, limit: end - chunkIndex)
-            if run.isSet { try visit(chunkIndex, run.chunkCount) }
-            chunkIndex += run.chunkCount
-        }
     }
 
     /// Splits `start..<end` (held by the store) into data and holes of the data region.
@@ -210,7 +308,20 @@ public final class StoreDiffExport {
         format: Format, to descriptor: FileDescriptor, name: String,
         progress: (UInt64, UInt64) -> Void = { _, _ in }
     ) throws -> Summary {
-        let output = DiffOutput(descriptor: descriptor, name: name)
+        try write(format: format, DiffOutput(descriptor: descriptor, name: name), progress)
+    }
+
+    /// Writes the diff like `write(format:to:name:)`, handing it to `sink` in pieces of at
+    /// most 1 MiB (a live export streamed to its client over the control socket).
+    public func write(
+        format: Format, name: String, sink: @escaping (UnsafeRawBufferPointer) throws -> Void
+    ) throws -> Summary {
+        try write(format: format, DiffOutput(name: name, sink: sink)) { _, _ in }
+    }
+
+    private func write(
+        format: Format, _ output: DiffOutput, _ progress: (UInt64, UInt64) -> Void
+    ) throws -> Summary {
         var summary = Summary()
         let buffer = UnsafeMutableRawBufferPointer.allocate(
             byteCount: Self.maxRecordByteCount, alignment: 4096)
@@ -241,7 +352,18 @@ public final class StoreDiffExport {
             while cursor < end {
                 let count = Int(min(UInt64(Self.maxRecordByteCount), end - cursor))
                 let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<count])
-                try store.readBytes(at: cursor, into: piece)
+                if let live {
+                    let geometry = store.header.geometry
+                    try live.freeze.read(
+                        geometry.chunkIndex(
+                            containing: cursor)..<(geometry.chunkIndex(
+                                containing: cursor + UInt64(count) - 1) + 1),
+                        of: live.disk, into: piece)
+                } else if extent.isInLower {
+                    try readLower(at: cursor, into: piece)
+                } else {
+                    try store.readBytes(at: cursor, into: piece)
+                }
                 try writeData(
                     at: cursor, UnsafeRawBufferPointer(piece), format: format, output,
                     recordChecksum)
@@ -254,12 +376,31 @@ public final class StoreDiffExport {
         try writeEnd(format: format, summary: summary, output)
         try output.drain()
         summary.streamByteCount = output.writtenByteCount
-        // Only after the whole stream is out: a failed write records nothing.
-        if let endCheckpoint {
+        summary.copiedBeforeWriteByteCount = live?.freeze.scratchByteCount ?? 0
+        // Only after the whole stream is out: a failed write records nothing. (A live export
+        // recorded it at its instant; its caller forgets it if the export fails.)
+        if let endCheckpoint, !recordedEndCheckpoint {
             try store.addCheckpoint(endCheckpoint)
             recordedEndCheckpoint = true
         }
         return summary
+    }
+
+    /// The lower layer's bytes (zeros past its end: a disk grown with --size).
+    private func readLower(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
+        throws
+    {
+        let source = try lower ?? openLower()
+        lower = source
+        let inLower =
+            byteOffset >= source.byteCount
+            ? 0 : Int(min(UInt64(buffer.count), source.byteCount - byteOffset))
+        if inLower > 0 {
+            try source.read(
+                at: byteOffset, into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<inLower]))
+        }
+        UnsafeMutableRawBufferPointer(rebasing: buffer[inLower...]).initializeMemory(
+            as: UInt8.self, repeating: 0)
     }
 
     private func writePreamble(format: Format, _ output: DiffOutput) throws {

@@ -1,7 +1,8 @@
 // `cowbd snapshot COW LAYER`: freezes what COW holds into a read-only layer LAYER and leaves
 // COW an empty store over it, with the store stopped. Every step leaves COW openable and
 // reading the same bytes, and a rerun finishes what an interrupted one began
-// (docs/FORMAT.md, "Snapshot"). Live snapshots (while serving) are not this file's.
+// (docs/FORMAT.md, "Snapshot"). The live snapshot of a served disk takes the same steps
+// (StoreSnapshot+Live.swift).
 
 import CowFormat
 import SystemPackage
@@ -30,12 +31,20 @@ public enum StoreSnapshot {
         public var resumed: Bool
         /// True when the snapshot had been finished already: nothing was done.
         public var alreadyDone: Bool
+
+        public init(layerChunkCount: UInt64, resumed: Bool, alreadyDone: Bool) {
+            self.layerChunkCount = layerChunkCount
+            self.resumed = resumed
+            self.alreadyDone = alreadyDone
+        }
     }
 
     /// Snapshots the store at `storePath` into a new layer at `layerPath` (same folder or at
     /// least the same filesystem). Refused while COW is open elsewhere (its exclusive lock), if
-    /// LAYER exists and is not the file an interrupted snapshot linked, and if COW has
-    /// checkpoints or a merge under way. `afterStep` runs after each durable step (tests).
+    /// LAYER exists and is not the file an interrupted snapshot linked, and if COW has a merge
+    /// under way. Checkpoints stay with both: the layer keeps them as they are, and the new
+    /// store starts with the same ones, each with the layer's bitmap (changes since NAME go on
+    /// counting across the snapshot). `afterStep` runs after each durable step (tests).
     public static func run(
         storePath: FilePath, layerPath: FilePath, options: BaseOpenOptions = .quiet,
         createdUnixSeconds: UInt64, afterStep: (Step) throws -> Void = { _ in }
@@ -48,7 +57,9 @@ public enum StoreSnapshot {
             layerIdentity = nil
         }
         if let layerIdentity, layerIdentity != storeIdentity {
-            if try isFinished(storePath: storePath, layerIdentity: layerIdentity) {
+            if try isFinished(
+                storePath: storePath, layerPath: layerPath, layerIdentity: layerIdentity)
+            {
                 return Summary(layerChunkCount: 0, resumed: false, alreadyDone: true)
             }
             throw StoreError.exists(path: layerPath)
@@ -71,27 +82,21 @@ public enum StoreSnapshot {
         let layerChunkCount = store.writtenChunkCount
 
         // 1. A second name for the file: from now on LAYER holds what COW holds.
-        if !isLinked {
-            guard link(storePath.string, layerPath.string) == 0 else {
-                let error = Errno(rawValue: errno)
-                if error == .fileExists { throw StoreError.exists(path: layerPath) }
-                throw StoreError.io(path: layerPath, operation: "link", byteOffset: 0, error)
-            }
-            try AtomicFile.syncFolder(AtomicFile.folder(of: layerPath), after: layerPath)
-        }
+        if !isLinked { try linkLayer(storePath: storePath, layerPath: layerPath) }
         try afterStep(.linked)
         // 2. Frozen: no writer opens it again (an interrupted run leaves COW read-only, with
-        // the same bytes, until it is run again).
-        if !store.header.isFrozen {
-            var header = store.header
-            header.setFrozen(true)
-            try store.writeHeader(header)
-        }
+        // the same bytes, until it is run again). The checkpoint table is closed with it.
+        try store.freezeForSnapshot()
         try afterStep(.frozen)
         // 3. An empty store over LAYER, written whole, renamed over COW.
-        try writeEmptyStore(
-            at: storePath, over: layerPath, like: store.header, layerByteCount: disk.byteCount,
-            fingerprint: fingerprint, createdUnixSeconds: createdUnixSeconds)
+        let topHeader = try emptyTopHeader(
+            storePath: storePath, layerPath: layerPath, like: store.header,
+            layerByteCount: disk.byteCount, fingerprint: fingerprint,
+            createdUnixSeconds: createdUnixSeconds)
+        let checkpoints = store.checkpointsForUpperStore()
+        try AtomicFile.write(to: storePath, replacing: true) { descriptor in
+            try StoreFile.writeEmptyStore(topHeader, checkpoints: checkpoints, into: descriptor)
+        }
         try afterStep(.replaced)
         return Summary(layerChunkCount: layerChunkCount, resumed: isLinked, alreadyDone: false)
     }
@@ -103,22 +108,37 @@ public enum StoreSnapshot {
             throw StoreError.mergeInProgress(path: store.path, target: merge.targetPath)
         }
         if store.header.isFrozen && !isLinked { throw ChainError.frozen(store: store.path) }
-        let checkpointNames = store.checkpointTable?.checkpoints.map(\.checkpoint.name) ?? []
-        guard checkpointNames.isEmpty else {
-            throw StoreError.invalidArgument(
-                "\(store.path): the store has checkpoints (\(checkpointNames.joined(separator: ", "))); "
-                    + "they would stay with the frozen layer: delete them first "
-                    + "(cowbd checkpoint \(store.path) NAME --delete)")
-        }
     }
 
-    /// Whether COW is already the empty store over LAYER that a finished snapshot leaves.
-    private static func isFinished(storePath: FilePath, layerIdentity: FileIdentity) throws
-        -> Bool
-    {
+    /// Step 1: LAYER becomes a second name of COW's file, durably. A LAYER on another
+    /// filesystem cannot be a hard link: that is said plainly.
+    static func linkLayer(storePath: FilePath, layerPath: FilePath) throws {
+        guard link(storePath.string, layerPath.string) == 0 else {
+            let error = Errno(rawValue: errno)
+            if error == .fileExists { throw StoreError.exists(path: layerPath) }
+            if error == .improperLink {
+                throw StoreError.invalidArgument(
+                    "\(layerPath): not on the filesystem of \(storePath): a snapshot layer is a "
+                        + "hard link of the store's file; put it beside the store")
+            }
+            throw StoreError.io(path: layerPath, operation: "link", byteOffset: 0, error)
+        }
+        try AtomicFile.syncFolder(AtomicFile.folder(of: layerPath), after: layerPath)
+    }
+
+    /// Whether COW is already the store over the frozen LAYER that a finished snapshot leaves
+    /// (empty, or written since: a live snapshot's server goes on at once).
+    private static func isFinished(
+        storePath: FilePath, layerPath: FilePath, layerIdentity: FileIdentity
+    ) throws -> Bool {
+        guard let layer = try? StoreFile(path: layerPath, access: .unlockedRead) else {
+            return false
+        }
+        let isFrozen = layer.header.isFrozen
+        layer.close()
+        guard isFrozen else { return false }
         let store = try StoreFile(path: storePath, access: .unlockedRead)
         defer { store.close() }
-        guard store.writtenChunkCount == 0 else { return false }
         for candidate in BaseLocator.candidatePaths(for: store.header, storePath: storePath) {
             if let identity = try? FileIdentity(of: FilePath(candidate)) {
                 return identity == layerIdentity
@@ -127,31 +147,25 @@ public enum StoreSnapshot {
         return false
     }
 
-    /// Writes a new empty store at `path` (replacing what is there, atomically) with `model`'s
-    /// chunk size and disk size, bound to the layer at `layerPath`.
-    private static func writeEmptyStore(
-        at path: FilePath, over layerPath: FilePath, like model: StoreHeader,
+    /// The header of the empty store that goes at `path` over the layer at `layerPath`, with
+    /// `model`'s chunk size and disk size.
+    static func emptyTopHeader(
+        storePath path: FilePath, layerPath: FilePath, like model: StoreHeader,
         layerByteCount: UInt64, fingerprint: BaseFingerprint, createdUnixSeconds: UInt64
-    ) throws {
+    ) throws -> StoreHeader {
         let resolved = absolutePath(layerPath.string)
         // Beside COW: recorded by name, so the chain can be moved as a folder.
         let given =
             resolved.removingLastComponent() == absolutePath(path.string).removingLastComponent()
             ? (resolved.lastComponent?.string ?? resolved.string) : resolved.string
-        let header: StoreHeader
         do {
-            header = try StoreHeader(
+            return try StoreHeader(
                 geometry: model.geometry, virtualByteCount: model.virtualByteCount,
                 baseByteCount: layerByteCount, baseFingerprint: fingerprint,
                 fingerprintScheme: BaseFingerprintPlan.scheme, basePathGiven: given,
                 basePathResolved: resolved.string, createdUnixSeconds: createdUnixSeconds)
         } catch {
             throw StoreError.format(path: path, error)
-        }
-        try AtomicFile.write(to: path, replacing: true) { descriptor in
-            try descriptor.setByteCount(header.dataByteOffset + header.virtualByteCount)
-            let bytes = header.encoded()
-            try bytes.withUnsafeBytes { try descriptor.writeFully(at: 0, from: $0) }
         }
     }
 }

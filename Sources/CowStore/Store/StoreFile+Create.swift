@@ -77,7 +77,7 @@ extension StoreFile {
 }
 
 /// `path` made absolute against the current directory, with `.` and `..` resolved lexically.
-func absolutePath(_ path: String) -> FilePath {
+package func absolutePath(_ path: String) -> FilePath {
     var filePath = FilePath(path)
     if !filePath.isAbsolute {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)

@@ -33,13 +33,15 @@ let package = Package(
         .systemLibrary(name: "CLinux"),
         .systemLibrary(
             name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
+        // zstd's dictionary trainer (ZDICT_trainFromBuffer) for `compress`'s shared dictionary.
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         // Locked, threads and the monotonic clock: shared by the library targets and the CLI.
         .target(name: "CowSupport", swiftSettings: strict),
         .target(name: "CowFormat", dependencies: ["CXXHash"], swiftSettings: strict),
         .target(
             name: "CowStore",
             dependencies: [
-                "CowFormat", "CowSupport", "CLZ4", "CLinux", "CNBD",
+                "CowFormat", "CowSupport", "CLZ4", "CZstd", "CLinux", "CNBD",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,13 +1,18 @@
 // The 128-byte record that opens and closes a compressed image (docs/FORMAT.md, "Compressed
-// base image"): parse, validate, encode. The block index and the blocks are elsewhere. No I/O.
+// base image"): parse, validate, encode; version 2 adds the shared dictionary's size and
+// checksum, version 1 still parses. The block index, dictionary and blocks are elsewhere. No I/O.
 
 /// The header of a cowbd-lz4 image. The same 128 bytes end the file as its footer, so a
 /// truncated or half-written image is refused.
 public struct LZ4ImageHeader: Equatable, Sendable {
     /// "COWBDLZ4": the first 8 bytes of every compressed image (and of its footer).
     public static let magic: [UInt8] = Array("COWBDLZ4".utf8)
-    /// The format version this build writes and reads.
-    public static let currentVersion: UInt32 = 1
+    /// The format version this build writes: 2, with the dictionary fields.
+    public static let currentVersion: UInt32 = 2
+    /// The versions this build reads: 1 (no dictionary: its bytes 100..119 are reserved) and 2.
+    public static let readableVersions: ClosedRange<UInt32> = 1...2
+    /// Largest shared dictionary: LZ4 looks back at most 64 KiB.
+    public static let maxDictionaryByteCount: UInt32 = 64 << 10
     /// Bytes in the record, including its trailing checksum.
     public static let recordByteCount = 128
     /// Where the block index starts: the record padded to a page, so blocks never share it.
@@ -42,7 +47,11 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         static let dataByteOffset = 80
         static let fileByteCount = 88
         static let compressionLevel = 96
-        static let reservedStart = 100
+        static let dictionaryByteCount = 100
+        static let dictionaryChecksum = 104
+        /// Where the reserved bytes start: after the dictionary fields in version 2, at them
+        /// in version 1.
+        static func reservedStart(version: UInt32) -> Int { version == 1 ? 100 : 112 }
         static let checksum = 120
     }
 
@@ -63,16 +72,24 @@ public struct LZ4ImageHeader: Equatable, Sendable {
     public var fileByteCount: UInt64
     /// 0 for LZ4's fast compressor, else the LZ4 HC level used. Informational.
     public var compressionLevel: UInt32
+    /// Bytes of the dictionary every LZ4 block is compressed against, stored at
+    /// `dataByteOffset`; 0 for none (always 0 in version 1).
+    public var dictionaryByteCount: UInt32
+    /// XXH3-64 of the dictionary's bytes (`dictionaryChecksum(of:)`); 0 without a dictionary.
+    public var dictionaryChecksum: UInt64
 
     /// Blocks covering the image.
     public var blockCount: UInt64 { geometry.blockCount(covering: virtualByteCount) }
+    /// Where the blocks' bytes start: after the dictionary, which opens the data region.
+    public var blockDataByteOffset: UInt64 { dataByteOffset + UInt64(dictionaryByteCount) }
     /// Where the footer starts, and so where block data must end.
     public var footerByteOffset: UInt64 { fileByteCount - UInt64(Self.recordByteCount) }
 
     /// A new header with the layout derived from the sizes.
     public init(
         geometry: LZ4BlockGeometry, virtualByteCount: UInt64, fingerprint: BaseFingerprint,
-        compressionLevel: UInt32, fileByteCount: UInt64
+        compressionLevel: UInt32, fileByteCount: UInt64, dictionaryByteCount: UInt32 = 0,
+        dictionaryChecksum: UInt64 = 0
     ) throws(FormatError) {
         version = Self.currentVersion
         self.geometry = geometry
@@ -87,6 +104,8 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         dataByteOffset = layout.dataByteOffset
         self.fileByteCount = fileByteCount
         self.compressionLevel = compressionLevel
+        self.dictionaryByteCount = dictionaryByteCount
+        self.dictionaryChecksum = dictionaryChecksum
         try validate()
     }
 
@@ -103,7 +122,11 @@ public struct LZ4ImageHeader: Equatable, Sendable {
     /// Parses and validates the first `recordByteCount` bytes of `bytes`.
     public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
         try Self.record.check(bytes)
-        version = try Self.record.checkVersionAndSize(bytes, currentVersion: Self.currentVersion)
+        let storedVersion = bytes.loadLittleEndian(at: Field.version, as: UInt32.self)
+        guard Self.readableVersions.contains(storedVersion) else {
+            throw .unsupportedVersion(storedVersion)
+        }
+        version = try Self.record.checkVersionAndSize(bytes, currentVersion: storedVersion)
         geometry = try LZ4BlockGeometry(
             shift: bytes.loadLittleEndian(at: Field.blockShift, as: UInt32.self))
         incompatibleFeatures = bytes.loadLittleEndian(
@@ -117,7 +140,17 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         dataByteOffset = bytes.loadLittleEndian(at: Field.dataByteOffset, as: UInt64.self)
         fileByteCount = bytes.loadLittleEndian(at: Field.fileByteCount, as: UInt64.self)
         compressionLevel = bytes.loadLittleEndian(at: Field.compressionLevel, as: UInt32.self)
-        for byteOffset in Field.reservedStart..<Field.checksum where bytes[byteOffset] != 0 {
+        let reservedStart = Field.reservedStart(version: version)
+        if version == 1 {
+            dictionaryByteCount = 0
+            dictionaryChecksum = 0
+        } else {
+            dictionaryByteCount = bytes.loadLittleEndian(
+                at: Field.dictionaryByteCount, as: UInt32.self)
+            dictionaryChecksum = bytes.loadLittleEndian(
+                at: Field.dictionaryChecksum, as: UInt64.self)
+        }
+        for byteOffset in reservedStart..<Field.checksum where bytes[byteOffset] != 0 {
             throw .invalidField(
                 name: "reserved byte at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
         }
@@ -154,9 +187,16 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         guard dataByteOffset == layout.dataByteOffset else {
             throw .invalidField(name: "data offset", value: dataByteOffset)
         }
+        guard dictionaryByteCount <= Self.maxDictionaryByteCount else {
+            throw .invalidField(name: "dictionary size", value: UInt64(dictionaryByteCount))
+        }
+        guard dictionaryByteCount > 0 || dictionaryChecksum == 0 else {
+            throw .invalidField(
+                name: "dictionary checksum (no dictionary)", value: dictionaryChecksum)
+        }
         // Block data cannot outgrow its input by more than the footer: a block that does not
         // compress is stored raw. So the file size is bounded by the image's, plus overhead.
-        let smallest = dataByteOffset + UInt64(Self.recordByteCount)
+        let smallest = blockDataByteOffset + UInt64(Self.recordByteCount)
         guard fileByteCount >= smallest, fileByteCount - smallest <= virtualByteCount else {
             throw .invalidField(name: "file size", value: fileByteCount)
         }
@@ -192,5 +232,14 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         record.storeLittleEndian(dataByteOffset, at: Field.dataByteOffset)
         record.storeLittleEndian(fileByteCount, at: Field.fileByteCount)
         record.storeLittleEndian(compressionLevel, at: Field.compressionLevel)
+        if version != 1 {
+            record.storeLittleEndian(dictionaryByteCount, at: Field.dictionaryByteCount)
+            record.storeLittleEndian(dictionaryChecksum, at: Field.dictionaryChecksum)
+        }
+    }
+
+    /// The checksum of a dictionary's bytes: XXH3-64, seed 0, as for a block's stored bytes.
+    public static func dictionaryChecksum(of dictionary: UnsafeRawBufferPointer) -> UInt64 {
+        LZ4BlockEntry.dataChecksum(of: dictionary)
     }
 }

@@ -25,8 +25,9 @@ struct CompressCommand: ParsableCommand {
             under its lock, so it cannot be served meanwhile.
 
             DST is a cowbd-lz4 image: blocks of --block-size bytes, each compressed with LZ4 \
-            on its own (or stored as it is if LZ4 cannot shrink it; an all-zero block takes no \
-            space), with a checksum each and an index. It can be the base of `cowbd create`, \
+            on its own against a dictionary of up to 64 KiB that zstd's trainer makes from \
+            samples of SRC and that the image stores once (or stored as it is if LZ4 cannot \
+            shrink it; an all-zero block takes no space), with a checksum each and an index. It can be the base of `cowbd create`, \
             and it has the same fingerprint as its source, so a store made over the raw image \
             also works over the compressed one put in its place.
 
@@ -36,13 +37,15 @@ struct CompressCommand: ParsableCommand {
 
             On a terminal, a status line shows the bytes done, the rate and the ratio so far. \
             With --json the result is one object: input_bytes, output_bytes, ratio \
-            (input / output), seconds, block_size, blocks, zero_blocks, raw_blocks, level.
+            (input / output), seconds, block_size, blocks, zero_blocks, raw_blocks, level, \
+            dictionary_bytes.
 
             --verify IMAGE reads every block of IMAGE, checks its checksum and that it \
             decompresses, and recomputes the fingerprint; with SRC and DST it does so after \
             compressing. With --json: path, intact, blocks, zero_blocks, raw_blocks, \
-            damaged_blocks, damaged (block, reason), fingerprint_problem (null if it matches); \
-            after compressing, under the key "verify".
+            damaged_blocks, damaged (block, reason), fingerprint_problem (null if it matches), \
+            dictionary_problem (null if the dictionary, if any, matches its checksum); after \
+            compressing, under the key "verify".
 
             Examples:
               cowbd compress golden.img golden.lz4
@@ -77,6 +80,14 @@ struct CompressCommand: ParsableCommand {
 
     @Option(help: "Compressing threads, 1 to 64. (default: the number of cores)")
     var threads: Int?
+
+    @Flag(
+        inversion: .prefixedNo,
+        help: ArgumentHelp(
+            "Compress every block against a dictionary trained on SRC. (default: on)",
+            discussion:
+                "Without it, small blocks lose much of their ratio: use 256K blocks then."))
+    var dictionary = true
 
     @Flag(help: "Replace DST if it exists.")
     var force = false
@@ -117,7 +128,7 @@ struct CompressCommand: ParsableCommand {
     private func runCompress(destination: String) throws -> CompressedRun {
         let options = ImageCompressor.Options(
             geometry: try geometry(), level: level, threadCount: threads ?? Self.coreCount(),
-            replacesExisting: force)
+            replacesExisting: force, usesDictionary: dictionary)
         let statusLine = StatusLine()
         let started = monotonicSeconds()
         let summary = try exitingOnError {
@@ -147,7 +158,10 @@ struct CompressCommand: ParsableCommand {
                 + "\(ByteSize.describe(summary.outputByteCount)) out (ratio \(Self.decimal(ratio))), "
                 + "\(Self.decimal(run.seconds)) s; \(header.blockCount) blocks of "
                 + "\(ByteSize.describe(header.geometry.blockByteCount)) (\(summary.zeroBlockCount) "
-                + "zero, \(summary.rawBlockCount) stored raw)")
+                + "zero, \(summary.rawBlockCount) stored raw), "
+                + (summary.dictionaryByteCount > 0
+                    ? "\(ByteSize.describe(UInt64(summary.dictionaryByteCount))) dictionary"
+                    : "no dictionary"))
     }
 
     private static func progressText(_ progress: ImageCompressor.Progress, seconds: Double)
@@ -193,6 +207,7 @@ struct CompressCommand: ParsableCommand {
             printErrorLine(
                 "\(imagePath): \(verification.damagedBlockCount) of \(verification.blockCount) "
                     + "blocks damaged"
+                    + (verification.dictionaryProblem.map { "; \($0)" } ?? "")
                     + (verification.fingerprintProblem.map { "; \($0)" } ?? ""))
             throw ExitStatus.failure
         }
@@ -222,6 +237,7 @@ struct CompressCommand: ParsableCommand {
             ("damaged_blocks", .integer(verification.damagedBlockCount)),
             ("damaged", .array(damaged)),
             ("fingerprint_problem", .optional(verification.fingerprintProblem)),
+            ("dictionary_problem", .optional(verification.dictionaryProblem)),
         ])
     }
 
@@ -275,6 +291,7 @@ private struct CompressedRun {
             ("zero_blocks", String(summary.zeroBlockCount)),
             ("raw_blocks", String(summary.rawBlockCount)),
             ("level", JSONValue.quoted(header.compressionLevel == 0 ? "fast" : "high")),
+            ("dictionary_bytes", String(summary.dictionaryByteCount)),
         ]
     }
 }

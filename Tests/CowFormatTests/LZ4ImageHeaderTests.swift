@@ -2,16 +2,26 @@ import CXXHash
 import CowFormat
 import Testing
 
-/// 10 GiB + 123 bytes in 64 KiB blocks: 163841 blocks, a 5242912-byte index, data at 5251072.
+/// 10 GiB + 123 bytes in 64 KiB blocks: 163841 blocks, a 5242912-byte index, data at 5251072,
+/// a 64 KiB dictionary.
 private func sampleHeader() throws -> LZ4ImageHeader {
     try LZ4ImageHeader(
         geometry: LZ4BlockGeometry(shift: 16), virtualByteCount: 10 << 30 + 123,
         fingerprint: BaseFingerprint(low: 0x0123_4567_89ab_cdef, high: 0xfedc_ba98_7654_3210),
-        compressionLevel: 9, fileByteCount: 3 << 30 + 12345)
+        compressionLevel: 9, fileByteCount: 3 << 30 + 12345, dictionaryByteCount: 65536,
+        dictionaryChecksum: 0x1122_3344_5566_7788)
 }
 
-/// The sample header, encoded by hand from docs/FORMAT.md (Python's struct and libxxhash).
+/// The sample header (version 2), encoded by hand from docs/FORMAT.md (C with libxxhash).
 private let goldenHeaderHex =
+    "434f5742444c5a34020000008000000010000000000000007b00008002000000"
+    + "0180020000000000efcdab89674523011032547698badcfe0100000000000000"
+    + "001000000000000020005000000000000020500000000000393000c000000000"
+    + "090000000000010088776655443322110000000000000000306d7eb97cc24f55"
+
+/// The same image as a version 1 header, without a dictionary: what cowbd wrote before
+/// version 2 (Python's struct and libxxhash).
+private let goldenVersion1HeaderHex =
     "434f5742444c5a34010000008000000010000000000000007b00008002000000"
     + "0180020000000000efcdab89674523011032547698badcfe0100000000000000"
     + "001000000000000020005000000000000020500000000000393000c000000000"
@@ -58,6 +68,31 @@ private func resealed(_ bytes: [UInt8]) -> [UInt8] {
     #expect(try parse(encoded) == sampleHeader())
 }
 
+@Test func aVersion1HeaderStillParsesWithoutADictionary() throws {
+    let header = try parse(bytes(fromHex: goldenVersion1HeaderHex))
+    #expect(header.version == 1)
+    #expect(header.dictionaryByteCount == 0 && header.dictionaryChecksum == 0)
+    #expect(header.blockDataByteOffset == header.dataByteOffset)
+    #expect(header.virtualByteCount == 10 << 30 + 123 && header.compressionLevel == 9)
+    #expect(header.encoded() == bytes(fromHex: goldenVersion1HeaderHex))
+    // Version 1 has no dictionary fields: their bytes are reserved there.
+    #expect(throws: FormatError.invalidField(name: "reserved byte at offset 100", value: 1)) {
+        try parse(patched(bytes(fromHex: goldenVersion1HeaderHex), at: 100, width: 1, 1))
+    }
+}
+
+@Test func theDictionaryMovesTheBlockDataAndTheSmallestFile() throws {
+    let header = try sampleHeader()
+    #expect(header.blockDataByteOffset == 5_251_072 + 65536)
+    #expect(throws: FormatError.invalidField(name: "file size", value: 5_251_072 + 65536 + 127)) {
+        try LZ4ImageHeader(
+            geometry: LZ4BlockGeometry(shift: 16), virtualByteCount: 10 << 30 + 123,
+            fingerprint: header.fingerprint, compressionLevel: 9,
+            fileByteCount: 5_251_072 + 65536 + 127, dictionaryByteCount: 65536,
+            dictionaryChecksum: 1)
+    }
+}
+
 @Test func lz4HeaderLayoutFollowsTheBlockCount() throws {
     let header = try sampleHeader()
     #expect(header.blockCount == 163_841)
@@ -88,7 +123,8 @@ private func resealed(_ bytes: [UInt8]) -> [UInt8] {
 @Test func everyBadLZ4HeaderFieldIsRefusedByName() throws {
     let good = try sampleHeader().encoded()
     let cases: [(offset: Int, width: Int, value: UInt64, expected: FormatError)] = [
-        (8, 4, 2, .unsupportedVersion(2)),
+        (8, 4, 0, .unsupportedVersion(0)),
+        (8, 4, 3, .unsupportedVersion(3)),
         (12, 4, 4096, .invalidField(name: "header size", value: 4096)),
         (16, 4, 13, .invalidField(name: "block size shift", value: 13)),
         (16, 4, 21, .invalidField(name: "block size shift", value: 21)),
@@ -103,7 +139,12 @@ private func resealed(_ bytes: [UInt8]) -> [UInt8] {
         (88, 8, 5_251_072, .invalidField(name: "file size", value: 5_251_072)),
         (88, 8, 11 << 30, .invalidField(name: "file size", value: 11 << 30)),
         (96, 4, 13, .invalidField(name: "compression level", value: 13)),
-        (100, 1, 1, .invalidField(name: "reserved byte at offset 100", value: 1)),
+        (100, 4, 65537, .invalidField(name: "dictionary size", value: 65537)),
+        (
+            100, 4, 0,
+            .invalidField(name: "dictionary checksum (no dictionary)", value: 0x1122_3344_5566_7788)
+        ),
+        (112, 1, 1, .invalidField(name: "reserved byte at offset 112", value: 1)),
         (119, 1, 7, .invalidField(name: "reserved byte at offset 119", value: 7)),
     ]
     for (offset, width, value, expected) in cases {

@@ -53,14 +53,16 @@ func makeMixedImage(at path: String, byteCount: Int, seed: UInt64) throws -> [UI
 @discardableResult
 func compressImage(
     _ source: String, to destination: String, blockByteCount: UInt64 = 65536,
-    level: CompressionLevel = .fast, threadCount: Int = 3, replacesExisting: Bool = false
+    level: CompressionLevel = .fast, threadCount: Int = 3, replacesExisting: Bool = false,
+    usesDictionary: Bool = true
 ) throws -> ImageCompressor.Summary {
     let image = try ImageCompressor.openSource(at: FilePath(source))
     return try ImageCompressor.compress(
         image, to: FilePath(destination),
         options: .init(
             geometry: try LZ4BlockGeometry(blockByteCount: blockByteCount), level: level,
-            threadCount: threadCount, replacesExisting: replacesExisting))
+            threadCount: threadCount, replacesExisting: replacesExisting,
+            usesDictionary: usesDictionary))
 }
 
 /// Opens a compressed image with a cache of `cacheByteCount` bytes.

@@ -6,6 +6,8 @@
 
 compressed_targets=(cowbd cowbd-lz4-fast cowbd-lz4-high qemu-nbd-zlib qemu-nbd-zstd nbdkit-xz)
 compressed_jobs=(seq-read rand-read)
+# The cowbd-lz4 format version `cowbd compress` writes (docs/FORMAT.md, "Versioning").
+readonly COWBD_LZ4_VERSION=2
 # xz's block: the xz filter decompresses a whole block per read, so it needs many small ones.
 readonly XZ_BLOCK_SIZE=1MiB
 
@@ -48,11 +50,13 @@ make_compressed_image() {
     COMPRESSED_IMAGE["$target"]=$image
     if [ -f "$image" ] && [ -f "$image.env" ] && [ -z "$recompress" ]; then
         # A cached cowbd image made by an older cowbd may no longer be readable: check it
-        # (cheap: one decompression of every block) and make it again if not.
-        if [[ "$target" != cowbd-* ]] || "$cowbd" compress --verify "$image" >/dev/null 2>&1; then
+        # (cheap: one decompression of every block) and make it again if not. One of an older
+        # format version still reads, but has the old layout: make it again too.
+        if [[ "$target" != cowbd-* ]] || { [ "$(od -An -tu4 -j8 -N4 "$image" | tr -d ' ')" = \
+            "$COWBD_LZ4_VERSION" ] && "$cowbd" compress --verify "$image" >/dev/null 2>&1; }; then
             return
         fi
-        say "the cached $image does not verify with this cowbd: making it again"
+        say "the cached $image is of an older layout or does not verify: making it again"
     fi
     partial="$image.partial"
     time_file="$WORK_DIR/compress-$target.time"

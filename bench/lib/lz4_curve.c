@@ -8,6 +8,8 @@
  *   lz4_curve compress IMAGE BLOCK_BYTES fast|high OUT [DICT]   image -> OUT (index + blocks)
  *   lz4_curve read OUT READ_COUNT                               random 4 KiB reads of OUT
  *   lz4_curve sample IMAGE EVERY_NTH OUT                        non-zero 4 KiB pieces for a trainer
+ *   lz4_curve read-cowbd IMAGE READ_COUNT                       the same reads of a cowbd-lz4 image
+ *                                                               (version 1 or 2, docs/FORMAT.md)
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -207,6 +209,51 @@ static int read_image(const char *path, long read_count) {
     return 0;
 }
 
+static uint64_t le(const unsigned char *bytes, int width) {
+    uint64_t value = 0;
+    for (int i = width - 1; i >= 0; i--) value = value << 8 | bytes[i];
+    return value;
+}
+
+/* A cowbd-lz4 image's header, dictionary and index in this tool's terms, then the same reads:
+ * the instructions of a miss on the real image `cowbd compress` made. */
+static int read_cowbd_image(const char *path, long read_count) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) die(path);
+    unsigned char record[128];
+    pread_all(fd, record, sizeof record, 0);
+    if (memcmp(record, "COWBDLZ4", 8)) {
+        fprintf(stderr, "%s: not a cowbd-lz4 image\n", path);
+        return 1;
+    }
+    struct header header = {0, le(record + 24, 8), 1ULL << le(record + 16, 4), le(record + 32, 8),
+                            le(record + 8, 4) >= 2 ? le(record + 100, 4) : 0};
+    uint64_t index_offset = le(record + 64, 8), data_offset = le(record + 80, 8);
+    static char dict[DICT_MAX];
+    if (header.dict_bytes > DICT_MAX) return 1;
+    pread_all(fd, dict, header.dict_bytes, data_offset);
+    unsigned char *stored_index = malloc(header.block_count * 32);
+    pread_all(fd, stored_index, header.block_count * 32, index_offset);
+    struct entry *index = malloc(header.block_count * sizeof *index);
+    for (uint64_t i = 0; i < header.block_count; i++) {
+        const unsigned char *e = stored_index + i * 32;
+        index[i] = (struct entry){le(e, 8), (uint32_t)le(e + 8, 4), (uint32_t)le(e + 12, 4),
+                                  le(e + 16, 8)};
+    }
+    char *slot = malloc(header.block_bytes * 2), reply[READ_BYTES];
+    uint64_t state = 42, read_slots = header.virtual_size / READ_BYTES, stored_bytes = 0;
+    for (long i = 0; i < read_count; i++) {
+        state = state * 6364136223846793005ULL + 1442695040888963407ULL; /* as read_image */
+        uint64_t offset = ((state >> 17) % read_slots) * READ_BYTES;
+        read_one(fd, &header, index, dict, offset, slot, reply);
+        stored_bytes += index[offset / header.block_bytes].stored;
+    }
+    printf("reads=%ld stored_bytes_per_read=%.0f block_bytes=%llu dict_bytes=%llu\n", read_count,
+           (double)stored_bytes / read_count, (unsigned long long)header.block_bytes,
+           (unsigned long long)header.dict_bytes);
+    return 0;
+}
+
 static int sample_image(const char *image_path, long every, const char *out_path) {
     int in = open(image_path, O_RDONLY);
     if (in < 0) die(image_path);
@@ -227,6 +274,8 @@ int main(int argc, char **argv) {
         return compress_image(argv[2], strtoull(argv[3], 0, 10), !strcmp(argv[4], "high"),
                               argv[5], argc > 6 ? argv[6] : NULL);
     if (argc == 4 && !strcmp(argv[1], "read")) return read_image(argv[2], atol(argv[3]));
+    if (argc == 4 && !strcmp(argv[1], "read-cowbd"))
+        return read_cowbd_image(argv[2], atol(argv[3]));
     if (argc == 5 && !strcmp(argv[1], "sample"))
         return sample_image(argv[2], atol(argv[3]), argv[4]);
     fprintf(stderr, "usage: see the comment at the top of lz4_curve.c\n");

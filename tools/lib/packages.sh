@@ -2,7 +2,7 @@
 # tests and benchmark use, when missing. Under CI a package that cannot be installed fails the run.
 
 # Build: C libraries behind the system-library targets.
-COWBD_BUILD_PACKAGES="pkg-config libnbd-dev liblz4-dev libxxhash-dev libgnutls28-dev"
+COWBD_BUILD_PACKAGES="pkg-config libnbd-dev liblz4-dev libxxhash-dev libzstd-dev libgnutls28-dev"
 # Tests: real NBD clients and peers, the kernel path, and the VM kit.
 COWBD_TEST_PACKAGES="libnbd-bin nbdkit qemu-utils python3 python3-libnbd e2fsprogs fuse3 util-linux
   qemu-system-x86 linux-image-cloud-amd64 busybox-static nbd-client socat xxd dmsetup gnutls-bin"

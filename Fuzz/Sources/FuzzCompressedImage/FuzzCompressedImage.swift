@@ -1,5 +1,6 @@
 // Fuzz target: a compressed image (header, footer, block index, blocks) opened as a base,
-// verified block by block (checksum, then LZ4 decode), and read through the block cache.
+// verified block by block (checksum, then LZ4 decode against the shared dictionary, if any),
+// and read through the block cache.
 // Input: the whole file; checksums, layout fields and the footer are recomputed.
 
 import CowFormat

@@ -12,7 +12,8 @@ extension Array where Element == UInt8 {
     }
 
     /// Compressed image: file size, block count and layout fields, every index entry's data
-    /// and entry checksums, the header checksum, and the footer (a copy of the header).
+    /// and entry checksums, the shared dictionary's checksum (version 2), the header checksum,
+    /// and the footer (a copy of the header).
     public mutating func fixCompressedImage() {
         let recordByteCount = LZ4ImageHeader.recordByteCount
         guard count >= 2 * recordByteCount else { return }
@@ -29,9 +30,22 @@ extension Array where Element == UInt8 {
             storeLittleEndian(layout.indexByteCount, at: 72)
             storeLittleEndian(layout.dataByteOffset, at: 80)
             fixIndexEntries(blockCount: blockCount)
+            fixDictionaryChecksum(dataByteOffset: layout.dataByteOffset)
         }
         storeLittleEndian(xxh64(0..<120), at: 120)
         replaceSubrange((count - recordByteCount)..<count, with: self[0..<recordByteCount])
+    }
+
+    /// Version 2: the dictionary's checksum (bytes 104..111) over its bytes at the data
+    /// offset, when they fit in the input, so mutations reach the LZ4 dictionary decode.
+    private mutating func fixDictionaryChecksum(dataByteOffset: UInt64) {
+        guard littleEndian(at: 8, as: UInt32.self) == 2,
+            let dictionaryByteCount = littleEndian(at: 100, as: UInt32.self),
+            dictionaryByteCount > 0, dataByteOffset <= UInt64(count),
+            UInt64(dictionaryByteCount) <= UInt64(count) - dataByteOffset
+        else { return }
+        let start = Int(dataByteOffset)
+        storeLittleEndian(xxh3(start..<(start + Int(dictionaryByteCount))), at: 104)
     }
 
     private mutating func fixIndexEntries(blockCount: UInt64) {

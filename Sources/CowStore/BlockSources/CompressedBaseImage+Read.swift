@@ -141,6 +141,9 @@ extension CompressedBaseImage {
     ) throws -> Int {
         let blockByteCount = header.geometry.byteCount(
             ofBlock: blockIndex, virtualByteCount: header.virtualByteCount)
+        if entry.storage == .lz4, let dictionaryProblem {
+            throw blockError(blockIndex, dictionaryProblem, byteOffset: header.dataByteOffset)
+        }
         let storedByteCount = Int(entry.storedByteCount)
         let storedRange =
             entry.storage == .raw
@@ -158,11 +161,12 @@ extension CompressedBaseImage {
         }
         guard entry.storage == .lz4 else { return blockByteCount }
         let targetByteCount = min(prefixByteCount ?? blockByteCount, blockByteCount)
-        guard
+        let decompressed = dictionary.withUnsafeBytes { dictionary in
             LZ4Decompressor.decompressInPlace(
                 slot, compressedByteCount: storedByteCount, decompressedByteCount: blockByteCount,
-                prefixByteCount: targetByteCount)
-        else {
+                prefixByteCount: targetByteCount, dictionary: dictionary)
+        }
+        guard decompressed else {
             throw blockError(
                 blockIndex, "LZ4 data does not decompress to \(blockByteCount) bytes",
                 byteOffset: entry.dataByteOffset)

@@ -23,9 +23,14 @@ extension CompressedBaseImage {
         public var damagedBlocks: [DamagedBlock] = []
         /// Nil when the fingerprint matches the header's; otherwise what differs.
         public var fingerprintProblem: String?
+        /// Nil when the shared dictionary (if any) matches its checksum; otherwise why not
+        /// (every LZ4 block is then counted damaged too).
+        public var dictionaryProblem: String?
 
-        /// No damaged block and the fingerprint matches.
-        public var isIntact: Bool { damagedBlockCount == 0 && fingerprintProblem == nil }
+        /// No damaged block or dictionary, and the fingerprint matches.
+        public var isIntact: Bool {
+            damagedBlockCount == 0 && fingerprintProblem == nil && dictionaryProblem == nil
+        }
     }
 
     /// Reads and checks every block, bypassing the cache; calls `progress` with the number of
@@ -33,6 +38,7 @@ extension CompressedBaseImage {
     public func verify(progress: (UInt64) -> Void = { _ in }) -> Verification {
         var verification = Verification()
         verification.blockCount = header.blockCount
+        verification.dictionaryProblem = dictionaryProblem
         let buffer = UnsafeMutableRawBufferPointer.allocate(
             byteCount: cache.slotByteCount, alignment: 4096)
         defer { buffer.deallocate() }

@@ -1,5 +1,6 @@
 // A compressed image (docs/FORMAT.md, "Compressed base image") opened as a read-only base:
-// the header, footer and index are checked here, once; reads are in CompressedBaseImage+Read.
+// the header, footer, index and shared dictionary are checked here, once; reads are in
+// CompressedBaseImage+Read.
 
 import CowFormat
 import Logging
@@ -23,6 +24,11 @@ public final class CompressedBaseImage: BlockSource {
     let descriptor: FileDescriptor
     /// The block index as stored; each entry is parsed (and its checksum checked) when used.
     let index: [UInt8]
+    /// The shared dictionary every LZ4 block was compressed against (empty: none).
+    let dictionary: [UInt8]
+    /// Why the dictionary cannot be used (its checksum failed), or nil: then every LZ4 block
+    /// fails to read with this reason, and raw and zero blocks still read.
+    public let dictionaryProblem: String?
     let cache: DecompressedBlockCache
     let loadCounter = Atomic<UInt64>(0)
 
@@ -40,9 +46,21 @@ public final class CompressedBaseImage: BlockSource {
             header = try Self.readHeader(descriptor, path: path)
             index = try Self.readIndex(descriptor, header: header, path: path)
             damagedEntryCount = try Self.validateIndex(index, header: header, path: path)
+            dictionary = try Self.readBytes(
+                descriptor, at: header.dataByteOffset, count: Int(header.dictionaryByteCount),
+                path: path)
         } catch {
             try? descriptor.close()
             throw error
+        }
+        let checksum = dictionary.withUnsafeBytes { LZ4ImageHeader.dictionaryChecksum(of: $0) }
+        if header.dictionaryByteCount > 0 && checksum != header.dictionaryChecksum {
+            dictionaryProblem =
+                "dictionary damaged (checksum mismatch: stored 0x"
+                + "\(String(header.dictionaryChecksum, radix: 16)), computed 0x"
+                + "\(String(checksum, radix: 16)))"
+        } else {
+            dictionaryProblem = nil
         }
         let blockByteCount = Int(header.geometry.blockByteCount)
         cache = DecompressedBlockCache(
@@ -50,6 +68,11 @@ public final class CompressedBaseImage: BlockSource {
             slotByteCount: blockByteCount
                 + LZ4Decompressor.inPlaceMargin(decompressedByteCount: blockByteCount),
             maxSlotCount: Int(clamping: header.blockCount))
+        if let dictionaryProblem {
+            options.logger.info(
+                "compressed base has a damaged dictionary; reads of LZ4 blocks will fail",
+                metadata: ["path": "\(path)", "problem": "\(dictionaryProblem)"])
+        }
         if damagedEntryCount > 0 {
             options.logger.info(
                 "compressed base has damaged index entries; reads of those blocks will fail",
@@ -126,9 +149,9 @@ public final class CompressedBaseImage: BlockSource {
     private static func validateIndex(_ index: [UInt8], header: LZ4ImageHeader, path: FilePath)
         throws -> UInt64
     {
-        let dataRange = header.dataByteOffset..<header.footerByteOffset
+        let dataRange = header.blockDataByteOffset..<header.footerByteOffset
         var damagedCount: UInt64 = 0
-        var previousEnd = header.dataByteOffset
+        var previousEnd = header.blockDataByteOffset
         try index.withUnsafeBytes { bytes in
             for blockIndex in 0..<header.blockCount {
                 let entryOffset = Int(blockIndex) * LZ4BlockEntry.byteCount

@@ -1,5 +1,6 @@
-// liblz4's block functions, thinly wrapped: compress one block (fast or HC) into a buffer that
-// must come out smaller than the input, and decompress one block, in place or not.
+// liblz4's block functions, thinly wrapped: compress one block (fast or HC), alone or against
+// the image's shared dictionary, into a buffer that must come out smaller than the input, and
+// decompress one block, in place or not.
 
 import CLZ4
 
@@ -15,29 +16,74 @@ public enum CompressionLevel: String, Sendable, CaseIterable {
     public var recordedLevel: UInt32 { self == .fast ? 0 : UInt32(Self.highLevel) }
 }
 
-/// One block in, one block out. Each compressing thread owns one, for its state buffer.
+/// One block in, one block out. Each compressing thread owns one, for its state buffers.
 /// Not thread-safe: the state is scratch memory for the thread that owns it.
 final class LZ4Compressor {
     let level: CompressionLevel
     private let state: UnsafeMutableRawBufferPointer
+    /// With a dictionary: the stream state after loading it, copied over `state` before each
+    /// block so that every block starts from the dictionary alone (none of the previous block).
+    private let dictionaryState: UnsafeMutableRawBufferPointer?
 
-    init(level: CompressionLevel) {
+    /// A compressor, against `dictionary` if it is not empty. The dictionary's bytes must stay
+    /// where they are while the compressor lives: LZ4's state points at them.
+    /// The corresponding C functions are `LZ4_loadDict` and `LZ4_loadDictHC` (after
+    /// `LZ4_resetStreamHC_fast`, which sets the HC level).
+    init(level: CompressionLevel, dictionary: UnsafeRawBufferPointer = .init(start: nil, count: 0))
+    {
         self.level = level
-        let stateByteCount = level == .fast ? LZ4_sizeofState() : LZ4_sizeofStateHC()
-        state = .allocate(byteCount: Int(stateByteCount), alignment: 16)
+        let stateByteCount =
+            level == .fast ? MemoryLayout<LZ4_stream_t>.size : MemoryLayout<LZ4_streamHC_t>.size
+        state = .allocate(byteCount: stateByteCount, alignment: 16)
+        guard let dictionaryStart = dictionary.baseAddress, dictionary.count > 0 else {
+            dictionaryState = nil
+            return
+        }
+        let loaded = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: stateByteCount, alignment: 16)
+        let dictionaryBytes = dictionaryStart.assumingMemoryBound(to: CChar.self)
+        switch level {
+        case .fast:
+            let stream = LZ4_initStream(loaded.baseAddress, stateByteCount)
+            _ = LZ4_loadDict(stream, dictionaryBytes, Int32(dictionary.count))
+        case .high:
+            let stream = LZ4_initStreamHC(loaded.baseAddress, stateByteCount)
+            LZ4_resetStreamHC_fast(stream, CompressionLevel.highLevel)
+            _ = LZ4_loadDictHC(stream, dictionaryBytes, Int32(dictionary.count))
+        }
+        dictionaryState = loaded
     }
 
-    deinit { state.deallocate() }
+    deinit {
+        state.deallocate()
+        dictionaryState?.deallocate()
+    }
 
     /// Compresses `source` into `destination`; returns the compressed size, or nil if the
     /// result would not fit (give `destination` one byte less than `source` to learn "does not
     /// compress": the block is then stored raw). The corresponding C functions are
-    /// `LZ4_compress_fast_extState` and `LZ4_compress_HC_extStateHC`.
+    /// `LZ4_compress_fast_extState` and `LZ4_compress_HC_extStateHC`; with a dictionary,
+    /// `LZ4_compress_fast_continue` and `LZ4_compress_HC_continue` from its loaded state.
     func compress(_ source: UnsafeRawBufferPointer, into destination: UnsafeMutableRawBufferPointer)
         -> Int?
     {
         let sourceBytes = source.baseAddress?.assumingMemoryBound(to: CChar.self)
         let destinationBytes = destination.baseAddress?.assumingMemoryBound(to: CChar.self)
+        if let dictionaryState {
+            state.copyMemory(from: UnsafeRawBufferPointer(dictionaryState))
+            let result: Int32
+            switch level {
+            case .fast:
+                result = LZ4_compress_fast_continue(
+                    state.baseAddress?.assumingMemoryBound(to: LZ4_stream_t.self), sourceBytes,
+                    destinationBytes, Int32(source.count), Int32(destination.count), 1)
+            case .high:
+                result = LZ4_compress_HC_continue(
+                    state.baseAddress?.assumingMemoryBound(to: LZ4_streamHC_t.self), sourceBytes,
+                    destinationBytes, Int32(source.count), Int32(destination.count))
+            }
+            return result > 0 ? Int(result) : nil
+        }
         let result: Int32
         switch level {
         case .fast:
@@ -68,10 +114,13 @@ enum LZ4Decompressor {
     /// exactly that many came out (damaged input never writes outside `buffer`). The
     /// corresponding C functions are `LZ4_decompress_safe` and `LZ4_decompress_safe_partial`
     /// (whose source size here is the block's exact size), used in place as lz4.h's "In-place
-    /// compression and decompression" describes.
+    /// compression and decompression" describes; with a non-empty `dictionary`,
+    /// `LZ4_decompress_safe_usingDict` and `LZ4_decompress_safe_partial_usingDict` (a match
+    /// copied from the dictionary still takes input bytes, so the in-place margin holds).
     static func decompressInPlace(
         _ buffer: UnsafeMutableRawBufferPointer, compressedByteCount: Int,
-        decompressedByteCount: Int, prefixByteCount: Int? = nil
+        decompressedByteCount: Int, prefixByteCount: Int? = nil,
+        dictionary: UnsafeRawBufferPointer = .init(start: nil, count: 0)
     ) -> Bool {
         let targetByteCount = prefixByteCount ?? decompressedByteCount
         precondition(compressedByteCount < decompressedByteCount)
@@ -84,6 +133,19 @@ enum LZ4Decompressor {
         let source = (start + (buffer.count - compressedByteCount)).assumingMemoryBound(
             to: CChar.self)
         let destination = start.assumingMemoryBound(to: CChar.self)
+        if let dictionaryStart = dictionary.baseAddress, dictionary.count > 0 {
+            let dictionaryBytes = dictionaryStart.assumingMemoryBound(to: CChar.self)
+            let dictionaryByteCount = Int32(dictionary.count)
+            let result =
+                targetByteCount == decompressedByteCount
+                ? LZ4_decompress_safe_usingDict(
+                    source, destination, Int32(compressedByteCount), Int32(decompressedByteCount),
+                    dictionaryBytes, dictionaryByteCount)
+                : LZ4_decompress_safe_partial_usingDict(
+                    source, destination, Int32(compressedByteCount), Int32(targetByteCount),
+                    Int32(decompressedByteCount), dictionaryBytes, dictionaryByteCount)
+            return result == Int32(targetByteCount)
+        }
         let result =
             targetByteCount == decompressedByteCount
             ? LZ4_decompress_safe(

@@ -38,6 +38,10 @@ final class CompressionJob: @unchecked Sendable {
     let destination: FilePath
     let geometry: LZ4BlockGeometry
     let level: CompressionLevel
+    /// The shared dictionary (empty for none): written at the start of the data region, and
+    /// read in place by every worker's compressor, so it is never moved or freed before them.
+    let dictionary: UnsafeMutableRawBufferPointer
+    let dictionaryChecksum: UInt64
     let blockCount: UInt64
     let layout: (indexByteOffset: UInt64, indexByteCount: UInt64, dataByteOffset: UInt64)
 
@@ -59,7 +63,8 @@ final class CompressionJob: @unchecked Sendable {
 
     init(
         source: any BlockSource, descriptor: FileDescriptor, destination: FilePath,
-        geometry: LZ4BlockGeometry, level: CompressionLevel, workerCount: Int
+        geometry: LZ4BlockGeometry, level: CompressionLevel, dictionary: [UInt8],
+        workerCount: Int
     ) {
         self.source = source
         self.descriptor = descriptor
@@ -68,7 +73,12 @@ final class CompressionJob: @unchecked Sendable {
         self.level = level
         blockCount = geometry.blockCount(covering: source.byteCount)
         layout = LZ4ImageHeader.layout(geometry: geometry, virtualByteCount: source.byteCount)
-        writeByteOffset = layout.dataByteOffset
+        self.dictionary = .allocate(byteCount: dictionary.count, alignment: 16)
+        self.dictionary.copyMemory(from: dictionary.withUnsafeBytes { $0 })
+        dictionaryChecksum =
+            dictionary.isEmpty
+            ? 0 : LZ4ImageHeader.dictionaryChecksum(of: UnsafeRawBufferPointer(self.dictionary))
+        writeByteOffset = layout.dataByteOffset + UInt64(dictionary.count)
         runningWorkerCount = workerCount
         entryBatch = .allocate(
             byteCount: Self.entriesPerBatch * LZ4BlockEntry.byteCount, alignment: 4096)
@@ -81,6 +91,7 @@ final class CompressionJob: @unchecked Sendable {
     }
 
     deinit {
+        dictionary.deallocate()
         entryBatch.deallocate()
         for condition in [turnChanged, workerExited] {
             pthread_cond_destroy(condition)
@@ -100,7 +111,7 @@ final class CompressionJob: @unchecked Sendable {
             byteCount: blockByteCount, alignment: 4096)
         let output = UnsafeMutableRawBufferPointer.allocate(
             byteCount: blockByteCount, alignment: 16)
-        let compressor = LZ4Compressor(level: level)
+        let compressor = LZ4Compressor(level: level, dictionary: UnsafeRawBufferPointer(dictionary))
         defer {
             input.deallocate()
             output.deallocate()
@@ -256,12 +267,17 @@ final class CompressionJob: @unchecked Sendable {
         if let failure { throw failure }
         precondition(nextBlockToWrite == blockCount, "every block written")
         if batchEntryCount > 0 { try flushEntries() }
+        if dictionary.count > 0 {
+            try writeFully(UnsafeRawBufferPointer(dictionary), at: layout.dataByteOffset)
+        }
         let header: LZ4ImageHeader
         do {
             header = try LZ4ImageHeader(
                 geometry: geometry, virtualByteCount: source.byteCount, fingerprint: fingerprint,
                 compressionLevel: level.recordedLevel,
-                fileByteCount: writeByteOffset + UInt64(LZ4ImageHeader.recordByteCount))
+                fileByteCount: writeByteOffset + UInt64(LZ4ImageHeader.recordByteCount),
+                dictionaryByteCount: UInt32(dictionary.count),
+                dictionaryChecksum: dictionaryChecksum)
         } catch {
             throw StoreError.format(path: destination, error)
         }

@@ -24,15 +24,19 @@ public enum ImageCompressor {
         public var threadCount: Int
         /// Replace an existing destination (`--force`); otherwise an existing one is refused.
         public var replacesExisting: Bool
+        /// Compress every block against a dictionary trained on the source (the default;
+        /// `--no-dictionary` turns it off).
+        public var usesDictionary: Bool
 
         public init(
             geometry: LZ4BlockGeometry, level: CompressionLevel, threadCount: Int,
-            replacesExisting: Bool
+            replacesExisting: Bool, usesDictionary: Bool = true
         ) {
             self.geometry = geometry
             self.level = level
             self.threadCount = threadCount
             self.replacesExisting = replacesExisting
+            self.usesDictionary = usesDictionary
         }
     }
 
@@ -55,6 +59,8 @@ public enum ImageCompressor {
         public var zeroBlockCount: UInt64
         /// Blocks stored as they are, because LZ4 could not make them smaller.
         public var rawBlockCount: UInt64
+        /// Bytes of the shared dictionary (0: none).
+        public var dictionaryByteCount: Int
     }
 
     /// Opens what `compress` reads: a COW store's virtual disk (read-only, under the store's
@@ -95,20 +101,23 @@ public enum ImageCompressor {
             throw StoreError.exists(path: destination)
         }
         let fingerprint = try source.fingerprint()
+        let dictionary = options.usesDictionary ? try trainDictionary(for: source) : []
         var result: (header: LZ4ImageHeader, totals: CompressionJob.Totals)?
         try AtomicFile.write(to: destination, replacing: options.replacesExisting) { descriptor in
             let blockCount = options.geometry.blockCount(covering: source.byteCount)
             let workerCount = Int(min(UInt64(options.threadCount), blockCount))
             let job = CompressionJob(
                 source: source, descriptor: descriptor, destination: destination,
-                geometry: options.geometry, level: options.level, workerCount: workerCount)
+                geometry: options.geometry, level: options.level, dictionary: dictionary,
+                workerCount: workerCount)
             let threads = (0..<workerCount).map { _ in JoinableThread { job.runWorker() } }
             job.waitForWorkers(intervalSeconds: progressIntervalSeconds) { totals in
                 progress(
                     Progress(
                         inputByteCount: totals.inputByteCount,
                         totalInputByteCount: source.byteCount,
-                        outputByteCount: job.layout.dataByteOffset + totals.storedByteCount))
+                        outputByteCount: job.layout.dataByteOffset + UInt64(dictionary.count)
+                            + totals.storedByteCount))
             }
             for thread in threads { thread.join() }
             result = try job.finish(fingerprint: fingerprint)
@@ -119,6 +128,6 @@ public enum ImageCompressor {
         return Summary(
             header: header, inputByteCount: source.byteCount,
             outputByteCount: header.fileByteCount, zeroBlockCount: totals.zeroBlockCount,
-            rawBlockCount: totals.rawBlockCount)
+            rawBlockCount: totals.rawBlockCount, dictionaryByteCount: dictionary.count)
     }
 }

@@ -100,7 +100,7 @@ extension StoreFile {
             try? io.punchHole(at: regionByteOffset, byteCount: header.bitmapByteCount)
             guard table.checkpoints.isEmpty else { return }
             // Header first: a crash before the truncate leaves only unused bytes past the end.
-            var plain = header
+            var plain = currentHeader
             plain.setHasCheckpoints(false)
             try writeHeaderBytes(plain)
             checkpoints.withLock { $0 = CheckpointState() }
@@ -114,7 +114,7 @@ extension StoreFile {
     /// crash in between leaves only unused bytes past the end of the file. Called under the
     /// flush lock.
     private func createCheckpointArea() throws -> CheckpointTable {
-        var withArea = header
+        var withArea = currentHeader
         withArea.setHasCheckpoints(true)
         try io("ftruncate", at: withArea.expectedFileByteCount) { () throws(Errno) in
             try io.setByteCount(withArea.expectedFileByteCount)

@@ -65,7 +65,7 @@ extension StoreFile {
                     "\(path): a store with checkpoints cannot hydrate chunks; delete them first "
                         + "(cowbd checkpoint --delete)")
             }
-            var withBitmap = header
+            var withBitmap = currentHeader
             withBitmap.setHasHydration(true)
             let end = withBitmap.expectedFileByteCount
             try io("ftruncate", at: end) { () throws(Errno) in try io.setByteCount(end) }

@@ -19,6 +19,6 @@ struct Cowbd: ParsableCommand {
             CreateCommand.self, InfoCommand.self, CheckCommand.self, ServeCommand.self,
             MergeCommand.self, CompressCommand.self, ExportDiffCommand.self,
             ImportDiffCommand.self, CheckpointCommand.self, SnapshotCommand.self,
-            HydrateCommand.self,
+            HydrateCommand.self, CollapseCommand.self,
         ])
 }

@@ -15,7 +15,10 @@ import SystemPackage
 
 /// The commands of the control channel, over the served disk.
 struct ControlService: Sendable {
-    static let commands = ["info", "checkpoint", "delete-checkpoint", "list-checkpoints"]
+    static let commands = [
+        "info", "checkpoint", "delete-checkpoint", "list-checkpoints", "collapse",
+        "collapse-status",
+    ]
 
     let storePath: String
     let controlPath: String
@@ -23,6 +26,8 @@ struct ControlService: Sendable {
     let server: NBDServer
     /// Where `--metrics` serves them, if it does.
     let metricsURL: String?
+    /// The live collapse of the frozen layers under the store (ServeCommand+Collapse.swift).
+    let collapses: LiveCollapse
 
     func handle(_ request: ControlRequest) throws -> ControlJSON {
         switch request.command {
@@ -43,6 +48,9 @@ struct ControlService: Sendable {
             try checkWritable(request.command)
             try disk.deleteCheckpoint(named: name)
             return .object([("checkpoint", .string(name)), ("deleted", .bool(true))])
+        case "collapse": return try startCollapse(request)
+        case "collapse-status": return collapseStatus()
+        case "merge": return try refuseMerge(request)
         case "export-diff":
             throw ControlFailure(
                 "\(storePath): in use by a running server, and export-diff of a served store "
@@ -66,11 +74,11 @@ struct ControlService: Sendable {
     /// last flush), and the server's own.
     private func info() -> ControlJSON {
         var summary = StoreSummary(
-            path: storePath, header: disk.store.header,
+            path: storePath, header: disk.store.currentHeader,
             writtenChunkCount: disk.store.writtenChunkCount,
             allocatedByteCount: (try? disk.store.allocatedDataByteCount()) ?? 0,
             base: BaseStatus(
-                header: disk.store.header, storePath: FilePath(storePath),
+                header: disk.store.currentHeader, storePath: FilePath(storePath),
                 options: baseOpenOptions()))
         summary.checkpoints = CheckpointListing(disk.store)
         summary.checkpoints?.countsEveryHeldChunk = false
@@ -79,7 +87,7 @@ struct ControlService: Sendable {
                 ("served by", "pid \(getpid())"), ("control socket", controlPath),
                 ("connections", String(server.connectionCount)),
                 ("metrics", metricsURL ?? "none (serve --metrics HOST:PORT)"),
-            ] + server.metrics.summaryRows(disk: disk)
+            ] + server.metrics.summaryRows(disk: disk) + collapseRows()
         guard case .object(var members) = summary.json.controlJSON else {
             preconditionFailure("a summary is an object")
         }
@@ -89,6 +97,7 @@ struct ControlService: Sendable {
                 .object([
                     ("pid", .integer(Int64(getpid()))), ("control", .string(controlPath)),
                     ("connections", .integer(Int64(server.connectionCount))),
+                    ("collapse", collapses.status.map(Self.collapseJSON) ?? .null),
                 ])
             ))
         return .object([
@@ -112,12 +121,13 @@ extension ServeCommand {
     /// A default path too long for a unix socket leaves the store without one (logged); an
     /// explicit one throws.
     func startControlChannel(
-        disk: VirtualDisk, server: NBDServer, metricsURL: String?, logger: Logger
+        disk: VirtualDisk, server: NBDServer, metricsURL: String?, collapses: LiveCollapse,
+        logger: Logger
     ) throws -> ControlChannel? {
         let path = controlPath ?? defaultControlPath(storePath: store)
         let service = ControlService(
             storePath: store, controlPath: path, disk: disk, server: server,
-            metricsURL: metricsURL)
+            metricsURL: metricsURL, collapses: collapses)
         do {
             let channel = try ControlChannel(path: path, logger: logger) { request in
                 try service.handle(request)

@@ -21,12 +21,11 @@ struct LiveCollapseClient {
     let store: String
 
     /// Asks the server to fold `depth` layers into `layer` (made absolute here: the server's
-    /// folder is not ours) at most `rate` bytes a second, waits for the end and returns its
+    /// folder is not ours; nil: the default name) at most `rate` bytes a second, waits for the end and returns its
     /// status object; a refusal or a failed collapse throws its one line.
-    func run(depth: Int, layer: String, rate: UInt64?) throws -> ControlJSON {
-        var arguments: [(String, ControlJSON)] = [
-            ("depth", .integer(Int64(depth))), ("layer", .string(absoluteLayerPath(layer))),
-        ]
+    func run(depth: Int, layer: String?, rate: UInt64?) throws -> ControlJSON {
+        var arguments: [(String, ControlJSON)] = [("depth", .integer(Int64(depth)))]
+        if let layer { arguments.append(("layer", .string(absoluteLayerPath(layer)))) }
         if let rate { arguments.append(("rate", .integer(Int64(clamping: rate)))) }
         _ = try client.call("collapse", arguments)
         let progress = ProgressLine(label: "collapse")

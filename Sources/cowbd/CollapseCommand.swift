@@ -33,8 +33,11 @@ struct CollapseCommand: ParsableCommand {
     @Option(help: ArgumentHelp("How many stores under COW to fold into one.", valueName: "n"))
     var depth: Int
 
-    @Option(help: ArgumentHelp("The new layer file (must not exist).", valueName: "layer"))
-    var layer: String
+    @Option(
+        help: ArgumentHelp(
+            "The new layer file (must not exist; default FIRST+LAST.cow beside COW).",
+            valueName: "layer"))
+    var layer: String?
 
     @Option(help: ArgumentHelp("Bytes copied a second at most (e.g. 50M).", valueName: "rate"))
     var rate: String?
@@ -43,12 +46,12 @@ struct CollapseCommand: ParsableCommand {
     @OptionGroup var control: ControlOptions
 
     func validate() throws {
-        guard depth >= 1 && depth <= LayerChain.maxStoreCount else {
-            throw ValidationError("--depth takes 1 to \(LayerChain.maxStoreCount)")
+        guard depth >= 2 && depth <= LayerChain.maxStoreCount else {
+            throw ValidationError("--depth takes 2 to \(LayerChain.maxStoreCount)")
         }
         if let rate {
-            guard let bytes = try? ByteSize.parse(rate), bytes > 0 else {
-                throw ValidationError("--rate \(rate): not a size (e.g. 50M)")
+            guard let bytes = try? ByteSize.parse(rate), bytes >= 1 << 20 else {
+                throw ValidationError("--rate \(rate): a size of at least 1M (e.g. 50M)")
             }
         }
     }
@@ -72,13 +75,18 @@ struct CollapseCommand: ParsableCommand {
         }
         if output.json {
             print(JSONValue(status).rendered())
-        } else if status["state"]?.stringValue == "already-done" {
-            print("\(store): already over \(layer): nothing to do")
+            return
+        }
+        let layerPath = status["layer"]?.stringValue ?? layer ?? "?"
+        if status["state"]?.stringValue == "already-done" {
+            print("\(store): already over \(layerPath): nothing to do")
         } else {
             let bytes = UInt64(clamping: status["done_bytes"]?.integerValue ?? 0)
             print(
-                "\(store): folded \(depth) layers into \(layer) (\(ByteSize.describe(bytes)) "
-                    + "copied); the store is now over it")
+                "\(store): folded \(depth) layers into \(layerPath) "
+                    + "(\(ByteSize.describe(bytes)) copied)"
+                    + (status["reused_layer"]?.boolValue == true ? " (reused)" : "")
+                    + "; the store is now over it")
         }
     }
 }

@@ -12,19 +12,23 @@ import SystemPackage
 #endif
 
 extension ControlService {
-    /// `collapse {"depth": N, "layer": PATH, "rate": BYTES or null}`: starts folding the N
-    /// stores under the served one into the new layer PATH (absolute); returns its status.
+    /// `collapse {"depth": N, "layer": PATH or null, "rate": BYTES or null}`: starts folding
+    /// the N stores under the served one into the new layer PATH (absolute; null: LayerFold's
+    /// default name); returns its status.
     func startCollapse(_ request: ControlRequest) throws -> ControlJSON {
-        guard let depth = request.arguments["depth"]?.integerValue, depth >= 1,
+        guard let depth = request.arguments["depth"]?.integerValue, depth >= 2,
             depth <= Int64(LayerChain.maxStoreCount)
         else {
             throw ControlFailure(
-                "collapse: argument \"depth\" (an integer from 1 to \(LayerChain.maxStoreCount)) "
+                "collapse: argument \"depth\" (an integer from 2 to \(LayerChain.maxStoreCount)) "
                     + "is missing or out of range")
         }
-        let layer = try request.string("layer")
-        guard FilePath(layer).isAbsolute else {
-            throw ControlFailure("collapse: argument \"layer\" must be an absolute path")
+        var layer: FilePath?
+        if let value = request.arguments["layer"], value != .null {
+            guard let text = value.stringValue, FilePath(text).isAbsolute else {
+                throw ControlFailure("collapse: argument \"layer\" must be an absolute path")
+            }
+            layer = FilePath(text)
         }
         var rate: UInt64?
         if let value = request.arguments["rate"], value != .null {
@@ -35,7 +39,7 @@ extension ControlService {
         }
         let status = try collapses.start(
             LiveCollapse.Request(
-                depth: Int(depth), layerPath: FilePath(layer), rateBytesPerSecond: rate))
+                depth: Int(depth), layerPath: layer, rateBytesPerSecond: rate))
         return Self.collapseJSON(status)
     }
 
@@ -73,11 +77,12 @@ extension ControlService {
             + "\(ByteSize.describe(status.bytesPerSecond))/s"
             + (request.rateBytesPerSecond.map { ", limit \(ByteSize.describe($0))/s" } ?? "")
             + ")"
-        let what = "depth \(request.depth) into \(request.layerPath)"
+        let layer = request.layerPath?.string ?? "?"
+        let what = "depth \(request.depth) into \(layer)"
         switch status.state {
         case .running: return "running, \(progress), \(what)"
         case .done: return "done, \(progress), \(what)" + (status.reusedLayer ? " (reused)" : "")
-        case .alreadyDone: return "done already: the store is over \(request.layerPath)"
+        case .alreadyDone: return "done already: the store is over \(layer)"
         case .failed(let reason): return "failed: \(reason)"
         }
     }
@@ -95,7 +100,7 @@ extension ControlService {
         }
         return .object([
             ("state", .string(state)), ("depth", .integer(Int64(status.request.depth))),
-            ("layer", .string(status.request.layerPath.string)),
+            ("layer", status.request.layerPath.map { .string($0.string) } ?? .null),
             ("total_bytes", .integer(Int64(clamping: status.totalByteCount))),
             ("done_bytes", .integer(Int64(clamping: status.doneByteCount))),
             ("bytes_per_second", .integer(Int64(clamping: status.bytesPerSecond))),

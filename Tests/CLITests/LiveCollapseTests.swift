@@ -263,7 +263,7 @@ private func liveCollapse(_ workspace: Workspace) throws -> [String: Any]? {
         #expect(rows.contains { $0.hasPrefix("collapse:") && $0.contains("running, ") }, "\(rows)")
 
         let second = try workspace.cowbd(
-            "collapse", "disk.cow", "--depth", "1", "--layer", "other.cow")
+            "collapse", "disk.cow", "--depth", "2", "--layer", "other.cow")
         #expect(second.status != 0 && second.errorLines.count == 1, "\(second.standardError)")
         #expect(second.standardError.contains("a collapse is running already"))
         let merge = try workspace.cowbd("merge", "disk.cow", "--in-place")
@@ -310,5 +310,6 @@ private func liveCollapse(_ workspace: Workspace) throws -> [String: Any]? {
         try workspace.succeed("check", "disk.cow")
         try workspace.succeed("check", "flat.cow")
         #expect(try workspace.servedDisk("disk.cow") == model)
+        #expect(try workspace.entries { $0.contains("cowbd-fold") }.isEmpty, "a temporary is left")
     }
 }

@@ -1,6 +1,6 @@
 // A collapse of the frozen layers under a served store, run while it serves: one job at a
 // time, on a thread of its own, throttled, with progress for `info`. The job folds the layers
-// into a new layer file (LiveCollapse+Fold.swift), then rebinds the served store to it
+// into a new layer file (LayerFold, as offline), then rebinds the served store to it
 // (VirtualDisk+LowerSwap.swift). Killed at any instant, a rerun finishes or restarts it.
 
 import CowFormat
@@ -16,14 +16,15 @@ import SystemPackage
 public final class LiveCollapse: Sendable {
     /// What a collapse was asked to do.
     public struct Request: Sendable {
-        /// Stores under the served one to fold into one.
+        /// Stores under the served one to fold into one: at least 2.
         public var depth: Int
-        /// Where the folded layer goes.
-        public var layerPath: FilePath
-        /// Bytes copied a second at most; nil for no limit.
+        /// Where the folded layer goes (absolute); nil for LayerFold's default name, which
+        /// `start` resolves.
+        public var layerPath: FilePath?
+        /// Bytes copied a second at most, at least `minimumRateBytesPerSecond`; nil for no limit.
         public var rateBytesPerSecond: UInt64?
 
-        public init(depth: Int, layerPath: FilePath, rateBytesPerSecond: UInt64?) {
+        public init(depth: Int, layerPath: FilePath?, rateBytesPerSecond: UInt64?) {
             self.depth = depth
             self.layerPath = layerPath
             self.rateBytesPerSecond = rateBytesPerSecond
@@ -53,9 +54,14 @@ public final class LiveCollapse: Sendable {
         public var reusedLayer: Bool
     }
 
+    /// The smallest `--rate`: LayerFold paces between 1 MiB pieces, so at this rate a stop
+    /// waits at most about a second for the piece in hand.
+    public static let minimumRateBytesPerSecond: UInt64 = 1 << 20
+
     /// One running collapse: its progress counters and its stop flag.
-    /// `@unchecked Sendable`: counters are atomics; the rest is set before it is shared.
+    /// `@unchecked Sendable`: counters are atomics; `request` is set before it is shared.
     final class Job: @unchecked Sendable {
+        /// With `layerPath` resolved.
         let request: Request
         let startedSeconds = monotonicSeconds()
         let total = Atomic<UInt64>(0)
@@ -64,24 +70,18 @@ public final class LiveCollapse: Sendable {
 
         init(request: Request) { self.request = request }
 
-        func setTotal(_ byteCount: UInt64) { total.store(byteCount, ordering: .relaxed) }
-
-        /// Counts `byteCount` copied, then sleeps as long as the rate limit asks (at most a
-        /// second at a time, so a stop is seen).
-        func advance(by byteCount: UInt64) {
-            let copied = done.add(byteCount, ordering: .relaxed).newValue
-            guard let rate = request.rateBytesPerSecond, rate > 0 else { return }
-            while !isCancelled.load(ordering: .relaxed) {
-                let ahead = Double(copied) / Double(rate) - (monotonicSeconds() - startedSeconds)
-                guard ahead > 0 else { return }
-                usleep(UInt32(min(ahead, 1) * 1_000_000))
-            }
+        /// LayerFold's progress, after each piece: recorded, and the way a stop is seen.
+        func record(_ progress: LayerFold.Progress) throws {
+            total.store(progress.totalByteCount, ordering: .relaxed)
+            done.store(progress.doneByteCount, ordering: .relaxed)
+            try checkNotCancelled()
         }
 
         func checkNotCancelled() throws {
             guard !isCancelled.load(ordering: .relaxed) else {
                 throw StoreError.invalidArgument(
-                    "\(request.layerPath): collapse stopped (the server is stopping); run it again")
+                    "\(request.layerPath?.string ?? "collapse"): collapse stopped (the server "
+                        + "is stopping); run it again")
             }
         }
     }
@@ -99,20 +99,33 @@ public final class LiveCollapse: Sendable {
     }
 
     /// Starts a collapse on a thread of its own and returns at once; refused with one line if
-    /// one is running, or if the disk's lower chain cannot be collapsed.
+    /// one is running, or if the disk's lower chain cannot be collapsed as asked (LayerFold's
+    /// checks, run here first, so the refusal is the command's answer).
     public func start(_ request: Request) throws -> Status {
-        guard let lower = disk.swappableLower, !disk.isReadOnly else {
+        guard disk.swappableLower != nil, !disk.isReadOnly else {
             throw StoreError.invalidArgument(
                 "\(disk.store.path): collapse needs a store served writable over a chain of "
                     + "stores (this one is served --read-only, or its base is not a store)")
         }
-        _ = try Fold(chain: lower.source, depth: request.depth, storePath: disk.store.path)
+        if let rate = request.rateBytesPerSecond, rate < Self.minimumRateBytesPerSecond {
+            throw StoreError.invalidArgument(
+                "\(disk.store.path): collapse --rate \(rate): at least 1 MiB a second")
+        }
+        var request = request
+        if let running = status, running.state == .running {
+            throw Self.busy(disk.store.path, running.request)
+        }
+        if let layerPath = request.layerPath, isCurrentLower(layerPath) {
+            return finishedAlready(request)
+        }
+        let fold = try LayerFold(
+            topPath: disk.store.path, depth: request.depth, outputPath: request.layerPath,
+            options: options)
+        request.layerPath = fold.outputPath
+        fold.close()
         return try current.withLock { current in
             if let running = current, running.state == .running {
-                throw StoreError.invalidArgument(
-                    "\(disk.store.path): a collapse is running already (depth "
-                        + "\(running.job.request.depth) into \(running.job.request.layerPath)); "
-                        + "see cowbd info")
+                throw Self.busy(disk.store.path, running.job.request)
             }
             current?.thread?.join()
             let job = Job(request: request)
@@ -121,6 +134,33 @@ public final class LiveCollapse: Sendable {
             current = entry
             return status(of: entry)
         }
+    }
+
+    /// Whether the served store is over the layer at `path` already (a collapse into it done).
+    private func isCurrentLower(_ path: FilePath) -> Bool {
+        guard let lower = disk.swappableLower, let layer = try? FileIdentity(of: path) else {
+            return false
+        }
+        return (try? FileIdentity(of: lower.source.path)) == layer
+    }
+
+    /// Records and returns a collapse that had nothing to do.
+    private func finishedAlready(_ request: Request) -> Status {
+        current.withLock { current in
+            current?.thread?.join()
+            let entry = (
+                job: Job(request: request), thread: JoinableThread?.none,
+                state: State.alreadyDone, reused: false
+            )
+            current = entry
+            return status(of: entry)
+        }
+    }
+
+    private static func busy(_ storePath: FilePath, _ running: Request) -> StoreError {
+        StoreError.invalidArgument(
+            "\(storePath): a collapse is running already (depth \(running.depth) into "
+                + "\(running.layerPath?.string ?? "?")); see cowbd info")
     }
 
     /// The running or last collapse, nil if none ran since the server started.
@@ -163,43 +203,24 @@ public final class LiveCollapse: Sendable {
         }
     }
 
-    /// The collapse itself: nothing to do if the served store is over the layer already; a
-    /// complete layer an interrupted run left is reused (its lower is the right one and its
-    /// fingerprint the served store's); otherwise it is written. Then the rebind.
+    /// The collapse itself: nothing to do if the served store is over the layer already;
+    /// else LayerFold builds it (or keeps a complete one an interrupted run left), and the
+    /// served store is rebound to it.
     private func collapse(_ job: Job) throws -> (State, Bool) {
         let request = job.request
-        guard let lower = disk.swappableLower else { preconditionFailure("checked by start") }
-        let chain = lower.source
-        let layerIdentity = try? FileIdentity(of: request.layerPath)
-        if let layerIdentity, (try? FileIdentity(of: chain.path)) == layerIdentity {
-            return (.alreadyDone, false)
+        guard disk.swappableLower != nil, let layerPath = request.layerPath else {
+            preconditionFailure("checked and resolved by start")
         }
-        let fold = try Fold(chain: chain, depth: request.depth, storePath: disk.store.path)
-        var reused = false
-        if layerIdentity != nil {
-            try checkReusable(request.layerPath, fold: fold)
-            reused = true
-        } else {
-            try Self.writeFoldedLayer(fold, to: request.layerPath, job: job)
-        }
+        if isCurrentLower(layerPath) { return (.alreadyDone, false) }
+        let fold = try LayerFold(
+            topPath: disk.store.path, depth: request.depth, outputPath: layerPath,
+            options: options)
+        defer { fold.close() }
+        let summary = try fold.build(
+            rateLimitBytesPerSecond: request.rateBytesPerSecond,
+            createdUnixSeconds: UInt64(max(0, time(nil))), progress: job.record)
         try job.checkNotCancelled()
-        try disk.replaceLower(withLayerAt: request.layerPath, options: options)
-        return (.done, reused)
-    }
-
-    /// Refuses an existing file at the layer path unless it is the complete folded layer of
-    /// this chain that an interrupted collapse left: a frozen store over the same lower.
-    private func checkReusable(_ path: FilePath, fold: Fold) throws {
-        let store = try StoreFile(path: path, access: .unlockedRead)
-        defer { store.close() }
-        let header = store.header
-        let sameLower = BaseLocator.candidatePaths(for: header, storePath: path).contains {
-            (try? FileIdentity(of: FilePath($0))) == (try? FileIdentity(of: fold.lower.path))
-        }
-        guard header.isFrozen, sameLower,
-            header.virtualByteCount == fold.upper.byteCount
-        else {
-            throw StoreError.exists(path: path)
-        }
+        try disk.replaceLower(withLayerAt: summary.outputPath, options: options)
+        return (.done, summary.reusedExisting)
     }
 }

@@ -194,11 +194,18 @@ struct MergeCommand: ParsableCommand {
         if outputOptions.json {
             let value = JSONValue.object([
                 ("target", .string(summary.targetPath)), ("dry_run", .bool(dryRun)),
-                ("resumed", .bool(summary.resumed)), ("chunks", .integer(summary.chunkCount)),
+                ("resumed", .bool(summary.resumed)),
+                ("already_done", .bool(summary.alreadyDone)),
+                ("chunks", .integer(summary.chunkCount)),
                 ("data_bytes", .integer(summary.dataByteCount)),
                 ("hole_bytes", .integer(summary.holeByteCount)),
             ])
             print(value.rendered())
+            return
+        }
+        if summary.alreadyDone {
+            print(
+                "\(store): already merged into \(summary.targetPath), now its base; nothing to do")
             return
         }
         let verb = dryRun ? "would write" : "wrote"

@@ -118,3 +118,30 @@ private func diskBytes(_ scratch: Scratch) throws -> [UInt8] {
         try VirtualDisk.open(storePath: FilePath(scratch.path("cow")))
     }
 }
+
+/// A merge --into killed after its last step (the store emptied and bound to the target) but
+/// before it exited: the same command again finds the work done and changes nothing, rather
+/// than meet the shared lock it holds itself on the target, now its base.
+@Test func aMergeIntoRunAgainAfterItFinishedSaysItIsDoneAndChangesNothing() throws {
+    let scratch = try Scratch()
+    let expected = try storeWithRandomChanges(scratch, seed: 95)
+    try FileManager.default.copyItem(atPath: scratch.path("base"), toPath: scratch.path("target"))
+    let destination = StoreMerge.Destination.into(FilePath(scratch.path("target")))
+    let first = try StoreMerge(storePath: FilePath(scratch.path("cow")), destination: destination)
+        .run()
+    #expect(!first.alreadyDone)
+    let files = try fileDigests([scratch.path("cow"), scratch.path("target")])
+    let again: StoreMerge.Summary
+    do {
+        again = try StoreMerge(
+            storePath: FilePath(scratch.path("cow")), destination: destination
+        ).run()
+    } catch {
+        Issue.record("the rerun failed: \(error)")
+        return
+    }
+    #expect(again.alreadyDone)
+    #expect(again.dataByteCount == 0)
+    #expect(try fileDigests([scratch.path("cow"), scratch.path("target")]) == files)
+    #expect(try diskBytes(scratch) == expected)
+}

@@ -10,6 +10,33 @@ import SystemPackage
 #endif
 
 extension StoreMerge {
+    /// Whether a merge `--into` TARGET already finished: the store, with no merge recorded, is
+    /// bound to TARGET itself (the same file) and holds nothing. A run killed after its last
+    /// step leaves exactly that, so the same command again must succeed and write nothing;
+    /// opening TARGET to write it would meet the shared lock this process holds on it as the
+    /// store's base. Throws if the store holds chunks again: merging them into its own base is
+    /// `--in-place`'s job, which the user must ask for.
+    func isAlreadyDone() throws -> Bool {
+        guard case .into = destination, store.header.merge == nil,
+            let targetIdentity = try? FileIdentity(of: FilePath(targetPath)),
+            let baseIdentity = try? FileIdentity(of: base.path),
+            targetIdentity == baseIdentity
+        else { return false }
+        guard store.writtenChunkCount == 0 else {
+            throw StoreError.invalidArgument(
+                "\(storePath): \(targetPath) is the store's base already (an earlier merge "
+                    + "into it finished); to fold the store's new changes into it, use "
+                    + "--in-place")
+        }
+        return true
+    }
+
+    var alreadyDoneSummary: Summary {
+        Summary(
+            targetPath: targetPath, chunkCount: 0, dataByteCount: 0, holeByteCount: 0,
+            resumed: false, alreadyDone: true)
+    }
+
     /// Refuses a target that the merge could not finish writing: one that is missing, not
     /// writable, neither a regular file nor a block device, too small and unable to grow to the
     /// virtual size (a block device, RLIMIT_FSIZE, the filesystem's largest file), or on a

@@ -35,6 +35,9 @@ public final class StoreMerge {
         public var holeByteCount: UInt64
         /// True when an interrupted merge was found and finished.
         public var resumed: Bool
+        /// True when the merge had been done already (`--into` a target that is now the
+        /// store's base, the store empty): nothing was written.
+        public var alreadyDone = false
     }
 
     /// Largest piece copied at once.
@@ -107,6 +110,7 @@ public final class StoreMerge {
 
     /// What `run` would write, without writing anything.
     public func plan() throws -> Summary {
+        if try isAlreadyDone() { return alreadyDoneSummary }
         let chunkCount = store.writtenChunkCount
         var summary = Summary(
             targetPath: targetPath, chunkCount: chunkCount, dataByteCount: 0, holeByteCount: 0,
@@ -142,6 +146,7 @@ public final class StoreMerge {
         if case .output(let path, let overwrite) = destination {
             return try flatten(into: path, overwrite: overwrite, progress: progress)
         }
+        if try isAlreadyDone() { return alreadyDoneSummary }
         // Checked before the record is written: with the record, the store is not served.
         if store.header.merge == nil { try checkTargetBeforeRecording() }
         return try mergeIntoTarget(progress: progress)

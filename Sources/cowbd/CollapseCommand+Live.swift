@@ -54,3 +54,28 @@ struct LiveCollapseClient {
         return FilePath(folder).pushing(FilePath(path)).lexicallyNormalized().string
     }
 }
+
+extension CollapseCommand {
+    /// The collapse of a served store: run by its server, waited for here.
+    func runLive(_ client: ControlClient) throws {
+        let status = try exitingOnError {
+            try LiveCollapseClient(client: client, store: store).run(
+                depth: depth, layer: into, rate: try rate.map { try ByteSize.parse($0) })
+        }
+        if output.json {
+            print(JSONValue(status).rendered())
+            return
+        }
+        let layerPath = status["layer"]?.stringValue ?? into ?? "?"
+        if status["state"]?.stringValue == "already-done" {
+            print("\(store): already over \(layerPath); nothing to do")
+            return
+        }
+        let bytes = UInt64(clamping: status["done_bytes"]?.integerValue ?? 0)
+        print(
+            "\(store): now over \(layerPath) (\(depth) layers folded by the server, "
+                + "\(ByteSize.describe(bytes)) read)"
+                + (status["reused_layer"]?.boolValue == true
+                    ? "; kept the layer an interrupted run had made" : ""))
+    }
+}

@@ -22,7 +22,14 @@ struct MergeCommand: ParsableCommand {
             before anything is written). Every chunk the store holds is written into it; then \
             the store is emptied and bound to TARGET, so serving it shows the same disk.
               --in-place      the same, into the base itself. The only command that ever \
-            writes a base; the base must be a writable raw file.
+            writes a base; the base must be a writable raw file, or a store (a chain: the \
+            store's chunks are committed into its lower store, as qemu-img commit does, and \
+            the store is left empty over it, serving the same disk). A lower store must be \
+            the same size, and is refused while any other store over it is open (their shared \
+            locks); another store over it that is closed is refused by its fingerprint \
+            binding when next opened, since the lower's disk changed. A frozen lower (made by \
+            snapshot) may be merged into: committing a disk's top into its snapshot layer is \
+            how a snapshot is deleted; it stays frozen for everything else.
               --output NEW    a new flattened raw image of the whole disk; base and store are \
             untouched. Zero and trimmed areas become holes. With --compress, NEW is a \
             compressed image instead (the same as `cowbd compress COW NEW --level high`).
@@ -48,6 +55,7 @@ struct MergeCommand: ParsableCommand {
             Examples:
               cowbd merge vm.cow --into golden-v2.img
               cowbd merge vm.cow --in-place
+              cowbd merge vm.cow --in-place        (vm.cow over snap.cow: into snap.cow)
               cowbd merge vm.cow --output flat.img --dry-run
               cowbd merge vm.cow --abort
 
@@ -61,7 +69,7 @@ struct MergeCommand: ParsableCommand {
         help: ArgumentHelp("A raw image equal to the base, to merge into.", valueName: "target"))
     var into: String?
 
-    @Flag(help: "Merge into the base itself (it must be a writable raw file).")
+    @Flag(help: "Merge into the base itself (a writable raw file, or a lower store).")
     var inPlace = false
 
     @Option(help: ArgumentHelp("Write a new flattened raw image instead.", valueName: "new"))

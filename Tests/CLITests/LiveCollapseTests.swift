@@ -212,7 +212,7 @@ private func liveCollapse(_ workspace: Workspace) throws -> [String: Any]? {
         #expect(waitUntil(seconds: 60) { load.writeCount >= 400 })
         let commandStart = nowSeconds()
         let output = try workspace.succeed(
-            "collapse", "disk.cow", "--depth", "3", "--layer", "flat.cow")
+            "collapse", "disk.cow", "--depth", "3", "--into", "flat.cow")
         let commandEnd = nowSeconds()
         let countAfter = load.writeCount
         #expect(waitUntil(seconds: 60) { load.writeCount >= countAfter + 400 })
@@ -250,7 +250,7 @@ private func liveCollapse(_ workspace: Workspace) throws -> [String: Any]? {
         defer { server.kill() }
         let collapse = try BackgroundCommand(
             workspace,
-            ["collapse", "disk.cow", "--depth", "2", "--layer", "flat.cow", "--rate", "1M"])
+            ["collapse", "disk.cow", "--depth", "2", "--into", "flat.cow", "--rate", "1M"])
         #expect(
             waitUntil(seconds: 30) {
                 ((try? liveCollapse(workspace))?["done_bytes"] as? Int ?? 0) > 0
@@ -263,7 +263,7 @@ private func liveCollapse(_ workspace: Workspace) throws -> [String: Any]? {
         #expect(rows.contains { $0.hasPrefix("collapse:") && $0.contains("running, ") }, "\(rows)")
 
         let second = try workspace.cowbd(
-            "collapse", "disk.cow", "--depth", "2", "--layer", "other.cow")
+            "collapse", "disk.cow", "--depth", "2", "--into", "other.cow")
         #expect(second.status != 0 && second.errorLines.count == 1, "\(second.standardError)")
         #expect(second.standardError.contains("a collapse is running already"))
         let merge = try workspace.cowbd("merge", "disk.cow", "--in-place")
@@ -275,7 +275,7 @@ private func liveCollapse(_ workspace: Workspace) throws -> [String: Any]? {
         #expect(try liveCollapse(workspace)?["state"] as? String == "done")
         #expect(try server.connect().allBytes() == chain.model)
         let again = try workspace.succeed(
-            "collapse", "disk.cow", "--depth", "2", "--layer", "flat.cow")
+            "collapse", "disk.cow", "--depth", "2", "--into", "flat.cow")
         #expect(again.contains("nothing to do"), "\(again)")
     }
 
@@ -293,7 +293,7 @@ private func liveCollapse(_ workspace: Workspace) throws -> [String: Any]? {
         model.replaceSubrange((1 << 20)..<((1 << 20) + 8192), with: written)
         let collapse = try BackgroundCommand(
             workspace,
-            ["collapse", "disk.cow", "--depth", "3", "--layer", "flat.cow", "--rate", "2M"])
+            ["collapse", "disk.cow", "--depth", "3", "--into", "flat.cow", "--rate", "2M"])
         #expect(
             waitUntil(seconds: 30) {
                 ((try? liveCollapse(workspace))?["done_bytes"] as? Int ?? 0) > 0
@@ -304,7 +304,7 @@ private func liveCollapse(_ workspace: Workspace) throws -> [String: Any]? {
 
         try server.start()
         #expect(try server.connect().allBytes() == model, "the disk after the kill")
-        try workspace.succeed("collapse", "disk.cow", "--depth", "3", "--layer", "flat.cow")
+        try workspace.succeed("collapse", "disk.cow", "--depth", "3", "--into", "flat.cow")
         #expect(try server.connect().allBytes() == model, "the disk after the collapse")
         try server.stop()
         try workspace.succeed("check", "disk.cow")

@@ -53,8 +53,11 @@ struct RandomChain {
     }
 
     /// The top's whole disk, read now.
-    func topBytes() throws -> [UInt8] {
-        let disk = try VirtualDisk.open(storePath: FilePath(top), readOnly: true)
+    func topBytes() throws -> [UInt8] { try Self.bytes(of: top) }
+
+    /// The whole disk of the store at `path`, read now.
+    static func bytes(of path: String) throws -> [UInt8] {
+        let disk = try VirtualDisk.open(storePath: FilePath(path), readOnly: true)
         defer { disk.close() }
         return try disk.readBytes(at: 0, count: Int(disk.byteCount))
     }

@@ -116,8 +116,9 @@ public final class LayerFold {
             guard let next = disks[disks.count - 1].base as? VirtualDiskImage else {
                 firstImage.disk.close()
                 throw StoreError.invalidArgument(
-                    "\(topPath): --depth \(depth) is more than the \(disks.count) stores under it "
-                        + "(\(disks.map(\.store.path.string).joined(separator: ", "))); nothing "
+                    "\(topPath): --depth \(depth) is more than the stores under it "
+                        + "(\(disks.count): "
+                        + "\(disks.map(\.store.path.string).joined(separator: ", "))); nothing "
                         + "was written")
             }
             disks.append(next.disk)

@@ -20,7 +20,7 @@ extension StoreMerge {
         if let existing = header.merge {
             record = existing
         } else {
-            record = try startRecord(target: target)
+            record = try startRecord()
         }
         // 2. Copy every chunk the store holds; holes in the store become holes in the target.
         try extendTarget(target, to: record.targetByteCount)
@@ -66,7 +66,7 @@ extension StoreMerge {
     }
 
     /// Checks the target is the base's twin, computes what it will hold, and writes the record.
-    private func startRecord(target: FileDescriptor) throws -> MergeRecord {
+    func startRecord() throws -> MergeRecord {
         let header = store.header
         if case .into(let path) = destination {
             let twin = try RawBaseImage(path: path, lock: .none)
@@ -179,7 +179,7 @@ extension StoreMerge {
 
     /// Forgets every chunk (`StoreFile.discardAllChunks`); a rerun (`resumed`) punches the whole
     /// data region, since a crash may have left data the bitmap no longer points at.
-    private func emptyStore(resumed: Bool) throws {
+    func emptyStore(resumed: Bool) throws {
         try store.discardAllChunks(wholeDataRegion: resumed)
     }
 

@@ -51,6 +51,8 @@ public final class StoreMerge {
     let logger: Logger
     /// The absolute path merged into.
     let targetPath: String
+    /// In place over a lower store: that store's disk, open to write (StoreMerge+Lower.swift).
+    let lowerDisk: VirtualDisk?
 
     /// Opens the store exclusively (a running server makes this fail) and its base; refuses a base
     /// that changed since create, and a destination that disagrees with an interrupted merge.
@@ -77,17 +79,30 @@ public final class StoreMerge {
         }
         var baseOptions = options
         if case .inPlace = destination { baseOptions.lock = .exclusive }
-        base = try BaseLocator.openBase(
-            for: store.header, storePath: storePath, options: baseOptions)
+        if case .inPlace = destination,
+            let lower = try Self.openLowerStoreForWriting(
+                under: store, storePath: storePath, options: options)
+        {
+            lowerDisk = lower
+            base = VirtualDiskImage(disk: lower)
+        } else {
+            lowerDisk = nil
+            base = try BaseLocator.openBase(
+                for: store.header, storePath: storePath, options: baseOptions)
+        }
         switch destination {
         case .into(let path), .output(let path, _): targetPath = absolutePath(path.string).string
         case .inPlace: targetPath = base.path.string
         }
         guard let record = store.header.merge else {
             try BaseLocator.verify(base, against: store.header, storePath: storePath)
+            if let lowerDisk {
+                try Self.checkLowerTakesTheDisk(lowerDisk, of: store, storePath: storePath)
+                return
+            }
             if case .inPlace = destination, base.kindName != "raw" {
                 throw StoreError.invalidArgument(
-                    "\(base.path): an in-place merge needs a writable raw base, not a \(base.kindName) image"
+                    "\(base.path): an in-place merge needs a writable raw base or a store, not a \(base.kindName) image"
                 )
             }
             return
@@ -106,6 +121,13 @@ public final class StoreMerge {
                     + " or taken back (cowbd merge \(storePath) --abort)"
             )
         }
+    }
+
+    /// Closes the store (and a lower store merged into) and releases their locks now, rather
+    /// than whenever the last reference goes. Nothing may use the merge afterwards.
+    public func close() {
+        store.close()
+        lowerDisk?.close()
     }
 
     /// What `run` would write, without writing anything.
@@ -147,6 +169,7 @@ public final class StoreMerge {
             return try flatten(into: path, overwrite: overwrite, progress: progress)
         }
         if try isAlreadyDone() { return alreadyDoneSummary }
+        if let lowerDisk { return try mergeIntoLowerStore(lowerDisk, progress: progress) }
         // Checked before the record is written: with the record, the store is not served.
         if store.header.merge == nil { try checkTargetBeforeRecording() }
         return try mergeIntoTarget(progress: progress)

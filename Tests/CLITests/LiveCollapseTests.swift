@@ -312,4 +312,28 @@ private func liveCollapse(_ workspace: Workspace) throws -> [String: Any]? {
         #expect(try workspace.servedDisk("disk.cow") == model)
         #expect(try workspace.entries { $0.contains("cowbd-fold") }.isEmpty, "a temporary is left")
     }
+
+    @Test func serverKilledMidCollapseThenTheOfflineCommandFinishesIt() throws {
+        let chain = try LayeredDisk()
+        let workspace = chain.workspace
+        let server = ServedStore(
+            store: workspace.path("disk.cow"), socket: workspace.path("nbd.sock"))
+        try server.start()
+        defer { server.kill() }
+        let collapse = try BackgroundCommand(
+            workspace,
+            ["collapse", "disk.cow", "--depth", "2", "--into", "flat.cow", "--rate", "1M"])
+        #expect(
+            waitUntil(seconds: 30) {
+                ((try? liveCollapse(workspace))?["done_bytes"] as? Int ?? 0) > 0
+            })
+        server.kill()
+        _ = collapse.wait()
+        try workspace.succeed("collapse", "disk.cow", "--depth", "2", "--into", "flat.cow")
+        try workspace.succeed("check", "disk.cow")
+        let info = try workspace.json("info", "--json", "disk.cow")
+        #expect((info["base_resolved"] as? String)?.hasSuffix("/flat.cow") == true, "\(info)")
+        #expect(try workspace.servedDisk("disk.cow") == chain.model)
+        #expect(try workspace.entries { $0.contains("cowbd-fold") }.isEmpty)
+    }
 }

@@ -106,3 +106,87 @@ func foldingRandomLayersKeepsTheTopsDiskAndTheOldLayers(seed: UInt64) throws {
 private func layerStem(_ path: String) -> String {
     FilePath(path).lastComponent?.stem ?? ""
 }
+
+/// base.img <- s1.cow <- s2.cow <- top.cow, every store with changes.
+private func threeStoreChain(_ scratch: Scratch) throws -> [String] {
+    _ = try makeBase(at: scratch.path("base.img"), byteCount: 1 << 20, seed: 51)
+    var generator = SplitMix64(seed: 52)
+    var lower = scratch.path("base.img")
+    var paths: [String] = []
+    for name in ["s1.cow", "s2.cow", "top.cow"] {
+        let path = scratch.path(name)
+        try createLayer(at: path, over: lower)
+        let disk = try VirtualDisk.open(storePath: FilePath(path))
+        try applyRandomChanges(to: disk, count: 10, &generator)
+        try disk.flush()
+        disk.close()
+        paths.append(path)
+        lower = path
+    }
+    return paths + [scratch.path("base.img")]
+}
+
+/// Requires folding `depth` layers under `top` into `output` to fail with one line naming
+/// `name`, and every file of the folder to be unchanged, with no new file.
+private func expectFoldRefused(
+    _ scratch: Scratch, top: String, depth: Int, output: String? = nil, naming name: String,
+    sourceLocation: SourceLocation = #_sourceLocation
+) throws {
+    let names = try FileManager.default.contentsOfDirectory(atPath: scratch.path(""))
+    let digests = try fileDigests(names.map { scratch.path($0) })
+    do {
+        let fold = try LayerFold(
+            topPath: FilePath(top), depth: depth, outputPath: output.map { FilePath($0) })
+        defer { fold.close() }
+        _ = try fold.build(createdUnixSeconds: 0)
+        Issue.record("not refused", sourceLocation: sourceLocation)
+    } catch {
+        let text = "\(error)"
+        #expect(
+            text.contains(name) && !text.contains("\n"), "\(text)", sourceLocation: sourceLocation)
+    }
+    let after = try FileManager.default.contentsOfDirectory(atPath: scratch.path(""))
+    #expect(
+        after.sorted() == names.sorted(), "files made or removed", sourceLocation: sourceLocation)
+    #expect(
+        try fileDigests(names.map { scratch.path($0) }) == digests, sourceLocation: sourceLocation)
+}
+
+@Test func foldsThatCannotBeMadeAreRefusedWithOneLineAndChangeNothing() throws {
+    let scratch = try Scratch()
+    let paths = try threeStoreChain(scratch)
+    let (s1, top, base) = (paths[0], paths[2], paths[3])
+    // Deeper than the chain, and a store right over a raw image.
+    try expectFoldRefused(scratch, top: top, depth: 3, naming: top)
+    try expectFoldRefused(scratch, top: s1, depth: 2, naming: s1)
+    // An output that is a layer of the chain, or any other existing file.
+    try expectFoldRefused(scratch, top: top, depth: 2, output: s1, naming: s1)
+    try expectFoldRefused(scratch, top: top, depth: 2, output: base, naming: base)
+}
+
+@Test func aFoldOverALayerWithAMergeUnderWayIsRefused() throws {
+    let scratch = try Scratch()
+    let paths = try threeStoreChain(scratch)
+    let s1 = paths[0]
+    try FileManager.default.copyItem(
+        atPath: scratch.path("base.img"), toPath: scratch.path("target.img"))
+    var bytes = try fileBytes(s1)
+    var header = try Array(bytes[..<4096]).withUnsafeBytes { try StoreHeader(parsing: $0) }
+    header.setMerge(
+        try MergeRecord(
+            flags: 0, targetByteCount: header.virtualByteCount,
+            targetFingerprint: BaseFingerprint(low: 1, high: 2),
+            targetPath: scratch.path("target.img")))
+    bytes.replaceSubrange(0..<4096, with: header.encoded())
+    try Data(bytes).write(to: URL(fileURLWithPath: s1))
+    try expectFoldRefused(scratch, top: paths[2], depth: 2, naming: s1)
+}
+
+@Test func aFoldOfAChainWithACycleIsRefused() throws {
+    let scratch = try Scratch()
+    let paths = try threeStoreChain(scratch)
+    // s2's lower s1 is now s2 itself.
+    try FileManager.default.removeItem(atPath: paths[0])
+    try FileManager.default.linkItem(atPath: paths[1], toPath: paths[0])
+    try expectFoldRefused(scratch, top: paths[2], depth: 2, naming: "s2.cow")
+}

@@ -96,7 +96,7 @@ import Testing
             let fullMilliseconds = Int((DispatchTime.now().uptimeNanoseconds - start) / 1_000_000)
             var generator = SplitMix64(seed: seed)
             var killedCount = 0
-            // How the reruns found the work: finishing it, or finding it done.
+            // What the kills left and how the reruns found the work.
             var outcomes: [String: Int] = [:]
             for trial in 0..<CollapseTests.trialCount {
                 try reset()
@@ -109,6 +109,9 @@ import Testing
                 let comment = "seed \(seed), \(arguments) killed after \(delay) ms, trial \(trial)"
                 if try workspace.cowbdKilled(afterMilliseconds: delay, arguments) {
                     killedCount += 1
+                }
+                if try !workspace.entries(where: { $0.hasSuffix(".cowbd-fold") }).isEmpty {
+                    outcomes["temporary left", default: 0] += 1
                 }
                 let rerun = try workspace.cowbd(arguments)
                 #expect(rerun.status == 0, "\(comment): rerun: \(rerun.standardError)")

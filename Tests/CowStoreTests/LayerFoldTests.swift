@@ -190,3 +190,60 @@ private func expectFoldRefused(
     try FileManager.default.linkItem(atPath: paths[1], toPath: paths[0])
     try expectFoldRefused(scratch, top: paths[2], depth: 2, naming: "s2.cow")
 }
+
+/// A chain grown and shortened at random: changes to the top, snapshots, merges of the top
+/// into its lower store and collapses of random depth, in any order. After each step the top's
+/// disk agrees with the model, and a merge or a collapse leaves it byte for byte as it was.
+@Test(arguments: [61, 62, 63, 64] as [UInt64])
+func randomSnapshotsMergesAndCollapsesAgreeWithTheModel(seed: UInt64) throws {
+    let scratch = try Scratch()
+    var generator = SplitMix64(seed: seed)
+    let baseBytes = try makeBase(at: scratch.path("base.img"), byteCount: 1 << 20, seed: seed)
+    var model = DiskModel(base: baseBytes, virtualByteCount: baseBytes.count)
+    let top = scratch.path("top.cow")
+    try createLayer(at: top, over: scratch.path("base.img"), chunkByteCount: 16384)
+    var steps: [String] = []
+    for step in 0..<14 {
+        let storesUnderTop = LayerChain.list(topStorePath: FilePath(top)).count - 2
+        let before = try RandomChain.bytes(of: top)
+        switch generator.next() % 5 {
+        case 0, 1:
+            steps.append("write")
+            let disk = try VirtualDisk.open(storePath: FilePath(top))
+            try applyModelledChanges(to: disk, model: &model, count: 12, &generator)
+            disk.close()
+        case 2 where storesUnderTop < 7:
+            steps.append("snapshot")
+            _ = try StoreSnapshot.run(
+                storePath: FilePath(top), layerPath: FilePath(scratch.path("snap\(step).cow")),
+                createdUnixSeconds: 0)
+        case 3 where storesUnderTop >= 1:
+            steps.append("merge")
+            let merge = try StoreMerge(storePath: FilePath(top), destination: .inPlace)
+            _ = try merge.run()
+            merge.close()
+        case 4 where storesUnderTop >= 2:
+            let depth = 2 + Int(generator.next() % UInt64(storesUnderTop - 1))
+            steps.append("collapse \(depth)")
+            let fold = try LayerFold(
+                topPath: FilePath(top), depth: depth,
+                outputPath: FilePath(scratch.path("fold\(step).cow")))
+            let summary = try fold.build(createdUnixSeconds: 0)
+            fold.close()
+            #expect(try LayerFold.rebind(topPath: FilePath(top), to: summary.outputPath))
+            #expect(
+                LayerChain.list(topStorePath: FilePath(top)).count - 2
+                    == storesUnderTop - (depth - 1))
+        default:
+            continue
+        }
+        let after = try RandomChain.bytes(of: top)
+        let context = "seed \(seed), steps \(steps)"
+        if steps.last != "write" { #expect(after == before, "\(context): the disk changed") }
+        if let mismatch = model.firstMismatch(after, at: 0) {
+            Issue.record("\(context): byte \(mismatch) differs from the model")
+            return
+        }
+    }
+    print("seed \(seed): \(steps.joined(separator: ", "))")
+}

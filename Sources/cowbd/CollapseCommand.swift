@@ -32,10 +32,13 @@ struct CollapseCommand: ParsableCommand {
             fingerprint, a new lower). The old layers are left where they are; collapse says \
             which ones COW no longer uses (delete them if no other store is built over them).
 
-            COW must be stopped (collapse takes its exclusive lock to rebind it). Interrupted \
-            at any instant, COW still opens and reads the same disk; run the same command \
+            On a served COW the server does it (docs/CONTROL.md, "Live collapse"): the \
+            command asks it through the control socket and waits, showing the progress, \
+            while clients keep reading and writing; cowbd info shows the progress too, and \
+            interrupting this command leaves the collapse running. --rate is then at least 1M. \
+            Interrupted at any instant, COW still opens and reads the same disk; run the same command \
             again: it starts the build over, or keeps a NEW already in place (checked to be \
-            this fold) and binds COW to it. Once COW is bound to NEW the collapse is done: a \
+            this fold) and binds COW to it (once the server is back, for a served COW). Once COW is bound to NEW the collapse is done: a \
             rerun with the same --into says so; without --into, a rerun would fold the \
             shorter chain again, so scripts that may rerun should give --into.
 
@@ -71,6 +74,7 @@ struct CollapseCommand: ParsableCommand {
     var dryRun = false
 
     @OptionGroup var output: OutputOptions
+    @OptionGroup var control: ControlOptions
 
     func validate() throws {
         guard depth >= 2 else {
@@ -87,6 +91,15 @@ struct CollapseCommand: ParsableCommand {
     }
 
     func run() throws {
+        // A served store: its server collapses it (CollapseCommand+Live.swift). A dry run
+        // only reads the layers, which works beside the server.
+        if !dryRun,
+            let client = try exitingOnError({
+                try ControlClient.connect(storePath: store, options: control)
+            })
+        {
+            return try runLive(client)
+        }
         let topPath = FilePath(store)
         if let into, try exitingOnError({ try isBound(to: FilePath(into)) }) {
             report(alreadyDone: into)

@@ -88,6 +88,7 @@ struct MergeCommand: ParsableCommand {
     var dryRun = false
 
     @OptionGroup var outputOptions: OutputOptions
+    @OptionGroup var control: ControlOptions
 
     func validate() throws {
         if abort {
@@ -112,6 +113,12 @@ struct MergeCommand: ParsableCommand {
     }
 
     func run() throws {
+        // A served store: the server answers why not (ServeCommand+Collapse.swift).
+        if let client = try exitingOnError({
+            try ControlClient.connect(storePath: store, options: control)
+        }) {
+            _ = try exitingOnError { try client.call("merge") }
+        }
         if abort {
             try abortMerge()
             return

@@ -17,6 +17,7 @@ import SystemPackage
 struct ControlService: Sendable {
     static let commands = [
         "info", "checkpoint", "delete-checkpoint", "list-checkpoints", "snapshot", "export-diff",
+        "collapse", "collapse-status",
     ]
 
     let storePath: String
@@ -26,6 +27,8 @@ struct ControlService: Sendable {
     var disk: VirtualDisk { server.liveDisk.current }
     /// Where `--metrics` serves them, if it does.
     let metricsURL: String?
+    /// The live collapse of the frozen layers under the store (ServeCommand+Collapse.swift).
+    let collapses: LiveCollapse
 
     /// Commands that send bytes before their response line, then the rest.
     func handle(_ request: ControlRequest, stream: ControlReplyStream) throws -> ControlJSON {
@@ -56,6 +59,9 @@ struct ControlService: Sendable {
             try server.liveDisk.whileChanging { try $0.deleteCheckpoint(named: name) }
             return .object([("checkpoint", .string(name)), ("deleted", .bool(true))])
         case "snapshot": return try snapshot(request)
+        case "collapse": return try startCollapse(request)
+        case "collapse-status": return collapseStatus()
+        case "merge": return try refuseMerge(request)
         default:
             throw ControlFailure(
                 "unknown command '\(request.command)' (known: "
@@ -73,11 +79,11 @@ struct ControlService: Sendable {
     /// last flush), and the server's own.
     private func info() -> ControlJSON {
         var summary = StoreSummary(
-            path: storePath, header: disk.store.header,
+            path: storePath, header: disk.store.currentHeader,
             writtenChunkCount: disk.store.writtenChunkCount,
             allocatedByteCount: (try? disk.store.allocatedDataByteCount()) ?? 0,
             base: BaseStatus(
-                header: disk.store.header, storePath: FilePath(storePath),
+                header: disk.store.currentHeader, storePath: FilePath(storePath),
                 options: baseOpenOptions()))
         summary.checkpoints = CheckpointListing(disk.store)
         summary.checkpoints?.countsEveryHeldChunk = false
@@ -86,7 +92,7 @@ struct ControlService: Sendable {
                 ("served by", "pid \(getpid())"), ("control socket", controlPath),
                 ("connections", String(server.connectionCount)),
                 ("metrics", metricsURL ?? "none (serve --metrics HOST:PORT)"),
-            ] + server.metrics.summaryRows(disk: disk)
+            ] + server.metrics.summaryRows(disk: disk) + collapseRows()
         guard case .object(var members) = summary.json else {
             preconditionFailure("a summary is an object")
         }
@@ -96,6 +102,7 @@ struct ControlService: Sendable {
                 .object([
                     ("pid", .integer(Int64(getpid()))), ("control", .string(controlPath)),
                     ("connections", .integer(Int64(server.connectionCount))),
+                    ("collapse", collapses.status.map(Self.collapseJSON) ?? .null),
                 ])
             ))
         return .object([
@@ -119,11 +126,12 @@ extension ServeCommand {
     /// A default path too long for a unix socket leaves the store without one (logged); an
     /// explicit one throws.
     func startControlChannel(
-        server: NBDServer, metricsURL: String?, logger: Logger
+        server: NBDServer, metricsURL: String?, collapses: LiveCollapse, logger: Logger
     ) throws -> ControlChannel? {
         let path = control.path ?? defaultControlPath(storePath: store)
         let service = ControlService(
-            storePath: store, controlPath: path, server: server, metricsURL: metricsURL)
+            storePath: store, controlPath: path, server: server, metricsURL: metricsURL,
+            collapses: collapses)
         do {
             let channel = try ControlChannel(path: path, logger: logger) { request, stream in
                 try service.handle(request, stream: stream)

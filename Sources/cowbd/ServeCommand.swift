@@ -227,7 +227,8 @@ struct ServeCommand: ParsableCommand {
                     imagePath: FilePath(store), folder: FilePath(ephemeralFolder()),
                     options: options, createdUnixSeconds: UInt64(clamping: time(nil)))
                 : try VirtualDisk.open(
-                    storePath: FilePath(store), readOnly: readOnly, options: options)
+                    storePath: FilePath(store), readOnly: readOnly, options: options,
+                    swappableLower: !readOnly)
             if copyOnRead { try disk.enableCopyOnRead() }
             var configuration = NBDServer.Configuration()
             configuration.listenAddresses = try listenAddresses(
@@ -248,16 +249,19 @@ struct ServeCommand: ParsableCommand {
             defer { if let pidFile { _ = unlink(pidFile) } }
             let control: ControlChannel?
             let metrics: MetricsEndpoint?
+            let collapses = LiveCollapse(disk: server.liveDisk, options: options)
             do {
                 metrics = try startMetricsEndpoint(server: server)
                 control = try startControlChannel(
-                    server: server, metricsURL: metrics?.url, logger: logger)
+                    server: server, metricsURL: metrics?.url, collapses: collapses,
+                    logger: logger)
             } catch {
                 try? server.stop()
                 throw error
             }
             defer {
                 control?.stop()
+                collapses.stop()
                 metrics?.stop()
                 // Their threads hold the disk: close it here, not when the last reference goes,
                 // so a clean stop clears the checkpoints' open flag (not a crash to them).

@@ -171,10 +171,11 @@ import Testing
             #expect(result.standardError.contains(name), "\(arguments): \(result.standardError)")
             fixture.expectUnchanged(Fixture.files, "\(arguments)")
         }
-        // Served, the store is refused before anything is built.
+        // Served read-only, the store is refused before anything is built (served writable,
+        // its server collapses it: LiveCollapseTests).
         let server = ServedStore(
             store: workspace.path("vm.cow"), socket: workspace.path("s.sock"),
-            extraArguments: ["--log-level", "error"])
+            extraArguments: ["--log-level", "error", "--read-only"])
         try server.start()
         let served = try workspace.cowbd("collapse", "vm.cow", "--depth", "2")
         try server.stop()

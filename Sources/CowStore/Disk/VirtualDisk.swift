@@ -44,18 +44,22 @@ public final class VirtualDisk: Sendable {
 
     /// Opens the store at `path`, finds its base (opened with `options`) and refuses a base
     /// that changed. The disk logs to `options.logger`. A frozen layer opens read-only only.
+    /// With `swappableLower`, a lower chain of stores is held in a `SwappableLower`, so a live
+    /// collapse can replace it (VirtualDisk+LowerSwap.swift).
     public static func open(
-        storePath: FilePath, readOnly: Bool = false, options: BaseOpenOptions = .quiet
+        storePath: FilePath, readOnly: Bool = false, options: BaseOpenOptions = .quiet,
+        swappableLower: Bool = false
     ) throws -> VirtualDisk {
         try open(
             storePath: storePath, access: readOnly ? .exclusiveRead : .exclusiveWrite,
-            options: options)
+            options: options, swappableLower: swappableLower)
     }
 
     /// Opens the store at `path` with `access`, then its chain of lower layers.
-    static func open(storePath: FilePath, access: StoreFile.Access, options: BaseOpenOptions)
-        throws -> VirtualDisk
-    {
+    static func open(
+        storePath: FilePath, access: StoreFile.Access, options: BaseOpenOptions,
+        swappableLower: Bool = false
+    ) throws -> VirtualDisk {
         let store = try StoreFile(path: storePath, access: access, logger: options.logger)
         do {
             if let merge = store.header.merge {
@@ -65,7 +69,8 @@ public final class VirtualDisk: Sendable {
                 throw ChainError.frozen(store: storePath)
             }
             let base = try openBase(of: store, storePath: storePath, options: options)
-            return VirtualDisk(store: store, base: base, logger: options.logger)
+            let served = swappableLower && base is VirtualDiskImage ? SwappableLower(base) : base
+            return VirtualDisk(store: store, base: served, logger: options.logger)
         } catch {
             store.close()
             throw error

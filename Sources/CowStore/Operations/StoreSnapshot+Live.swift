@@ -85,7 +85,9 @@ extension StoreSnapshot {
             disk.retire(to: nil)
             throw error
         }
-        let next = VirtualDisk(store: top, base: VirtualDiskImage(disk: disk), logger: disk.logger)
+        // Swappable, as `serve` opens a store over a store: a live collapse may fold LAYER.
+        let next = VirtualDisk(
+            store: top, base: SwappableLower(VirtualDiskImage(disk: disk)), logger: disk.logger)
         next.copyUps.store(disk.copyUpCount, ordering: .relaxed)
         disk.store.shareLock()
         disk.retire(to: next)

@@ -96,7 +96,7 @@ extension StoreFile {
             try? io.punchHole(at: regionByteOffset, byteCount: header.bitmapByteCount)
             guard table.checkpoints.isEmpty else { return }
             // Header first: a crash before the truncate leaves only unused bytes past the end.
-            var plain = header
+            var plain = currentHeader
             plain.setHasCheckpoints(false)
             plain.setHasHydration(hasHydration)
             try writeHeaderBytes(plain)
@@ -121,7 +121,7 @@ extension StoreFile {
     /// crash in between leaves only unused bytes past the end of the file. Called under the
     /// flush lock.
     private func createCheckpointArea() throws -> CheckpointTable {
-        var withArea = header
+        var withArea = currentHeader
         withArea.setHasCheckpoints(true)
         // With a hydration bitmap the file already reaches past the area: the size stays.
         withArea.setHasHydration(hasHydration)

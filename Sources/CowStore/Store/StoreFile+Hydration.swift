@@ -61,7 +61,7 @@ extension StoreFile {
         try checkTakesChanges()
         try flushLock.withLock { _ in
             guard !hasHydration else { return }
-            var withBitmap = header
+            var withBitmap = currentHeader
             withBitmap.setHasHydration(true)
             // The header as it is now: checkpoints may have come since the store opened.
             withBitmap.setHasCheckpoints(checkpoints.withLock { $0.table != nil })

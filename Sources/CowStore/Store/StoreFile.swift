@@ -42,6 +42,9 @@ public final class StoreFile: Sendable {
     let hydration: Locked<ChunkBitmap?>
     /// Serialises flushes and table writes, so pages reach the disk in order.
     let flushLock = Locked<Void>(())
+    /// The header as last written by a live rebind of the lower chain, nil before one
+    /// (StoreFile+Rebind.swift). Read through `currentHeader`.
+    let reboundHeader = Locked<StoreHeader?>(nil)
     /// Set by `close`, so the descriptor is closed exactly once.
     private let isClosed = Atomic<Bool>(false)
     /// Set for good by the first failed fsync or fdatasync (see `synchronize`).

@@ -63,7 +63,7 @@ extension CollapseCommand {
                 depth: depth, layer: into, rate: try rate.map { try ByteSize.parse($0) })
         }
         if output.json {
-            print(JSONValue(status).rendered())
+            print(status.rendered())
             return
         }
         let layerPath = status["layer"]?.stringValue ?? into ?? "?"

@@ -13,7 +13,6 @@ import Testing
     import Glibc
 #endif
 
-private func nowSeconds() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
 /// `disk.cow` over `l3.cow` over `l2.cow` over `l1.cow` over `base.img`, each layer frozen by
 /// `cowbd snapshot` after writes that overlap the layer under it (some as zeroes), and the

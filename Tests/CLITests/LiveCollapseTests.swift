@@ -13,7 +13,6 @@ import Testing
     import Glibc
 #endif
 
-
 /// `disk.cow` over `l3.cow` over `l2.cow` over `l1.cow` over `base.img`, each layer frozen by
 /// `cowbd snapshot` after writes that overlap the layer under it (some as zeroes), and the
 /// model of the disk they make.

@@ -48,6 +48,34 @@ private func finished(_ collapses: LiveCollapse) -> LiveCollapse.Status? {
         #expect(try chain.topBytes() == before)
     }
 
+    @Test func aCollapseAfterALiveSnapshotFoldsTheLayersUnderTheNewTop() throws {
+        let scratch = try Scratch()
+        var generator = SplitMix64(seed: 33)
+        let chain = try RandomChain(in: scratch, storeCount: 3, seed: 33, &generator)
+        let disk = try VirtualDisk.open(storePath: FilePath(chain.top), swappableLower: true)
+        let live = LiveDisk(disk)
+        let frozen = FilePath(scratch.path("frozen.cow"))
+        _ = try live.snapshot(
+            storePath: FilePath(chain.top), layerPath: frozen, createdUnixSeconds: 0)
+        #expect(live.current !== disk)
+        let before = try live.current.readBytes(at: 0, count: Int(disk.byteCount))
+
+        // The new top is over frozen.cow over the chain's stores: fold frozen.cow and the one
+        // under it.
+        let layer = FilePath(scratch.path("folded.cow"))
+        let collapses = LiveCollapse(disk: live, options: .quiet)
+        _ = try collapses.start(.init(depth: 2, layerPath: layer, rateBytesPerSecond: nil))
+        let status = finished(collapses)
+        collapses.stop()
+        #expect(status?.state == .done, "\(String(describing: status?.state))")
+        #expect(live.current.swappableLower?.source.path == layer)
+        #expect(try live.current.readBytes(at: 0, count: Int(disk.byteCount)) == before)
+        live.current.close()
+        let listed = LayerChain.list(topStorePath: FilePath(chain.top))
+        #expect(listed.map(\.path).dropFirst().first == layer)
+        #expect(try chain.topBytes() == before)
+    }
+
     @Test func aCheckpointRecordedAfterALiveRebindKeepsTheNewLowerInTheHeader() throws {
         let scratch = try Scratch()
         var generator = SplitMix64(seed: 32)

@@ -9,11 +9,13 @@
 
 /// `Value` behind a mutex: only `withLock` reaches it.
 /// `@unchecked Sendable`: the mutex is the synchronisation; the pointers never change.
-package final class Locked<Value>: @unchecked Sendable {
-    private let value: UnsafeMutablePointer<Value>
-    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+/// Public rather than package: Swift 6.3 keeps no body for an `@inlinable package` method in
+/// the module interface, so every lock taken in another module was a generic call.
+public final class Locked<Value>: @unchecked Sendable {
+    @usableFromInline let value: UnsafeMutablePointer<Value>
+    @usableFromInline let mutex: UnsafeMutablePointer<pthread_mutex_t>
 
-    package init(_ initialValue: consuming sending Value) {
+    public init(_ initialValue: consuming sending Value) {
         value = .allocate(capacity: 1)
         value.initialize(to: initialValue)
         mutex = .allocate(capacity: 1)
@@ -27,8 +29,10 @@ package final class Locked<Value>: @unchecked Sendable {
         value.deallocate()
     }
 
-    /// Runs `body` on the value while holding the mutex.
-    package func withLock<Result>(_ body: (inout Value) throws -> Result) rethrows -> Result {
+    /// Runs `body` on the value while holding the mutex. Inlinable, so a caller in another
+    /// module gets it specialised for its value and result, not a generic call per use.
+    @inlinable
+    public func withLock<Result>(_ body: (inout Value) throws -> Result) rethrows -> Result {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body(&value.pointee)

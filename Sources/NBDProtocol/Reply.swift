@@ -1,6 +1,7 @@
 // Transmission-phase reply headers, stored into caller buffers so the hot path allocates
 // nothing, and whole replies of the forms the server sends (a read's data chunk, an error
-// chunk). Which form a reply takes depends on what was negotiated.
+// chunk). Which form a reply takes depends on what was negotiated. The encoders a reply takes
+// every request are inlinable, so the server's reply costs no call into this module.
 
 /// Encoders for reply headers, and whole small replies.
 public enum Reply {
@@ -22,6 +23,7 @@ public enum Reply {
     }
 
     /// A simple reply: magic, error, cookie. Returns the byte count.
+    @inlinable
     public static func encodeSimple(
         error: UInt32, cookie: UInt64, into buffer: UnsafeMutableRawBufferPointer
     ) -> Int {
@@ -33,6 +35,7 @@ public enum Reply {
 
     /// A structured chunk header (20 bytes), or with `extended` an extended header (32 bytes,
     /// whose offset field echoes the request's offset). Returns the byte count.
+    @inlinable
     public static func encodeChunk(
         flags: UInt16, type: ReplyType, cookie: UInt64, requestOffset: UInt64,
         payloadByteCount: UInt64,
@@ -61,6 +64,7 @@ public enum Reply {
     /// The final `NBD_REPLY_TYPE_OFFSET_DATA` chunk of a read, up to where its data starts:
     /// the chunk header and the data's offset. The data (at least one byte) follows on the
     /// wire. Returns the byte count.
+    @inlinable
     public static func encodeReadChunkHeader(
         cookie: UInt64, offset: UInt64, dataByteCount: Int, extended: Bool,
         into buffer: UnsafeMutableRawBufferPointer

@@ -20,6 +20,7 @@ public struct OffsetDataPrefix: Equatable, Sendable {
     }
 
     /// Returns `byteCount`.
+    @inlinable
     @discardableResult
     public func encode(into buffer: UnsafeMutableRawBufferPointer) -> Int {
         buffer.storeBigEndian(offset, at: 0)

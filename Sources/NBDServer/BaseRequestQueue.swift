@@ -39,9 +39,14 @@ final class BaseRequestQueue: @unchecked Sendable {
     private let room: DispatchSemaphore
     private let capacity: Int
 
-    init(count: Int, payloadByteCount: Int, makeScratch: () -> ChunkScratch) {
+    init(
+        count: Int, payloadByteCount: Int, replyForm: ReplyForm,
+        makeScratch: () -> ChunkScratch
+    ) {
         workers = (0..<count).map {
-            RequestWorker(index: $0, payloadByteCount: payloadByteCount, scratch: makeScratch())
+            RequestWorker(
+                index: $0, payloadByteCount: payloadByteCount, scratch: makeScratch(),
+                replyForm: replyForm)
         }
         state = Locked(State(free: Array((0..<count).reversed())))
         capacity = count + Self.maxWaitingCount

@@ -97,7 +97,7 @@ extension Connection {
 
     private func replySuccess(cookie: UInt64, offset: UInt64, _ worker: RequestWorker) {
         let count: Int
-        if session.extendedHeaders {
+        if worker.replyForm.extended {
             count = Reply.encodeChunk(
                 flags: replyFlagDone, type: .none, cookie: cookie, requestOffset: offset,
                 payloadByteCount: 0,
@@ -111,7 +111,7 @@ extension Connection {
     }
 
     func replyRead(_ request: Request, _ data: UnsafeRawBufferPointer, _ worker: RequestWorker) {
-        guard session.structuredReplies else {
+        guard worker.replyForm.structured else {
             let count = Reply.encodeSimple(error: 0, cookie: request.cookie, into: worker.header)
             sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), data)
             return
@@ -123,7 +123,7 @@ extension Connection {
         }
         let count = Reply.encodeReadChunkHeader(
             cookie: request.cookie, offset: request.offset, dataByteCount: data.count,
-            extended: session.extendedHeaders, into: worker.header)
+            extended: worker.replyForm.extended, into: worker.header)
         sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), data)
     }
 
@@ -132,10 +132,10 @@ extension Connection {
         _ worker: RequestWorker
     ) {
         let count =
-            session.structuredReplies
+            worker.replyForm.structured
             ? Reply.encodeErrorChunk(
                 ErrorChunkPayload(error: code.rawValue, message: message), cookie: cookie,
-                requestOffset: offset, extended: session.extendedHeaders, into: worker.header)
+                requestOffset: offset, extended: worker.replyForm.extended, into: worker.header)
             : Reply.encodeSimple(error: code.rawValue, cookie: cookie, into: worker.header)
         sendReply(
             UnsafeRawBufferPointer(rebasing: worker.header[..<count]),

@@ -12,17 +12,23 @@ import NBDProtocol
 extension Connection {
     /// Bytes read from the socket at once: many small requests arrive in one `recv`.
     static let inputByteCount = 256 << 10
+    /// After a request with a payload this large, the next header is received alone: the
+    /// request after a large write is likely another, whose payload should go straight from
+    /// the socket into its buffer rather than through the input buffer and a copy.
+    static let largePayloadByteCount = 64 << 10
 
     func transmit() throws {
         transport.setSendTimeout(seconds: server.configuration.messageTimeoutSeconds)
+        let session: NegotiatedSession = self.session
         let payloadByteCount = Int(session.export.maximumPayloadByteCount)
+        let replyForm = ReplyForm(
+            structured: session.structuredReplies, extended: session.extendedHeaders)
+        let budget = server.payloadBudget
+        let metrics = server.metrics
         let pool = WorkerPool(
             count: server.configuration.workersPerConnection, payloadByteCount: payloadByteCount,
-            makeScratch: { server.disk.makeScratch() })
-        pool.start { [self] job, worker in
-            execute(job, worker)
-            finish(worker)
-        }
+            replyForm: replyForm, budget: budget, makeScratch: { server.disk.makeScratch() })
+        pool.start { [self] job, worker in execute(job, worker) }
         defer { pool.drainAndStop() }
         // Over a network base, requests that may wait on it have threads of their own, so a
         // base that stops answering never holds up the reader or the requests for chunks the
@@ -31,7 +37,8 @@ extension Connection {
             server.disk.base.mayBeSlow
             ? BaseRequestQueue(
                 count: server.configuration.baseWorkersPerConnection,
-                payloadByteCount: payloadByteCount, makeScratch: { server.disk.makeScratch() })
+                payloadByteCount: payloadByteCount, replyForm: replyForm,
+                makeScratch: { server.disk.makeScratch() })
             : nil
         baseQueue?.start { [self] job, worker in
             execute(job, worker)
@@ -39,15 +46,20 @@ extension Connection {
         }
         defer { baseQueue?.drainAndStop() }
         let inline = RequestWorker(
-            index: -1, payloadByteCount: payloadByteCount, scratch: server.disk.makeScratch())
+            index: -1, payloadByteCount: payloadByteCount, scratch: server.disk.makeScratch(),
+            replyForm: replyForm)
         defer { finish(inline) }
         let input = InputStream(
             transport: transport, byteCount: Self.inputByteCount,
             messageTimeoutSeconds: server.configuration.messageTimeoutSeconds)
-        // The reader's buffer keeps its pages (and their budget) while requests keep coming,
-        // and gives them back once the client has nothing more to send.
+        // Buffers keep their pages (and their budget) while requests keep coming, and give
+        // them back once the client has nothing more to send.
         input.whenIdle = IdleRelease(
-            isHolding: { inline.heldBudgetByteCount > 0 }, release: { [self] in finish(inline) })
+            isHolding: { inline.heldBudgetByteCount > 0 || pool.hasWarmWorkers },
+            release: { [self] in
+                finish(inline)
+                pool.connectionWentIdle()
+            })
         let extended = session.extendedHeaders
         let headerByteCount =
             extended ? RequestHeader.extendedByteCount : RequestHeader.compactByteCount
@@ -67,37 +79,47 @@ extension Connection {
                     "request payload of \(payloadByteCount) bytes exceeds \(maxPayload)")
             }
             if header.type == Command.disconnect.rawValue { return }
+            pool.connectionIsBusy()
+            // Someone waits for budget: this connection's warm buffers give theirs back.
+            if budget.hasWaiters {
+                finish(inline)
+                pool.coolIdleWorkers()
+            }
             let budgetByteCount = Self.budgetByteCount(
                 header, payloadByteCount: Int(payloadByteCount), maxPayload: maxPayload)
+            input.receiveByteCountLimit =
+                payloadByteCount >= Self.largePayloadByteCount ? headerByteCount : nil
             if let baseQueue, mayWaitOnBase(header) {
                 // A write into a chunk the store lacks copies the rest of it from the base.
-                reserveForWorker(budgetByteCount, inline)
+                reserveForBaseQueue(budgetByteCount, inline, pool)
                 try submitToBase(
                     header, payloadByteCount: Int(payloadByteCount),
                     budgetByteCount: budgetByteCount, input, baseQueue)
                 continue
             }
             // CACHE may wait for the device to read ahead (a compressed base reads its index).
+            // A large write goes to a worker too: the reader receives the next request while
+            // the worker copies this one into the store, and the two run on two cores.
+            let isWrite = header.type == Command.write.rawValue
             let mayBlock =
                 header.flags.contains(.fua) || header.type == Command.flush.rawValue
                 || header.type == Command.cache.rawValue
-            // Budget before any buffer is touched. A request that may block then takes a pool
-            // worker before its payload is read, so the payload lands in the buffer of the
-            // thread that will use it.
+                || (isWrite && payloadByteCount >= Self.largePayloadByteCount)
+            // Budget before any buffer is touched. A request that may block takes a pool worker
+            // before its payload is read, so the payload lands in the buffer of the thread that
+            // will use it.
+            let worker: RequestWorker
             if mayBlock {
-                reserveForWorker(budgetByteCount, inline)
+                worker = pool.acquire()
+                pool.reserve(budgetByteCount, for: worker) { [self] in finish(inline) }
             } else {
-                reserveForReader(budgetByteCount, inline)
+                worker = inline
+                reserveForReader(budgetByteCount, inline, pool)
             }
-            let worker = mayBlock ? pool.acquire() : inline
-            if mayBlock { worker.heldBudgetByteCount = budgetByteCount }
             do {
                 try input.read(into: worker.payload.prefix(Int(payloadByteCount)))
             } catch {
-                if mayBlock {
-                    finish(worker)
-                    pool.release(worker)
-                }
+                if mayBlock { pool.release(worker) }
                 throw error
             }
             let job: RequestWorker.Job
@@ -108,17 +130,17 @@ extension Connection {
             if mayBlock {
                 pool.submit(worker, job)
             } else if case .execute(let request) = job, request.command == .read {
-                if !readIfCached(request, inline) {
-                    // The reader's pages and budget go back before a worker's are taken.
-                    reserveForWorker(budgetByteCount, inline)
-                    if let baseQueue,
-                        !server.disk.needsNoBase(at: request.offset, byteCount: request.length)
+                // The disk is taken anew for each request: a live snapshot replaces it.
+                let disk = server.disk
+                if !readIfCached(request, inline, disk, metrics) {
+                    if let baseQueue, !disk.needsNoBase(at: request.offset, byteCount: request.length)
                     {
+                        reserveForBaseQueue(budgetByteCount, inline, pool)
                         baseQueue.submit(job, payload: nil, budgetByteCount: budgetByteCount)
                         continue
                     }
                     let blocking = pool.acquire()
-                    blocking.heldBudgetByteCount = budgetByteCount
+                    pool.reserve(budgetByteCount, for: blocking) { [self] in finish(inline) }
                     pool.submit(blocking, job)
                 }
             } else {
@@ -128,19 +150,28 @@ extension Connection {
     }
 
     /// Takes `byteCount` bytes of the payload budget for the reader's own buffer. The budget
-    /// it already holds for its resident pages serves if it is enough.
-    private func reserveForReader(_ byteCount: Int, _ reader: RequestWorker) {
+    /// it already holds for its resident pages serves if it is enough. If the budget cannot
+    /// give the rest at once, the reader first gives back its own pages and the pool's idle
+    /// warm buffers, so it never waits while holding idle budget: the budget cannot deadlock.
+    private func reserveForReader(_ byteCount: Int, _ reader: RequestWorker, _ pool: WorkerPool) {
         guard byteCount > reader.heldBudgetByteCount else { return }
-        reserveForWorker(byteCount, reader)
+        finish(reader)
+        if !server.payloadBudget.tryAcquire(byteCount) {
+            pool.coolIdleWorkers()
+            server.payloadBudget.acquire(byteCount)
+        }
         reader.heldBudgetByteCount = byteCount
     }
 
-    /// Takes `byteCount` bytes of the payload budget for a request about to go to a pool
-    /// worker. The reader first gives back its own pages and budget, so it never waits for
-    /// budget while holding some: the budget cannot deadlock.
-    private func reserveForWorker(_ byteCount: Int, _ reader: RequestWorker) {
-        guard byteCount > 0 else { return }
+    /// Takes `byteCount` bytes of the payload budget for a request the base queue answers (its
+    /// worker gives them back when done). As for the reader's own, it never waits while this
+    /// connection holds idle budget.
+    private func reserveForBaseQueue(
+        _ byteCount: Int, _ reader: RequestWorker, _ pool: WorkerPool
+    ) {
+        guard byteCount > 0, !server.payloadBudget.tryAcquire(byteCount) else { return }
         finish(reader)
+        pool.coolIdleWorkers()
         server.payloadBudget.acquire(byteCount)
     }
 
@@ -157,8 +188,8 @@ extension Connection {
         return bufferByteCount > PayloadBuffer.keptResidentByteCount ? bufferByteCount : 0
     }
 
-    /// Gives a buffer's pages beyond its kept head and the budget held for them back: after
-    /// each request for a pool worker, when the client goes idle for the reader.
+    /// Gives the reader's buffer's pages beyond its kept head and the budget held for them
+    /// back: when the client goes idle, or a request waits for budget.
     func finish(_ worker: RequestWorker) {
         worker.payload.giveBackPages()
         if worker.heldBudgetByteCount > 0 {
@@ -168,20 +199,24 @@ extension Connection {
     }
 
     /// Answers a read from memory if every byte is cached; false means "send it to the pool".
-    private func readIfCached(_ request: Request, _ worker: RequestWorker) -> Bool {
+    /// The disk and the metrics come from the caller, which holds them for the connection:
+    /// reaching them through `server` costs a retain and a release each, every request.
+    private func readIfCached(
+        _ request: Request, _ worker: RequestWorker, _ disk: VirtualDisk, _ metrics: ServerMetrics
+    ) -> Bool {
         let startSeconds = monotonicSeconds()
         let data = worker.payload.prefix(Int(request.length))
         do {
-            guard try server.disk.readIfCached(at: request.offset, into: data) else {
-                server.metrics.recordReadCache(hit: false)
+            guard try disk.readIfCached(at: request.offset, into: data) else {
+                metrics.recordReadCache(hit: false)
                 return false
             }
         } catch {
-            server.metrics.recordReadCache(hit: false)
+            metrics.recordReadCache(hit: false)
             return false  // the pool's blocking read reports the error properly
         }
-        server.metrics.recordReadCache(hit: true)
-        server.metrics.recordRequest(
+        metrics.recordReadCache(hit: true)
+        metrics.recordRequest(
             .read, byteCount: request.length, seconds: monotonicSeconds() - startSeconds,
             error: nil)
         replyRead(request, UnsafeRawBufferPointer(data), worker)
@@ -202,6 +237,9 @@ final class InputStream {
     private var end = 0
     /// What to give back when the client has nothing more to send right now.
     var whenIdle: IdleRelease? = nil
+    /// Most bytes one `recv` into the buffer takes (at least what the caller asked for); nil:
+    /// as many as fit.
+    var receiveByteCountLimit: Int? = nil
 
     init(transport: any Transport, byteCount: Int, messageTimeoutSeconds: Double) {
         self.transport = transport
@@ -229,7 +267,11 @@ final class InputStream {
             if deadline == nil && end > start {
                 deadline = monotonicSeconds() + messageTimeoutSeconds
             }
-            let free = UnsafeMutableRawBufferPointer(rebasing: storage[end...])
+            var freeEnd = storage.count
+            if let receiveByteCountLimit {
+                freeEnd = min(freeEnd, max(end + receiveByteCountLimit, start + byteCount))
+            }
+            let free = UnsafeMutableRawBufferPointer(rebasing: storage[end..<freeEnd])
             // Between messages, before waiting for the client: if it has nothing to send, its
             // connection is idle and what it holds goes back. One extra `recv` only while
             // something is held.

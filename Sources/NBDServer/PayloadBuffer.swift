@@ -1,7 +1,9 @@
 // A request's payload buffer: address space for the export's largest payload, mapped lazily
-// by the kernel, of which only a small head stays resident between requests. After a large
-// request its touched pages beyond the head go back to the kernel, so idle connections cost
-// little memory however large their last request was.
+// by the kernel. Pages beyond a small head stay resident only while their payload budget is
+// held: from one request to the next on a busy connection (no page faults, no madvise per
+// request), and back to the kernel when the connection goes idle or a request elsewhere waits
+// for budget (WorkerPool), so idle connections cost little memory however large their last
+// request was.
 
 #if canImport(Glibc)
     import Glibc

@@ -1,8 +1,9 @@
 // The figures `serve --metrics` exposes in Prometheus text format and `info` shows live:
 // requests, bytes and latency by command, errors by errno, connections, reads answered from
-// the page cache, flushes, and the disk's copy-ups and written chunks. Every series is made
-// up front, so recording a request allocates nothing: counters are atomics, a histogram a
-// short lock over fixed buckets (swift-prometheus).
+// the page cache, flushes, and the disk's copy-ups and written chunks. Recording a request
+// adds to a few atomics and nothing else (no lock, no retain, no allocation); a scrape carries
+// what they gathered into swift-prometheus's series, and renders the latency histogram itself
+// (swift-prometheus's takes a lock and compares every bucket per request).
 
 import CowStore
 import NBDProtocol
@@ -10,7 +11,8 @@ import Prometheus
 import Synchronization
 
 /// One server's metrics, in one registry.
-public final class ServerMetrics: Sendable {
+/// `@unchecked Sendable`: `figures` is a fixed block of atomics, allocated once.
+public final class ServerMetrics: @unchecked Sendable {
     /// Latency bucket bounds, 50 µs to 10 s.
     static let latencyBucketSeconds: [Double] = [
         0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -39,10 +41,22 @@ public final class ServerMetrics: Sendable {
         MetricNameDescriptor(namespace: "cowbd", metricName: metric, unitName: unit, helpText: help)
     }
 
+    /// Latency bucket bounds in nanoseconds, for the per-request search.
+    static let latencyBucketNanoseconds: [UInt64] = latencyBucketSeconds.map {
+        UInt64($0 * 1e9)
+    }
+    /// Atomics per command in `figures`: requests, bytes, latency sum (ns), then one count per
+    /// latency bucket (not cumulative) and one past the last bound.
+    static let figuresPerCommand = 3 + latencyBucketSeconds.count + 1
+
     public let registry = PrometheusCollectorRegistry()
     private let requests: [Counter]
     private let bytes: [Counter]
-    private let latencies: [DurationHistogram]
+    /// What the requests and bytes series were last brought up to, per command.
+    private let requestsSeen: UnsafeMutablePointer<Atomic<UInt64>>
+    private let bytesSeen: UnsafeMutablePointer<Atomic<UInt64>>
+    /// What requests add to: `figuresPerCommand` atomics per command, in command order.
+    private let figures: UnsafeMutablePointer<Atomic<UInt64>>
     private let errors: [UInt32: Counter]
     private let connectionsOpened: Counter
     private let connectionsOpen: Gauge
@@ -52,11 +66,12 @@ public final class ServerMetrics: Sendable {
     private let chunksWritten: Gauge
     private let copyUpsSeen = Atomic<UInt64>(0)
     /// What `info` shows, kept beside the registry (which only renders text).
-    private let requestCounts: [AtomicCount]
     private let errorCount = Atomic<UInt64>(0)
     private let connectionCount = Atomic<Int>(0)
     private let cacheHitCount = Atomic<UInt64>(0)
     private let cacheMissCount = Atomic<UInt64>(0)
+    private let cacheHitsSeen = Atomic<UInt64>(0)
+    private let cacheMissesSeen = Atomic<UInt64>(0)
 
     public init() {
         let registry = registry
@@ -71,14 +86,16 @@ public final class ServerMetrics: Sendable {
                     "request_bytes", "total", "Bytes covered by completed requests, by command."),
                 labels: [("command", $0)])
         }
-        latencies = Self.commandNames.map {
-            registry.makeDurationHistogram(
-                descriptor: Self.name(
-                    "request_duration", "seconds",
-                    "Time from the start of a request's execution until its reply is ready, by command."
-                ),
-                labels: [("command", $0)],
-                buckets: Self.latencyBucketSeconds.map { .nanoseconds(Int64($0 * 1e9)) })
+        let commandCount = Self.commandNames.count
+        figures = .allocate(capacity: commandCount * Self.figuresPerCommand)
+        for index in 0..<(commandCount * Self.figuresPerCommand) {
+            (figures + index).initialize(to: Atomic(0))
+        }
+        requestsSeen = .allocate(capacity: commandCount)
+        bytesSeen = .allocate(capacity: commandCount)
+        for index in 0..<commandCount {
+            (requestsSeen + index).initialize(to: Atomic(0))
+            (bytesSeen + index).initialize(to: Atomic(0))
         }
         var errors: [UInt32: Counter] = [:]
         for code in [
@@ -108,17 +125,39 @@ public final class ServerMetrics: Sendable {
                 "copy_ups", "total", "Chunks built from the base plus part of a write or zero."))
         chunksWritten = registry.makeGauge(
             descriptor: Self.name("chunks_written", "", "Chunks the store holds now."))
-        requestCounts = Self.commandNames.map { _ in AtomicCount() }
+    }
+
+    deinit {
+        let commandCount = Self.commandNames.count
+        figures.deinitialize(count: commandCount * Self.figuresPerCommand)
+        figures.deallocate()
+        requestsSeen.deinitialize(count: commandCount)
+        requestsSeen.deallocate()
+        bytesSeen.deinitialize(count: commandCount)
+        bytesSeen.deallocate()
+    }
+
+    /// Figure `slot` of command `commandIndex` (0 requests, 1 bytes, 2 latency sum in ns, then
+    /// the buckets).
+    private func figure(_ commandIndex: Int, _ slot: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
+        figures + (commandIndex * Self.figuresPerCommand + slot)
     }
 
     /// A request done in `seconds`: `byteCount` is its length, `error` its NBD error if it
     /// failed (counted by errno as well as by command).
     func recordRequest(_ command: Command, byteCount: UInt64, seconds: Double, error: ErrorCode?) {
         let index = Int(command.rawValue)
-        requests[index].increment()
-        bytes[index].increment(by: Int64(clamping: byteCount))
-        latencies[index].record(.nanoseconds(Int64(seconds * 1e9)))
-        requestCounts[index].value.add(1, ordering: .relaxed)
+        let nanoseconds = seconds > 0 ? UInt64(min(seconds, 1e9) * 1e9) : 0
+        var bucket = 0
+        while bucket < Self.latencyBucketNanoseconds.count
+            && nanoseconds > Self.latencyBucketNanoseconds[bucket]
+        {
+            bucket += 1
+        }
+        figure(index, 0).pointee.add(1, ordering: .relaxed)
+        figure(index, 1).pointee.add(byteCount, ordering: .relaxed)
+        figure(index, 2).pointee.add(nanoseconds, ordering: .relaxed)
+        figure(index, 3 + bucket).pointee.add(1, ordering: .relaxed)
         if let error {
             errors[error.rawValue]?.increment()
             errorCount.add(1, ordering: .relaxed)
@@ -134,10 +173,8 @@ public final class ServerMetrics: Sendable {
     /// A read answered from memory (`true`) or sent to a worker.
     func recordReadCache(hit: Bool) {
         if hit {
-            cachedReads.increment()
             cacheHitCount.add(1, ordering: .relaxed)
         } else {
-            uncachedReads.increment()
             cacheMissCount.add(1, ordering: .relaxed)
         }
     }
@@ -157,13 +194,60 @@ public final class ServerMetrics: Sendable {
         let previous = copyUpsSeen.exchange(copyUpCount, ordering: .relaxed)
         if copyUpCount > previous { copyUps.increment(by: Int64(clamping: copyUpCount - previous)) }
         chunksWritten.set(Int64(clamping: disk.store.writtenChunkCount))
-        return registry.emitToBuffer()
+        catchUp(cachedReads, to: cacheHitCount, seen: cacheHitsSeen)
+        catchUp(uncachedReads, to: cacheMissCount, seen: cacheMissesSeen)
+        for index in Self.commandNames.indices {
+            catchUp(requests[index], to: figure(index, 0), seen: requestsSeen + index)
+            catchUp(bytes[index], to: figure(index, 1), seen: bytesSeen + index)
+        }
+        return registry.emitToBuffer() + latencyExposition()
+    }
+
+    /// Adds to `counter` what `figure` gained since the last scrape (scrapes may overlap: each
+    /// takes its own part).
+    private func catchUp(
+        _ counter: Counter, to figure: UnsafeMutablePointer<Atomic<UInt64>>,
+        seen: UnsafeMutablePointer<Atomic<UInt64>>
+    ) {
+        catchUp(counter, to: figure.pointee, seen: seen.pointee)
+    }
+
+    private func catchUp(
+        _ counter: Counter, to figure: borrowing Atomic<UInt64>, seen: borrowing Atomic<UInt64>
+    ) {
+        let current = figure.load(ordering: .relaxed)
+        let previous = seen.exchange(current, ordering: .relaxed)
+        if current > previous { counter.increment(by: Int64(clamping: current - previous)) }
+    }
+
+    /// `cowbd_request_duration_seconds`, a histogram by command, in the text format
+    /// swift-prometheus renders its own histograms in.
+    private func latencyExposition() -> [UInt8] {
+        let name = "cowbd_request_duration_seconds"
+        var text =
+            "# HELP \(name) Time from the start of a request's execution until its reply is ready, by command.\n"
+            + "# TYPE \(name) histogram\n"
+        for (index, command) in Self.commandNames.enumerated() {
+            let label = "command=\"\(command)\""
+            var cumulative: UInt64 = 0
+            for (bucket, bound) in Self.latencyBucketSeconds.enumerated() {
+                cumulative += figure(index, 3 + bucket).pointee.load(ordering: .relaxed)
+                text += "\(name)_bucket{\(label),le=\"\(bound)\"} \(cumulative)\n"
+            }
+            cumulative += figure(index, 3 + Self.latencyBucketSeconds.count).pointee.load(
+                ordering: .relaxed)
+            let sumSeconds = Double(figure(index, 2).pointee.load(ordering: .relaxed)) / 1e9
+            text += "\(name)_bucket{\(label),le=\"+Inf\"} \(cumulative)\n"
+            text += "\(name)_sum{\(label)} \(sumSeconds)\n"
+            text += "\(name)_count{\(label)} \(cumulative)\n"
+        }
+        return Array(text.utf8)
     }
 
     /// "key: value" rows for `info`: requests by command, errors, cache, connections.
     public func summaryRows(disk: VirtualDisk) -> [(String, String)] {
         let counts = Self.commandNames.indices.compactMap { index -> String? in
-            let count = requestCounts[index].value.load(ordering: .relaxed)
+            let count = figure(index, 0).pointee.load(ordering: .relaxed)
             return count == 0 ? nil : "\(Self.commandNames[index]) \(count)"
         }
         return [
@@ -177,9 +261,4 @@ public final class ServerMetrics: Sendable {
             ("copy-ups", String(disk.copyUpCount)),
         ]
     }
-}
-
-/// A counter `info` reads back. A class, so an array can hold it (an Atomic cannot be copied).
-private final class AtomicCount: Sendable {
-    let value = Atomic<UInt64>(0)
 }

@@ -44,12 +44,19 @@ final class SocketTransport: Transport, @unchecked Sendable {
     func receiveSome(into buffer: UnsafeMutableRawBufferPointer, deadline: Double?)
         throws(ServerError) -> Int
     {
+        // With a deadline, what has arrived is taken at once and `poll` waits only when nothing
+        // has: a payload streaming in costs one call per piece, not two.
+        let flags = deadline == nil ? 0 : Int32(MSG_DONTWAIT)
         while true {
-            if let deadline { try waitReadable(until: deadline) }
-            let result = recv(descriptor, buffer.baseAddress!, buffer.count, 0)
+            let result = recv(descriptor, buffer.baseAddress!, buffer.count, flags)
             if result > 0 { return result }
             if result == 0 { throw .peerClosed }
-            if errno != EINTR { throw .socket(address: peer, call: "recv", Errno(rawValue: errno)) }
+            let failure = errno
+            if let deadline, failure == EAGAIN || failure == EWOULDBLOCK {
+                try waitReadable(until: deadline)
+            } else if failure != EINTR {
+                throw .socket(address: peer, call: "recv", Errno(rawValue: failure))
+            }
         }
     }
 

@@ -101,7 +101,8 @@ warm_page_cache() { cat "$@" >/dev/null; }
 declare -gA SERVER_PIDS=()
 
 # start_server NAME SOCKET COMMAND...: starts it in the background, waits for its socket to
-# answer NBD, and records its pid. Its stderr goes to $WORK_DIR/NAME.log.
+# answer NBD (SERVER_START_TRIES times 50 ms, 10 s unless set), and records its pid. Its stderr
+# goes to $WORK_DIR/NAME.log.
 start_server() {
     local name="$1" socket="$2"
     shift 2
@@ -109,7 +110,7 @@ start_server() {
         2>"$WORK_DIR/$name.log" &
     local timeout_pid=$!
     local server_pid=""
-    for _ in $(seq 200); do
+    for _ in $(seq "${SERVER_START_TRIES:-200}"); do
         [ -z "$server_pid" ] && server_pid=$(pgrep -P "$timeout_pid" || true)
         if [ -n "$server_pid" ] && [ -S "$socket" ] \
             && nbdinfo --size "nbd+unix:///?socket=$socket" >/dev/null 2>&1; then

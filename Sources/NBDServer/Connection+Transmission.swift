@@ -133,7 +133,8 @@ extension Connection {
                 // The disk is taken anew for each request: a live snapshot replaces it.
                 let disk = server.disk
                 if !readIfCached(request, inline, disk, metrics) {
-                    if let baseQueue, !disk.needsNoBase(at: request.offset, byteCount: request.length)
+                    if let baseQueue,
+                        !disk.needsNoBase(at: request.offset, byteCount: request.length)
                     {
                         reserveForBaseQueue(budgetByteCount, inline, pool)
                         baseQueue.submit(job, payload: nil, budgetByteCount: budgetByteCount)

@@ -17,7 +17,7 @@ extension LayerFold {
     ) throws -> Bool {
         let top = try StoreFile(path: topPath, access: .exclusiveWrite, logger: options.logger)
         defer { top.close() }
-        var header = top.header
+        let header = top.header
         if let merge = header.merge {
             throw StoreError.mergeInProgress(path: topPath, target: merge.targetPath)
         }
@@ -37,14 +37,7 @@ extension LayerFold {
             resolved.removingLastComponent()
                 == absolutePath(topPath.string).removingLastComponent()
             ? (resolved.lastComponent?.string ?? resolved.string) : resolved.string
-        do {
-            try header.rebind(
-                baseByteCount: header.baseByteCount, fingerprint: header.baseFingerprint,
-                basePathGiven: given, basePathResolved: resolved.string)
-        } catch {
-            throw StoreError.format(path: topPath, error)
-        }
-        try top.writeHeader(header)
+        try top.rebindBase(basePathGiven: given, basePathResolved: resolved.string)
         return true
     }
 }

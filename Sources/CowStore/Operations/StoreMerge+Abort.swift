@@ -54,21 +54,16 @@ extension StoreMerge {
                         + "store's disk is intact; other stores over the old base are not)")
             }
             let base = try BaseLocator.openImage(at: FilePath(record.targetPath), options: .quiet)
-            do {
-                try header.rebind(
-                    baseByteCount: base.byteCount, fingerprint: try base.fingerprint(),
-                    basePathGiven: header.basePathGiven,
-                    basePathResolved: header.basePathResolved)
-            } catch let error as FormatError {
-                throw StoreError.format(path: storePath, error)
-            }
+            try store.writeHeader(
+                header, reboundTo: base.byteCount, fingerprint: try base.fingerprint(),
+                basePathGiven: header.basePathGiven, basePathResolved: header.basePathResolved)
         } else {
             // The base was never written by --into: it must still be the store's.
             let base = try BaseLocator.openBase(
                 for: header, storePath: storePath, options: .quiet)
             try BaseLocator.verify(base, against: header, storePath: storePath)
+            try store.writeHeader(header)
         }
-        try store.writeHeader(header)
         return AbortSummary(targetPath: record.targetPath, wasInPlace: record.isInPlace)
     }
 }

@@ -1,6 +1,7 @@
-// A served store's header pointed at another lower layer that holds the same bytes (a live
-// collapse): same base size and fingerprint, another path. Only the header is written; making
-// the new layer durable first is the caller's (docs/FORMAT.md, "Live collapse").
+// A store's header pointed at another lower layer: one that holds the same bytes (a collapse,
+// live or offline: same base size and fingerprint, another path), or the disk a merge wrote.
+// Only the header is written; making the new layer durable first is the caller's
+// (docs/FORMAT.md, "Live collapse", "Merge").
 
 import CowFormat
 import SystemPackage
@@ -16,18 +17,31 @@ extension StoreFile {
     /// lock, so no checkpoint or hydration header write interleaves with it.
     func rebindBase(basePathGiven: String, basePathResolved: String) throws {
         try flushLock.withLock { _ in
-            var rebound = currentHeader
-            do throws(FormatError) {
-                try rebound.rebind(
-                    baseByteCount: rebound.baseByteCount, fingerprint: rebound.baseFingerprint,
-                    basePathGiven: basePathGiven, basePathResolved: basePathResolved)
-            } catch {
-                throw StoreError.format(path: path, error)
-            }
-            rebound.setHasCheckpoints(checkpoints.withLock { $0.table != nil })
-            rebound.setHasHydration(hydration.withLock { $0 != nil })
-            try writeHeaderBytes(rebound)
+            let current = currentHeader
+            let rebound = try writeHeader(
+                current, reboundTo: current.baseByteCount, fingerprint: current.baseFingerprint,
+                basePathGiven: basePathGiven, basePathResolved: basePathResolved)
             reboundHeader.withLock { $0 = rebound }
         }
+    }
+
+    /// Writes `header` (as `writeHeader(_:)` does) bound to another lower layer: one whose
+    /// disk is `baseByteCount` bytes with `fingerprint`, named `basePathGiven`
+    /// (`basePathResolved` absolute). Every rebind of a store (live collapse, offline collapse,
+    /// the end of a merge or its abort) writes its header here. Returns the header written.
+    @discardableResult
+    func writeHeader(
+        _ header: StoreHeader, reboundTo baseByteCount: UInt64, fingerprint: BaseFingerprint,
+        basePathGiven: String, basePathResolved: String
+    ) throws -> StoreHeader {
+        var rebound = header
+        do throws(FormatError) {
+            try rebound.rebind(
+                baseByteCount: baseByteCount, fingerprint: fingerprint,
+                basePathGiven: basePathGiven, basePathResolved: basePathResolved)
+        } catch {
+            throw StoreError.format(path: path, error)
+        }
+        return try writeHeader(rebound)
     }
 }

@@ -320,12 +320,15 @@ public final class StoreFile: Sendable {
         return words
     }
 
-    /// Keeps the checkpoint feature bit as the checkpoint area is now.
-    func writeHeader(_ header: StoreHeader) throws {
+    /// Writes `header` durably, its checkpoint and hydration feature bits as those areas are
+    /// now. Returns the header written.
+    @discardableResult
+    func writeHeader(_ header: StoreHeader) throws -> StoreHeader {
         var header = header
         header.setHasCheckpoints(checkpoints.withLock { $0.table != nil })
         header.setHasHydration(hydration.withLock { $0 != nil })
         try writeHeaderBytes(header)
+        return header
     }
 
     /// Writes exactly `header`, durably.

@@ -72,34 +72,12 @@ extension StoreMerge {
         let header = store.header
         let resumed = header.merge != nil
         let record = try header.merge ?? startRecord()
-        var summary = Summary(
-            targetPath: record.targetPath, chunkCount: store.writtenChunkCount, dataByteCount: 0,
-            holeByteCount: 0, resumed: resumed)
-        let total = try store.allocatedDataByteCount()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: Self.copyByteCount, alignment: 4096)
-        defer { buffer.deallocate() }
         let scratch = lower.makeScratch()
-        try forEachWrittenRun { start, end in
-            var cursor = start
-            while cursor < end {
-                let run = try store.dataRun(
-                    from: cursor, end: min(end, cursor + UInt64(buffer.count)))
-                let count = run.end - cursor
-                if run.isHole {
-                    try lower.writeZeroes(
-                        at: cursor, byteCount: count, mayPunch: true, scratch: scratch)
-                    summary.holeByteCount += count
-                } else {
-                    let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(count)])
-                    try store.readBytes(at: cursor, into: piece)
-                    try lower.write(
-                        at: cursor, from: UnsafeRawBufferPointer(piece), scratch: scratch)
-                    summary.dataByteCount += count
-                }
-                cursor = run.end
-            }
-            progress(summary.dataByteCount, total)
+        let summary = try copyWrittenRuns(of: record, resumed: resumed, progress: progress) {
+            start, end, buffer, summary in
+            try writeStoreRange(
+                from: start, to: end, into: lower, buffer: buffer, scratch: scratch,
+                summary: &summary)
         }
         // The lower's chunks durable (data, then bits) before the store forgets its own.
         try lower.flush()
@@ -112,17 +90,33 @@ extension StoreMerge {
                     + "meanwhile?); the store still holds its chunks and the merge stays "
                     + "recorded: run it again, or take it back (--abort --force)")
         }
-        try emptyStore(resumed: resumed)
-        var finished = header
-        finished.setMerge(nil)
-        do {
-            try finished.rebind(
-                baseByteCount: record.targetByteCount, fingerprint: record.targetFingerprint,
-                basePathGiven: header.basePathGiven, basePathResolved: header.basePathResolved)
-        } catch {
-            throw StoreError.format(path: storePath, error)
-        }
-        try store.writeHeader(finished)
+        try finish(
+            record, resumed: resumed, basePathGiven: header.basePathGiven,
+            basePathResolved: header.basePathResolved)
         return summary
+    }
+
+    /// Writes virtual bytes `start..<end` of the store into the lower through its own write
+    /// path, a buffer at a time: data as data, holes as zeroes the lower may punch. Idempotent.
+    private func writeStoreRange(
+        from start: UInt64, to end: UInt64, into lower: VirtualDisk,
+        buffer: UnsafeMutableRawBufferPointer, scratch: ChunkScratch, summary: inout Summary
+    ) throws {
+        var cursor = start
+        while cursor < end {
+            let run = try store.dataRun(from: cursor, end: min(end, cursor + UInt64(buffer.count)))
+            let count = run.end - cursor
+            if run.isHole {
+                try lower.writeZeroes(
+                    at: cursor, byteCount: count, mayPunch: true, scratch: scratch)
+                summary.holeByteCount += count
+            } else {
+                let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[..<Int(count)])
+                try store.readBytes(at: cursor, into: piece)
+                try lower.write(at: cursor, from: UnsafeRawBufferPointer(piece), scratch: scratch)
+                summary.dataByteCount += count
+            }
+            cursor = run.end
+        }
     }
 }

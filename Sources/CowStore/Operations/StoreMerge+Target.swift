@@ -24,6 +24,34 @@ extension StoreMerge {
         }
         // 2. Copy every chunk the store holds; holes in the store become holes in the target.
         try extendTarget(target, to: record.targetByteCount)
+        let summary = try copyWrittenRuns(of: record, resumed: resumed, progress: progress) {
+            start, end, buffer, summary in
+            try copyStoreRange(
+                from: start, to: end, into: target, buffer: buffer, summary: &summary)
+        }
+        // 3. The target is durable before the store forgets anything.
+        try sync(target, path: FilePath(record.targetPath))
+        // 4. Empty the store, then bind it to the target and clear the merge.
+        let given: String
+        switch destination {
+        case .into(let path): given = path.string
+        default: given = header.basePathGiven
+        }
+        try finish(
+            record, resumed: resumed, basePathGiven: given, basePathResolved: record.targetPath)
+        return summary
+    }
+
+    /// Step 2's frame for either target: calls `copy` for each run of chunks the store holds
+    /// (virtual bytes `start..<end`), with one aligned buffer of `copyByteCount` bytes and the
+    /// summary to count into, and reports progress after each run.
+    func copyWrittenRuns(
+        of record: MergeRecord, resumed: Bool, progress: (UInt64, UInt64) -> Void,
+        _ copy: (
+            _ start: UInt64, _ end: UInt64, _ buffer: UnsafeMutableRawBufferPointer,
+            _ summary: inout Summary
+        ) throws -> Void
+    ) throws -> Summary {
         var summary = Summary(
             targetPath: record.targetPath, chunkCount: store.writtenChunkCount, dataByteCount: 0,
             holeByteCount: 0, resumed: resumed)
@@ -32,30 +60,24 @@ extension StoreMerge {
             byteCount: Self.copyByteCount, alignment: 4096)
         defer { buffer.deallocate() }
         try forEachWrittenRun { start, end in
-            try copyStoreRange(
-                from: start, to: end, into: target, buffer: buffer, summary: &summary)
+            try copy(start, end, buffer, &summary)
             progress(summary.dataByteCount, total)
         }
-        // 3. The target is durable before the store forgets anything.
-        try sync(target, path: FilePath(record.targetPath))
-        // 4. Empty the store, then bind it to the target and clear the merge.
-        try emptyStore(resumed: resumed)
-        var finished = header
-        finished.setMerge(nil)
-        let given: String
-        switch destination {
-        case .into(let path): given = path.string
-        default: given = header.basePathGiven
-        }
-        do {
-            try finished.rebind(
-                baseByteCount: record.targetByteCount, fingerprint: record.targetFingerprint,
-                basePathGiven: given, basePathResolved: record.targetPath)
-        } catch {
-            throw StoreError.format(path: storePath, error)
-        }
-        try store.writeHeader(finished)
         return summary
+    }
+
+    /// Step 4 for either target, once the merged disk is durable: empties the store, then binds
+    /// it to that disk (`record`'s size and fingerprint, named `basePathGiven`,
+    /// `basePathResolved` absolute) and clears the merge, in one header write.
+    func finish(
+        _ record: MergeRecord, resumed: Bool, basePathGiven: String, basePathResolved: String
+    ) throws {
+        try emptyStore(resumed: resumed)
+        var finished = store.header
+        finished.setMerge(nil)
+        try store.writeHeader(
+            finished, reboundTo: record.targetByteCount, fingerprint: record.targetFingerprint,
+            basePathGiven: basePathGiven, basePathResolved: basePathResolved)
     }
 
     private func openTarget() throws -> FileDescriptor {

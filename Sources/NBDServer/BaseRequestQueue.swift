@@ -43,11 +43,9 @@ final class BaseRequestQueue: @unchecked Sendable {
         count: Int, payloadByteCount: Int, replyForm: ReplyForm,
         makeScratch: () -> ChunkScratch
     ) {
-        workers = (0..<count).map {
-            RequestWorker(
-                index: $0, payloadByteCount: payloadByteCount, scratch: makeScratch(),
-                replyForm: replyForm)
-        }
+        workers = RequestWorker.makeWorkers(
+            count: count, payloadByteCount: payloadByteCount, replyForm: replyForm,
+            makeScratch: makeScratch)
         state = Locked(State(free: Array((0..<count).reversed())))
         capacity = count + Self.maxWaitingCount
         room = DispatchSemaphore(value: capacity)
@@ -56,21 +54,17 @@ final class BaseRequestQueue: @unchecked Sendable {
     /// Starts every thread, running `execute` for each request until `.stop`.
     func start(_ execute: @escaping @Sendable (RequestWorker.Job, RequestWorker) -> Void) {
         for worker in workers {
-            startThread { [self] in
+            worker.start { [self] worker in
+                var job = worker.job
                 while true {
-                    worker.wake.wait()
-                    if case .stop = worker.job { return }
-                    var job = worker.job
-                    while true {
-                        execute(job, worker)
-                        // Taken before the room is given back: a thread between requests
-                        // still counts as busy, so the ring cannot overflow.
-                        let next = takeWaiting(orFree: worker)
-                        room.signal()
-                        guard let next else { break }
-                        load(next, into: worker)
-                        job = next.job
-                    }
+                    execute(job, worker)
+                    // Taken before the room is given back: a thread between requests still
+                    // counts as busy, so the ring cannot overflow.
+                    let next = takeWaiting(orFree: worker)
+                    room.signal()
+                    guard let next else { break }
+                    load(next, into: worker)
+                    job = next.job
                 }
             }
         }

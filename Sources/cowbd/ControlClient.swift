@@ -89,23 +89,12 @@ final class ControlClient {
     /// Sends `command` with `arguments` and returns the result; the server's error line is
     /// thrown as it is.
     func call(_ command: String, _ arguments: [(String, ControlJSON)] = []) throws -> ControlJSON {
-        let line = Array(
-            ControlProtocol.requestLine(
-                ControlRequest(command: command, arguments: .object(arguments))
-            ).utf8)
-        var sent = 0
-        while sent < line.count {
-            let result = line.withUnsafeBytes {
-                send(descriptor, $0.baseAddress! + sent, line.count - sent, Int32(MSG_NOSIGNAL))
-            }
-            if result < 0 && errno == EINTR { continue }
-            guard result > 0 else {
-                // The server may have answered and closed first (a refused peer): read that.
-                let failure = Errno(rawValue: errno)
-                if let line = try? receiveLine() { return try ControlProtocol.parseResponse(line) }
-                throw ControlFailure("\(path): send failed: \(failure)")
-            }
-            sent += result
+        do {
+            try sendRequest(command, arguments)
+        } catch {
+            // The server may have answered and closed first (a refused peer): read that.
+            if let line = try? receiveLine() { return try ControlProtocol.parseResponse(line) }
+            throw error
         }
         return try ControlProtocol.parseResponse(try receiveLine())
     }
@@ -116,11 +105,7 @@ final class ControlClient {
         _ command: String, _ arguments: [(String, ControlJSON)],
         receive: (UnsafeRawBufferPointer) throws -> Void
     ) throws -> ControlJSON {
-        let line = Array(
-            ControlProtocol.requestLine(
-                ControlRequest(command: command, arguments: .object(arguments))
-            ).utf8)
-        try sendAll(line)
+        try sendRequest(command, arguments)
         var buffer = [UInt8](repeating: 0, count: ControlReplyStream.maxFrameByteCount)
         while true {
             var first: UInt8 = 0
@@ -144,7 +129,12 @@ final class ControlClient {
         }
     }
 
-    private func sendAll(_ line: [UInt8]) throws {
+    /// Sends the request line for `command` with `arguments`, all of it.
+    private func sendRequest(_ command: String, _ arguments: [(String, ControlJSON)]) throws {
+        let line = Array(
+            ControlProtocol.requestLine(
+                ControlRequest(command: command, arguments: .object(arguments))
+            ).utf8)
         var sent = 0
         while sent < line.count {
             let result = line.withUnsafeBytes {
@@ -162,15 +152,7 @@ final class ControlClient {
     private func receiveExactly(_ buffer: UnsafeMutableRawBufferPointer) throws {
         var done = 0
         while done < buffer.count {
-            let received = recv(descriptor, buffer.baseAddress! + done, buffer.count - done, 0)
-            if received < 0 && errno == EINTR { continue }
-            guard received > 0 else {
-                throw ControlFailure(
-                    received == 0
-                        ? "\(path): the server closed the control connection"
-                        : "\(path): no response: \(Errno(rawValue: errno))")
-            }
-            done += received
+            done += try receiveSome(UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
         }
     }
 
@@ -182,9 +164,19 @@ final class ControlClient {
             guard response.count < ControlProtocol.maxLineByteCount * 64 else {
                 throw ControlFailure("\(path): response too long")
             }
-            let received = chunk.withUnsafeMutableBytes {
-                recv(descriptor, $0.baseAddress!, $0.count, 0)
-            }
+            let received = try chunk.withUnsafeMutableBytes { try receiveSome($0) }
+            response += chunk[..<received]
+        }
+        let end = response.firstIndex(of: UInt8(ascii: "\n")) ?? response.endIndex
+        return Array(response[..<end])
+    }
+
+    /// Receives what has arrived, up to `buffer.count` bytes, and returns how many (at least
+    /// one). The server closing the connection, or an error, throws. The corresponding C
+    /// function is `recv`.
+    private func receiveSome(_ buffer: UnsafeMutableRawBufferPointer) throws -> Int {
+        while true {
+            let received = recv(descriptor, buffer.baseAddress!, buffer.count, 0)
             if received < 0 && errno == EINTR { continue }
             guard received > 0 else {
                 throw ControlFailure(
@@ -192,10 +184,8 @@ final class ControlClient {
                         ? "\(path): the server closed the control connection"
                         : "\(path): no response: \(Errno(rawValue: errno))")
             }
-            response += chunk[..<received]
+            return received
         }
-        let end = response.firstIndex(of: UInt8(ascii: "\n")) ?? response.endIndex
-        return Array(response[..<end])
     }
 }
 

@@ -60,7 +60,7 @@ extension CollapseCommand {
     func runLive(_ client: ControlClient) throws {
         let status = try exitingOnError {
             try LiveCollapseClient(client: client, store: store).run(
-                depth: depth, layer: into, rate: try rate.map { try ByteSize.parse($0) })
+                depth: depth, layer: into, rate: try parseRate(rate))
         }
         if output.json {
             print(status.rendered())

@@ -80,14 +80,7 @@ struct CollapseCommand: ParsableCommand {
         guard depth >= 2 else {
             throw ValidationError("--depth must be 2 or more (one layer folds into nothing)")
         }
-        try exitingOnError(status: ExitStatus.usage) { _ = try rateBytesPerSecond() }
-    }
-
-    private func rateBytesPerSecond() throws -> UInt64? {
-        guard let rate else { return nil }
-        let parsed = try ByteSize.parse(rate)
-        guard parsed > 0 else { throw StoreError.invalidArgument("--rate must be above 0") }
-        return parsed
+        try exitingOnError(status: ExitStatus.usage) { _ = try parseRate(rate) }
     }
 
     func run() throws {
@@ -115,7 +108,7 @@ struct CollapseCommand: ParsableCommand {
             let progress = ProgressLine(label: "collapse")
             defer { progress.finish() }
             let summary = try fold.build(
-                rateLimitBytesPerSecond: try rateBytesPerSecond(),
+                rateLimitBytesPerSecond: try parseRate(rate),
                 createdUnixSeconds: UInt64(clamping: time(nil))
             ) { progress.update($0.doneByteCount, $0.totalByteCount) }
             fold.close()

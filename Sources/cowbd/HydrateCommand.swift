@@ -43,14 +43,7 @@ struct HydrateCommand: ParsableCommand {
     @OptionGroup var output: OutputOptions
 
     func validate() throws {
-        try exitingOnError(status: ExitStatus.usage) { _ = try rateBytesPerSecond() }
-    }
-
-    private func rateBytesPerSecond() throws -> UInt64? {
-        guard let rate else { return nil }
-        let parsed = try ByteSize.parse(rate)
-        guard parsed > 0 else { throw StoreError.invalidArgument("--rate must be above 0") }
-        return parsed
+        try exitingOnError(status: ExitStatus.usage) { _ = try parseRate(rate) }
     }
 
     func run() throws {
@@ -61,7 +54,7 @@ struct HydrateCommand: ParsableCommand {
             defer { statusLine.clear() }
             let disk = try VirtualDisk.open(storePath: FilePath(store), options: baseOpenOptions())
             defer { disk.close() }
-            let summary = try StoreHydrate.run(disk, rateBytesPerSecond: try rateBytesPerSecond()) {
+            let summary = try StoreHydrate.run(disk, rateBytesPerSecond: try parseRate(rate)) {
                 progress in
                 let now = monotonicSeconds()
                 guard now - lastShown >= 0.25 else { return }

@@ -1,5 +1,5 @@
 // Options and output helpers more than one subcommand uses: --json, aligned "key: value"
-// lines, sizes shown both ways, dates, the logger and how bases are opened.
+// lines, sizes shown both ways, dates, --rate, the logger and how bases are opened.
 
 import ArgumentParser
 import CowFormat
@@ -31,6 +31,15 @@ func baseOpenOptions(
     logger: Logger = makeLogger()
 ) -> BaseOpenOptions {
     BaseOpenOptions(cacheByteCount: cacheByteCount, logger: logger, lock: .shared)
+}
+
+/// The bytes a second `--rate TEXT` asks for (K, M, G suffixes); nil without the option (no
+/// limit). Zero is refused: it would never finish.
+func parseRate(_ text: String?) throws -> UInt64? {
+    guard let text else { return nil }
+    let parsed = try ByteSize.parse(text)
+    guard parsed > 0 else { throw StoreError.invalidArgument("--rate must be above 0") }
+    return parsed
 }
 
 /// Prints `rows` as "key: value" lines with the values lined up.

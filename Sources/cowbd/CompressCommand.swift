@@ -178,18 +178,13 @@ struct CompressCommand: ParsableCommand {
     // MARK: Verify
 
     private func runVerify(imagePath: String, compressed: CompressedRun? = nil) throws {
-        let statusLine = StatusLine()
-        var lastShown = 0.0
+        let statusLine = ThrottledStatusLine()
         let verification = try exitingOnError {
             defer { statusLine.clear() }
             let image = try CompressedBaseImage(
                 path: FilePath(imagePath), options: baseOpenOptions())
             return image.verify { checkedCount in
-                let now = monotonicSeconds()
-                guard now - lastShown >= 0.25 else { return }
-                lastShown = now
-                statusLine.show(
-                    "verifying: block \(checkedCount) of \(image.header.blockCount)")
+                statusLine.show { "verifying: block \(checkedCount) of \(image.header.blockCount)" }
             }
         }
         if output.json {

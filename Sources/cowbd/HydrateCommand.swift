@@ -47,22 +47,19 @@ struct HydrateCommand: ParsableCommand {
     }
 
     func run() throws {
-        let statusLine = StatusLine()
+        let statusLine = ThrottledStatusLine()
         let started = monotonicSeconds()
-        var lastShown = 0.0
         let (summary, chunksTotal) = try exitingOnError {
             defer { statusLine.clear() }
             let disk = try VirtualDisk.open(storePath: FilePath(store), options: baseOpenOptions())
             defer { disk.close() }
             let summary = try StoreHydrate.run(disk, rateBytesPerSecond: try parseRate(rate)) {
                 progress in
-                let now = monotonicSeconds()
-                guard now - lastShown >= 0.25 else { return }
-                lastShown = now
-                let percent = progress.chunksPresent * 100 / max(progress.chunksTotal, 1)
-                statusLine.show(
-                    "hydrating: chunk \(progress.chunksPresent) of \(progress.chunksTotal) "
-                        + "(\(percent)%), \(ByteSize.describe(progress.copiedByteCount)) copied")
+                statusLine.show {
+                    let percent = progress.chunksPresent * 100 / max(progress.chunksTotal, 1)
+                    return "hydrating: chunk \(progress.chunksPresent) of \(progress.chunksTotal) "
+                        + "(\(percent)%), \(ByteSize.describe(progress.copiedByteCount)) copied"
+                }
             }
             return (summary, disk.store.header.chunkCount)
         }

@@ -227,21 +227,18 @@ struct MergeCommand: ParsableCommand {
 /// Reports a long merge's progress on the shared status line: percent, bytes and rate.
 final class ProgressLine {
     private let label: String
-    private let line = StatusLine()
+    private let line = ThrottledStatusLine(intervalSeconds: 0.2)
     private let started = monotonicSeconds()
-    private var lastShown = 0.0
 
     init(label: String) { self.label = label }
 
     func update(_ done: UInt64, _ total: UInt64) {
-        let now = monotonicSeconds()
-        guard line.isEnabled, now - lastShown >= 0.2 || done == total else { return }
-        lastShown = now
-        let rate = Double(done) / max(now - started, 0.001)
-        let percent = total == 0 ? 100 : Int(Double(done) * 100 / Double(total))
-        line.show(
-            "\(label): \(percent)% \(ByteSize.describe(done)) of \(ByteSize.describe(total)), "
-                + "\(ByteSize.describe(UInt64(rate)))/s")
+        line.show(force: done == total) {
+            let rate = Double(done) / max(monotonicSeconds() - started, 0.001)
+            let percent = total == 0 ? 100 : Int(Double(done) * 100 / Double(total))
+            return "\(label): \(percent)% \(ByteSize.describe(done)) of "
+                + "\(ByteSize.describe(total)), \(ByteSize.describe(UInt64(rate)))/s"
+        }
     }
 
     func finish() { line.clear() }

@@ -1,5 +1,8 @@
 // One status line on stderr that rewrites itself (carriage return, erase to end of line), for
-// long commands run from a terminal. Silent when stderr is not a terminal: logs stay clean.
+// long commands run from a terminal, and one that progress callbacks redraw at a bounded rate.
+// Silent when stderr is not a terminal: logs stay clean.
+
+import CowSupport
 
 #if canImport(Glibc)
     import Glibc
@@ -21,6 +24,28 @@ struct StatusLine {
         guard isEnabled else { return }
         writeStandardError("\r\u{1B}[K")
     }
+}
+
+/// A status line for progress callbacks, which come far more often than anyone can read: it
+/// is redrawn at most every `intervalSeconds`, and its text is only built when it is.
+final class ThrottledStatusLine {
+    private let line = StatusLine()
+    private let intervalSeconds: Double
+    private var lastShownSeconds = 0.0
+
+    init(intervalSeconds: Double = 0.25) { self.intervalSeconds = intervalSeconds }
+
+    /// Replaces the line with `text`, unless it was drawn less than `intervalSeconds` ago and
+    /// `force` is false (the last step of a run, say).
+    func show(force: Bool = false, _ text: () -> String) {
+        let now = monotonicSeconds()
+        guard line.isEnabled, force || now - lastShownSeconds >= intervalSeconds else { return }
+        lastShownSeconds = now
+        line.show(text())
+    }
+
+    /// Erases the line, leaving the cursor at its start.
+    func clear() { line.clear() }
 }
 
 /// Writes `text` to stderr as it is (no prefix, no newline). The corresponding C function is

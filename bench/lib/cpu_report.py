@@ -28,7 +28,7 @@ def parse(path):
             if words[0] == "target":
                 targets.append(words[1])
                 header.append(f"- {words[1]}: {' '.join(words[2:])}")
-            elif words[0] in ("started", "finished") or words[0].startswith(
+            elif words[0] in ("started", "finished", "remote") or words[0].startswith(
                 ("started=", "finished=")
             ):
                 header.append(f"- {line.strip()}")
@@ -114,6 +114,48 @@ def cpu_table(targets, cpu):
             ]
         for value in per_gib[1:]:
             cells.append(f"{value / per_gib[0]:.2f}" if value is not None and per_gib[0] else "")
+        rows.append(f"| {job} | " + " | ".join(cells) + " |")
+    return rows + [""] + per_request_table(targets, cpu, jobs)
+
+
+def per_request_table(targets, cpu, jobs):
+    """Context switches per request, and (over a network base) the base server's share."""
+    has_switches = any("context_switches" in fields for fields in cpu.values())
+    has_base = any("base_task_clock_ms" in fields for fields in cpu.values())
+    if not has_switches:
+        return []
+    columns = [f"{t} switches/request" for t in targets]
+    if has_base:
+        columns += [f"base server µs/request ({t})" for t in targets]
+        columns += [f"base server switches/request ({t})" for t in targets]
+    rows = [
+        "## Per request: the server's context switches"
+        + (", and the base server's CPU and switches" if has_base else "")
+        + " (perf stat)",
+        "",
+        "| job | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for job in jobs:
+        switches, base_cpu, base_switches = [], [], []
+        for target in targets:
+            fields = cpu.get((target, job))
+            if fields is None or not fields.get("context_switches"):
+                switches.append("")
+                base_cpu.append("")
+                base_switches.append("")
+                continue
+            requests = int(fields["requests"])
+            switches.append(number(int(fields["context_switches"]) / requests, 2))
+            if fields.get("base_task_clock_ms"):
+                base_cpu.append(number(float(fields["base_task_clock_ms"]) * 1e3 / requests, 1))
+                base_switches.append(
+                    number(int(fields["base_context_switches"]) / requests, 2)
+                )
+            else:
+                base_cpu.append("")
+                base_switches.append("")
+        cells = switches + (base_cpu + base_switches if has_base else [])
         rows.append(f"| {job} | " + " | ".join(cells) + " |")
     return rows + [""]
 

@@ -41,6 +41,10 @@ final class NBDBaseConnection: @unchecked Sendable {
     private var isLost = false
     /// Whether a handle is up: submitters wake a connection that can send.
     let isUp = Atomic<Bool>(false)
+    /// Set while the thread is about to wait in (or waits in) `poll`: only then does a submit
+    /// need the wake-up pipe. A busy thread looks at the queue on its next turn anyway, so
+    /// under load most submits cost no `write`, and the thread no `read`, of the pipe.
+    private let isAsleep = Atomic<Bool>(false)
 
     init(link: NBDBaseLink, handle: OpaquePointer? = nil) {
         self.link = link
@@ -74,6 +78,13 @@ final class NBDBaseConnection: @unchecked Sendable {
     func wake() {
         var byte: UInt8 = 1
         _ = Glibc.write(wakeWriteDescriptor, &byte, 1)
+    }
+
+    /// Wakes the thread for fetches just queued, unless it is awake: it then takes them
+    /// before it next waits (`pump` looks at the queue after raising `isAsleep`, and the
+    /// submitter queued before it lowers it, so one of the two sees the other).
+    func wakeForQueued() {
+        if isAsleep.exchange(false, ordering: .sequentiallyConsistent) { wake() }
     }
 
     // MARK: The thread
@@ -217,7 +228,12 @@ final class NBDBaseConnection: @unchecked Sendable {
             pollfd(fd: socket, events: events, revents: 0),
             pollfd(fd: wakeReadDescriptor, events: Int16(POLLIN), revents: 0),
         ]
-        let ready = poll(&descriptors, 2, 1000)
+        isAsleep.store(true, ordering: .sequentiallyConsistent)
+        // Fetches queued before `isAsleep` was raised woke nobody: look once more.
+        let timeoutMilliseconds: Int32 =
+            inFlight.count < Self.maxInFlightCount && link.hasQueued ? 0 : 1000
+        let ready = poll(&descriptors, 2, timeoutMilliseconds)
+        isAsleep.store(false, ordering: .sequentiallyConsistent)
         guard ready > 0 else { return }
         if descriptors[1].revents != 0 { drainWakes() }
         let happened = descriptors[0].revents
@@ -243,7 +259,8 @@ final class NBDBaseConnection: @unchecked Sendable {
     /// Retires every finished command: its fetch is done, failed by the server, or (when the
     /// connection died under it) left in `inFlight` for `drop` to requeue.
     private func retireCompleted(_ handle: OpaquePointer) {
-        while true {
+        // With nothing in flight libnbd's peek fails, formatting an error message each time.
+        while !inFlight.isEmpty {
             let cookie = nbd_aio_peek_command_completed(handle)
             guard cookie > 0 else { return }
             let status = nbd_aio_command_completed(handle, UInt64(cookie))

@@ -105,9 +105,9 @@ final class NBDBaseFetch: @unchecked Sendable {
         }
         pthread_mutex_unlock(mutex)
         whenFinished?(self, succeeded)
-        pthread_mutex_lock(mutex)
+        // Outside the mutex: the outcome was set under it, and a waiter woken while it is held
+        // would only block on it again (a futex wait and wake more per fetch).
         pthread_cond_broadcast(changed)
-        pthread_mutex_unlock(mutex)
     }
 
     /// Waits until the fetch is done (its bytes are then in `buffer`), and throws its error,

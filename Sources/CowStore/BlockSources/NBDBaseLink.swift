@@ -91,18 +91,22 @@ final class NBDBaseLink: @unchecked Sendable {
     }
 
     /// Wakes one connection that is up, taking turns (each wake-up is a write to a pipe and a
-    /// thread scheduled: one per submit, not one per connection). With none up, wakes them all.
+    /// thread scheduled: at most one per submit, not one per connection, and none if that
+    /// connection is awake). With none up, wakes them all.
     func wakeOne() {
         let first = nextWake.add(1, ordering: .relaxed).oldValue
         for step in 0..<connections.count {
             let connection = connections[(first + step) % connections.count]
             if connection.isUp.load(ordering: .relaxed) {
-                connection.wake()
+                connection.wakeForQueued()
                 return
             }
         }
         for connection in connections { connection.wake() }
     }
+
+    /// Whether fetches wait in the queue for a connection.
+    var hasQueued: Bool { state.withLock { !$0.queue.isEmpty } }
 
     /// Up to `maxCount` queued fetches for a connection to send. Fetches past their deadline
     /// are failed on the way.
@@ -141,6 +145,11 @@ final class NBDBaseLink: @unchecked Sendable {
     func expireQueued() {
         let now = monotonicSeconds()
         let expired = state.withLock { state -> [NBDBaseFetch] in
+            // Deadlines are the submit time plus one timeout and requeued fetches go first, so
+            // the front is (about) the oldest: while it is fresh, the queue is not scanned. A
+            // fetch that expires behind it waits to be sent or scanned; its readers time out
+            // on their own (NBDBaseFetch.wait).
+            guard let oldest = state.queue.first, oldest.isExpired(now: now) else { return [] }
             let expired = state.queue.filter { $0.isExpired(now: now) }
             if !expired.isEmpty { state.queue.removeAll { $0.isExpired(now: now) } }
             return expired

@@ -10,12 +10,27 @@ import SystemPackage
 #endif
 
 extension CompressedBaseImage {
+    /// Blocks the range covers whole are read as runs, one pread each, and decompressed
+    /// straight into `buffer` (CompressedBaseImage+WholeBlocks); a block it covers in part is
+    /// read through the cache.
     public func read(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         precondition(byteOffset + UInt64(buffer.count) <= byteCount, "base read past its end")
+        var run: WholeBlockRun?
         try forEachBlock(at: byteOffset, byteCount: buffer.count) {
             blockIndex, offsetInBlock, bufferRange in
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[bufferRange])
             let entry = try entry(ofBlock: blockIndex)
+            let blockByteCount = header.geometry.byteCount(
+                ofBlock: blockIndex, virtualByteCount: header.virtualByteCount)
+            if piece.count == blockByteCount {
+                if run?.append(entry, maxStoredByteCount: scratchByteCount) == true { return true }
+                if let run { try readWholeBlocks(run, into: buffer) }
+                run = WholeBlockRun(
+                    firstBlockIndex: blockIndex, bufferByteOffset: bufferRange.lowerBound)
+                let appended = run?.append(entry, maxStoredByteCount: scratchByteCount)
+                precondition(appended == true, "one block always fits a scratch buffer")
+                return true
+            }
             guard entry.storage != .zero else {
                 piece.initializeMemory(as: UInt8.self, repeating: 0)
                 return true
@@ -36,6 +51,7 @@ extension CompressedBaseImage {
                 })
             return true
         }
+        if let run { try readWholeBlocks(run, into: buffer) }
     }
 
     /// True only if every block the range touches is in the cache (or is a zero block): a
@@ -141,9 +157,6 @@ extension CompressedBaseImage {
     ) throws -> Int {
         let blockByteCount = header.geometry.byteCount(
             ofBlock: blockIndex, virtualByteCount: header.virtualByteCount)
-        if entry.storage == .lz4, let dictionaryProblem {
-            throw blockError(blockIndex, dictionaryProblem, byteOffset: header.dataByteOffset)
-        }
         let storedByteCount = Int(entry.storedByteCount)
         let storedRange =
             entry.storage == .raw
@@ -151,14 +164,7 @@ extension CompressedBaseImage {
         let stored = UnsafeMutableRawBufferPointer(rebasing: slot[storedRange])
         try readStoredBytes(blockIndex, entry, into: stored)
         loadCounter.add(1, ordering: .relaxed)
-        let checksum = LZ4BlockEntry.dataChecksum(of: UnsafeRawBufferPointer(stored))
-        guard checksum == entry.dataChecksum else {
-            throw blockError(
-                blockIndex,
-                "checksum mismatch (stored 0x\(String(entry.dataChecksum, radix: 16)), "
-                    + "computed 0x\(String(checksum, radix: 16)))",
-                byteOffset: entry.dataByteOffset)
-        }
+        try checkStoredBytes(blockIndex, entry, UnsafeRawBufferPointer(stored))
         guard entry.storage == .lz4 else { return blockByteCount }
         let targetByteCount = min(prefixByteCount ?? blockByteCount, blockByteCount)
         let decompressed = dictionary.withUnsafeBytes { dictionary in
@@ -172,6 +178,24 @@ extension CompressedBaseImage {
                 byteOffset: entry.dataByteOffset)
         }
         return targetByteCount
+    }
+
+    /// Checks a block's stored bytes: their checksum, and for an LZ4 block that the dictionary
+    /// it needs is intact. Throws `StoreError.io` (EIO) naming the block if not.
+    func checkStoredBytes(
+        _ blockIndex: UInt64, _ entry: LZ4BlockEntry, _ stored: UnsafeRawBufferPointer
+    ) throws {
+        let checksum = LZ4BlockEntry.dataChecksum(of: stored)
+        guard checksum == entry.dataChecksum else {
+            throw blockError(
+                blockIndex,
+                "checksum mismatch (stored 0x\(String(entry.dataChecksum, radix: 16)), "
+                    + "computed 0x\(String(checksum, radix: 16)))",
+                byteOffset: entry.dataByteOffset)
+        }
+        if entry.storage == .lz4, let dictionaryProblem {
+            throw blockError(blockIndex, dictionaryProblem, byteOffset: header.dataByteOffset)
+        }
     }
 
     /// Reads a block's stored bytes in full; a short read means the file was cut short.

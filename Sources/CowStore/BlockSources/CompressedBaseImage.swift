@@ -3,6 +3,7 @@
 // CompressedBaseImage+Read.
 
 import CowFormat
+import CowSupport
 import Logging
 import Synchronization
 import SystemPackage
@@ -30,6 +31,11 @@ public final class CompressedBaseImage: BlockSource {
     /// fails to read with this reason, and raw and zero blocks still read.
     public let dictionaryProblem: String?
     let cache: DecompressedBlockCache
+    /// Bytes in one scratch buffer of a whole-block read: `maxRunStoredByteCount`, or one
+    /// block if that is larger.
+    let scratchByteCount: Int
+    /// Scratch buffers of whole-block reads, each used by one read at a time.
+    let scratchBuffers = Locked<[UnsafeMutableRawBufferPointer]>([])
     let loadCounter = Atomic<UInt64>(0)
 
     /// Blocks read from the file so far (by reads and by `verify`): cache misses, for stats
@@ -63,6 +69,7 @@ public final class CompressedBaseImage: BlockSource {
             dictionaryProblem = nil
         }
         let blockByteCount = Int(header.geometry.blockByteCount)
+        scratchByteCount = max(Self.maxRunStoredByteCount, blockByteCount)
         cache = DecompressedBlockCache(
             byteCount: options.cacheByteCount,
             slotByteCount: blockByteCount
@@ -80,7 +87,10 @@ public final class CompressedBaseImage: BlockSource {
         }
     }
 
-    deinit { try? descriptor.close() }
+    deinit {
+        for scratch in scratchBuffers.withLock({ $0 }) { scratch.deallocate() }
+        try? descriptor.close()
+    }
 
     /// Reads the header, and the footer that must repeat it at the end of a file of exactly
     /// the size it records.

@@ -156,15 +156,24 @@ enum LZ4Decompressor {
         return result == Int32(targetByteCount)
     }
 
-    /// Decompresses all of `source` into `destination`; returns false unless it fills
-    /// `destination` exactly. The corresponding C function is `LZ4_decompress_safe`.
+    /// Decompresses all of `source` into `destination`, against `dictionary` if it is not
+    /// empty; returns false unless it fills `destination` exactly (damaged input never writes
+    /// outside it). The corresponding C functions are `LZ4_decompress_safe` and
+    /// `LZ4_decompress_safe_usingDict`.
     static func decompress(
-        _ source: UnsafeRawBufferPointer, into destination: UnsafeMutableRawBufferPointer
+        _ source: UnsafeRawBufferPointer, into destination: UnsafeMutableRawBufferPointer,
+        dictionary: UnsafeRawBufferPointer = .init(start: nil, count: 0)
     ) -> Bool {
+        let sourceBytes = source.baseAddress?.assumingMemoryBound(to: CChar.self)
+        let destinationBytes = destination.baseAddress?.assumingMemoryBound(to: CChar.self)
+        if let dictionaryStart = dictionary.baseAddress, dictionary.count > 0 {
+            let result = LZ4_decompress_safe_usingDict(
+                sourceBytes, destinationBytes, Int32(source.count), Int32(destination.count),
+                dictionaryStart.assumingMemoryBound(to: CChar.self), Int32(dictionary.count))
+            return result == Int32(destination.count)
+        }
         let result = LZ4_decompress_safe(
-            source.baseAddress?.assumingMemoryBound(to: CChar.self),
-            destination.baseAddress?.assumingMemoryBound(to: CChar.self), Int32(source.count),
-            Int32(destination.count))
+            sourceBytes, destinationBytes, Int32(source.count), Int32(destination.count))
         return result == Int32(destination.count)
     }
 }

@@ -175,12 +175,9 @@ public final class ControlChannel: Sendable {
     }
 }
 
-/// The bytes a command returns before its response line (docs/CONTROL.md, "Byte streams"):
-/// frames of a 4-byte big-endian length (1 to `maxFrameByteCount`) and that many bytes. A
-/// frame's first byte is 0, which a response line (`{`) never starts with.
+/// The bytes a command returns before its response line (docs/CONTROL.md, "Byte streams"), in
+/// frames: a `ControlStreamFrame` header, then that many bytes.
 public final class ControlReplyStream: @unchecked Sendable {
-    /// Largest frame payload.
-    public static let maxFrameByteCount = 1 << 20
     /// Used by one request on one thread (its connection's): no lock.
     private let transport: SocketTransport
 
@@ -190,11 +187,13 @@ public final class ControlReplyStream: @unchecked Sendable {
     public func send(_ bytes: UnsafeRawBufferPointer) throws {
         var done = 0
         while done < bytes.count {
-            let count = min(Self.maxFrameByteCount, bytes.count - done)
-            let length = UInt32(count).bigEndian
-            try withUnsafeBytes(of: length) { header in
+            let count = min(ControlStreamFrame.maxPayloadByteCount, bytes.count - done)
+            var header: UInt32 = 0
+            try withUnsafeMutableBytes(of: &header) { header in
+                ControlStreamFrame.storeHeader(payloadByteCount: count, into: header)
                 try transport.send(
-                    header, UnsafeRawBufferPointer(rebasing: bytes[done..<(done + count)]))
+                    UnsafeRawBufferPointer(header),
+                    UnsafeRawBufferPointer(rebasing: bytes[done..<(done + count)]))
             }
             done += count
         }

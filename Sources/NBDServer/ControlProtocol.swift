@@ -2,6 +2,8 @@
 // `{"version":1,"command":C,"args":{...}}`, response `{"version":1,"ok":true,"result":R}` or
 // `{"version":1,"ok":false,"error":"one line"}`. What each command does is the handler's.
 
+import NBDProtocol
+
 /// A parsed control request.
 public struct ControlRequest: Sendable {
     public var command: String
@@ -35,6 +37,28 @@ public struct ControlRequest: Sendable {
 public struct ControlFailure: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// A byte-stream frame's header (docs/CONTROL.md, "Byte streams"): the payload's length, 4 bytes
+/// in network byte order. A payload holds 1 to `maxPayloadByteCount` bytes, so a header's first
+/// byte is 0, never the `{` a response line starts with.
+public enum ControlStreamFrame {
+    public static let headerByteCount = 4
+    public static let maxPayloadByteCount = 1 << 20
+
+    /// Writes the header of a frame of `payloadByteCount` bytes into `header`.
+    public static func storeHeader(
+        payloadByteCount: Int, into header: UnsafeMutableRawBufferPointer
+    ) {
+        precondition(payloadByteCount > 0 && payloadByteCount <= maxPayloadByteCount)
+        header.storeBigEndian(UInt32(payloadByteCount), at: 0)
+    }
+
+    /// The payload length `header` gives, or nil when no frame may have it.
+    public static func payloadByteCount(header: UnsafeRawBufferPointer) -> Int? {
+        let count = Int(header.loadBigEndian(at: 0, as: UInt32.self))
+        return count > 0 && count <= maxPayloadByteCount ? count : nil
+    }
 }
 
 /// Encoding and decoding of control lines.

@@ -106,20 +106,24 @@ final class ControlClient {
         receive: (UnsafeRawBufferPointer) throws -> Void
     ) throws -> ControlJSON {
         try sendRequest(command, arguments)
-        var buffer = [UInt8](repeating: 0, count: ControlReplyStream.maxFrameByteCount)
+        var buffer = [UInt8](repeating: 0, count: ControlStreamFrame.maxPayloadByteCount)
+        var header = [UInt8](repeating: 0, count: ControlStreamFrame.headerByteCount)
         while true {
-            var first: UInt8 = 0
-            try withUnsafeMutableBytes(of: &first) { try receiveExactly($0) }
-            if first == UInt8(ascii: "{") {
-                return try ControlProtocol.parseResponse([first] + (try receiveLine()))
+            try header.withUnsafeMutableBytes {
+                try receiveExactly(UnsafeMutableRawBufferPointer(rebasing: $0[..<1]))
             }
-            var lengthBytes: [UInt8] = [first, 0, 0, 0]
-            try lengthBytes.withUnsafeMutableBytes {
+            if header[0] == UInt8(ascii: "{") {
+                return try ControlProtocol.parseResponse([header[0]] + (try receiveLine()))
+            }
+            try header.withUnsafeMutableBytes {
                 try receiveExactly(UnsafeMutableRawBufferPointer(rebasing: $0[1...]))
             }
-            let length = lengthBytes.reduce(0) { $0 << 8 | Int($1) }
-            guard length > 0, length <= buffer.count else {
-                throw ControlFailure("\(path): bad stream frame of \(length) bytes")
+            guard
+                let length = header.withUnsafeBytes({
+                    ControlStreamFrame.payloadByteCount(header: $0)
+                })
+            else {
+                throw ControlFailure("\(path): bad stream frame header \(header)")
             }
             try buffer.withUnsafeMutableBytes { bytes in
                 let frame = UnsafeMutableRawBufferPointer(rebasing: bytes[..<length])

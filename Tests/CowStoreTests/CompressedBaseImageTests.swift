@@ -300,3 +300,55 @@ func compressedImageReadsBackTheSourceByteForByte(level: CompressionLevel, block
     }
     #expect(ContinuousClock.now - started < .seconds(5))
 }
+
+@Test func wholeBlockReadsComeStraightFromTheFileAndLeaveTheCacheAlone() throws {
+    let scratch = try Scratch()
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: mixedByteCount, seed: 31)
+    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
+    let image = try openCompressed(scratch.path("lz4"), cacheByteCount: 64 << 20)
+    // Aligned 1 MiB reads, the last one short, as a sequential reader sends them.
+    for offset in stride(from: 0, to: mixedByteCount, by: 1 << 20) {
+        let count = min(1 << 20, mixedByteCount - offset)
+        #expect(
+            try image.readBytes(at: UInt64(offset), count: count)
+                == Array(source[offset..<(offset + count)]), "at \(offset)")
+    }
+    // Every block was read whole (the last one, short, too): none went through the cache.
+    #expect(image.cachedBlockCount == 0)
+    // A read with a partial block at each end: those two go through the cache.
+    let offset = 5 * 16384 + 100
+    #expect(
+        try image.readBytes(at: UInt64(offset), count: 10 * 16384)
+            == Array(source[offset..<(offset + 10 * 16384)]))
+    #expect(image.cachedBlockCount <= 2)
+}
+
+@Test func aReadOfWholeBlocksAcrossADamagedOneFailsNamingIt() throws {
+    let scratch = try Scratch()
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 2 << 20, seed: 5)
+    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
+    let damagedBlock =
+        try (UInt64(1)..<127).first {
+            try openCompressed(scratch.path("lz4")).entry(ofBlock: $0).storage == .lz4
+        } ?? 1
+    let entry = try openCompressed(scratch.path("lz4")).entry(ofBlock: damagedBlock)
+    try flipByte(
+        in: scratch.path("lz4"), at: entry.dataByteOffset + UInt64(entry.storedByteCount / 2))
+    let image = try openCompressed(scratch.path("lz4"))
+    let blockStart = Int(damagedBlock) * 16384
+    for (offset, count) in [(blockStart, 16384), (blockStart - 16384, 3 * 16384), (0, 2 << 20)] {
+        #expect {
+            try image.readBytes(at: UInt64(offset), count: count)
+        } throws: { error in
+            let text = "\(error)"
+            return text.contains("block \(damagedBlock)") && text.contains("checksum mismatch")
+                && text.contains("at byte \(entry.dataByteOffset)")
+        }
+    }
+    // The whole blocks on either side still read.
+    for (offset, count) in [(0, blockStart), (blockStart + 16384, (2 << 20) - blockStart - 16384)] {
+        #expect(
+            try image.readBytes(at: UInt64(offset), count: count)
+                == Array(source[offset..<(offset + count)]))
+    }
+}

@@ -8,6 +8,9 @@ compressed_targets=(cowbd cowbd-lz4-fast cowbd-lz4-high qemu-nbd-zlib qemu-nbd-z
 compressed_jobs=(seq-read rand-read)
 # The cowbd-lz4 format version `cowbd compress` writes (docs/FORMAT.md, "Versioning").
 readonly COWBD_LZ4_VERSION=2
+# The compression level the header records (docs/FORMAT.md, offset 96) for each cowbd target:
+# 0 for fast, the LZ4 HC level of `--level high` (CompressionLevel.highLevel).
+declare -A COWBD_LZ4_RECORDED_LEVEL=([cowbd-lz4-fast]=0 [cowbd-lz4-high]=4)
 # xz's block: the xz filter decompresses a whole block per read, so it needs many small ones.
 readonly XZ_BLOCK_SIZE=1MiB
 
@@ -51,12 +54,15 @@ make_compressed_image() {
     if [ -f "$image" ] && [ -f "$image.env" ] && [ -z "$recompress" ]; then
         # A cached cowbd image made by an older cowbd may no longer be readable: check it
         # (cheap: one decompression of every block) and make it again if not. One of an older
-        # format version still reads, but has the old layout: make it again too.
+        # format version or level still reads, but is not what `compress` makes now (nor is its
+        # compress time): make it again too.
         if [[ "$target" != cowbd-* ]] || { [ "$(od -An -tu4 -j8 -N4 "$image" | tr -d ' ')" = \
-            "$COWBD_LZ4_VERSION" ] && "$cowbd" compress --verify "$image" >/dev/null 2>&1; }; then
+            "$COWBD_LZ4_VERSION" ] && [ "$(od -An -tu4 -j96 -N4 "$image" | tr -d ' ')" = \
+            "${COWBD_LZ4_RECORDED_LEVEL[$target]}" ] \
+            && "$cowbd" compress --verify "$image" >/dev/null 2>&1; }; then
             return
         fi
-        say "the cached $image is of an older layout or does not verify: making it again"
+        say "the cached $image is of an older layout or level, or does not verify: making it again"
     fi
     partial="$image.partial"
     time_file="$WORK_DIR/compress-$target.time"

@@ -42,6 +42,9 @@ public final class CompressedBaseImage: BlockSource {
     /// and tests.
     public var loadedBlockCount: UInt64 { loadCounter.load(ordering: .relaxed) }
 
+    /// Blocks held decompressed in the cache now, for stats and tests.
+    public var cachedBlockCount: Int { cache.readyBlockCount }
+
     /// Opens `path` read-only, and refuses it unless the header, the footer, the file size and
     /// every index entry that is not damaged agree (entries in order, data inside the file).
     /// Takes `options.lock` on the file first. The corresponding C function is `open(O_RDONLY)`.

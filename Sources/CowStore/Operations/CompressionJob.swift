@@ -38,8 +38,8 @@ final class CompressionJob: @unchecked Sendable {
     let destination: FilePath
     let geometry: LZ4BlockGeometry
     let level: CompressionLevel
-    /// The shared dictionary (empty for none): written at the start of the data region, and
-    /// read in place by every worker's compressor, so it is never moved or freed before them.
+    /// The shared dictionary (empty for none): written at the start of the data region; each
+    /// worker's compressor keeps its own copy.
     let dictionary: UnsafeMutableRawBufferPointer
     let dictionaryChecksum: UInt64
     let blockCount: UInt64
@@ -111,7 +111,9 @@ final class CompressionJob: @unchecked Sendable {
             byteCount: blockByteCount, alignment: 4096)
         let output = UnsafeMutableRawBufferPointer.allocate(
             byteCount: blockByteCount, alignment: 16)
-        let compressor = LZ4Compressor(level: level, dictionary: UnsafeRawBufferPointer(dictionary))
+        let compressor = LZ4Compressor(
+            level: level, maxBlockByteCount: blockByteCount,
+            dictionary: UnsafeRawBufferPointer(dictionary))
         defer {
             input.deallocate()
             output.deallocate()

@@ -6,6 +6,7 @@
 import CowStore
 import CowSupport
 import Dispatch
+import NBDProtocol
 
 /// A connection's queue of requests for the base. The reader submits without waiting (unless
 /// the bound is reached); a thread that finishes a request takes the oldest waiting one.
@@ -77,7 +78,30 @@ final class BaseRequestQueue: @unchecked Sendable {
         _ job: RequestWorker.Job, payload: UnsafeMutableRawBufferPointer?, budgetByteCount: Int
     ) {
         room.wait()
-        let request = Waiting(job: job, payload: payload, budgetByteCount: budgetByteCount)
+        dispatch(Waiting(job: job, payload: payload, budgetByteCount: budgetByteCount))
+    }
+
+    /// Queues a read only once `fetch` (which starts fetching its bytes, or returns false if
+    /// there is nothing to wait for) reports them arrived: a thread then takes it and answers
+    /// from memory, woken once rather than once to send and once when the answer comes. A
+    /// failed fetch fails the read with its error. Waits, as `submit`, only for room.
+    func submit(
+        _ request: Request, budgetByteCount: Int,
+        afterFetching fetch: (@escaping @Sendable (StoreError?) -> Void) -> Bool
+    ) {
+        room.wait()
+        let isFetching = fetch { [self] error in
+            let job: RequestWorker.Job = error.map { .fail(request, $0) } ?? .execute(request)
+            dispatch(Waiting(job: job, payload: nil, budgetByteCount: budgetByteCount))
+        }
+        if !isFetching {
+            dispatch(
+                Waiting(job: .execute(request), payload: nil, budgetByteCount: budgetByteCount))
+        }
+    }
+
+    /// Hands `request`, whose room is taken, to an idle thread or the waiting ring.
+    private func dispatch(_ request: Waiting) {
         let idle = state.withLock { state -> Int? in
             if let index = state.free.popLast() { return index }
             precondition(state.waitingCount < Self.maxWaitingCount, "base request ring full")
@@ -89,7 +113,7 @@ final class BaseRequestQueue: @unchecked Sendable {
         guard let idle else { return }
         let worker = workers[idle]
         load(request, into: worker)
-        worker.job = job
+        worker.job = request.job
         worker.wake.signal()
     }
 

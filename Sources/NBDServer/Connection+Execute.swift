@@ -18,20 +18,10 @@ extension Connection {
             do {
                 try perform(request, startSeconds: startSeconds, worker)
             } catch {
-                let code = ErrorMapping.nbdError(for: error)
-                server.metrics.recordRequest(
-                    request.command, byteCount: request.length,
-                    seconds: monotonicSeconds() - startSeconds, error: code)
-                logger.warning(
-                    "request failed: \(error)",
-                    metadata: [
-                        "command": "\(request.command)", "offset": "\(request.offset)",
-                        "length": "\(request.length)", "nbdError": "\(code)",
-                    ])
-                replyError(
-                    code, message: "\(error)", cookie: request.cookie, offset: request.offset,
-                    isRead: request.command == .read, worker)
+                fail(request, error, startSeconds: startSeconds, worker)
             }
+        case .fail(let request, let error):
+            fail(request, error, startSeconds: monotonicSeconds(), worker)
         case .reject(let header, let rejection):
             server.metrics.recordRejection(rejection.error)
             logger.info(
@@ -43,6 +33,25 @@ extension Connection {
         case .stop:
             break
         }
+    }
+
+    /// Counts, logs and replies the error of a request that failed.
+    private func fail(
+        _ request: Request, _ error: any Error, startSeconds: Double, _ worker: RequestWorker
+    ) {
+        let code = ErrorMapping.nbdError(for: error)
+        server.metrics.recordRequest(
+            request.command, byteCount: request.length,
+            seconds: monotonicSeconds() - startSeconds, error: code)
+        logger.warning(
+            "request failed: \(error)",
+            metadata: [
+                "command": "\(request.command)", "offset": "\(request.offset)",
+                "length": "\(request.length)", "nbdError": "\(code)",
+            ])
+        replyError(
+            code, message: "\(error)", cookie: request.cookie, offset: request.offset,
+            isRead: request.command == .read, worker)
     }
 
     /// Counts a request done, before its reply goes out: a client that has its reply finds it

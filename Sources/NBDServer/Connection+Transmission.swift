@@ -137,7 +137,10 @@ extension Connection {
                         !disk.needsNoBase(at: request.offset, byteCount: request.length)
                     {
                         reserveForBaseQueue(budgetByteCount, inline, pool)
-                        baseQueue.submit(job, payload: nil, budgetByteCount: budgetByteCount)
+                        baseQueue.submit(request, budgetByteCount: budgetByteCount) { then in
+                            disk.whenBaseFetched(
+                                at: request.offset, byteCount: UInt64(request.length), then)
+                        }
                         continue
                     }
                     let blocking = pool.acquire()

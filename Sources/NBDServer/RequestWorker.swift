@@ -17,6 +17,8 @@ final class RequestWorker: @unchecked Sendable {
     /// What a worker is asked to do.
     enum Job {
         case execute(Request)
+        /// A request that failed before a thread took it (its base fetch): reply the error.
+        case fail(Request, StoreError)
         case reject(RequestHeader, RequestRejection)
         case stop
     }

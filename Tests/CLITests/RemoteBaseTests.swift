@@ -215,4 +215,38 @@ import Testing
                 == Array(fixture.golden[(6 << 20)..<((6 << 20) + 4096)]))
         try disk.stop()
     }
+
+    /// With the base cache on, a read that misses is fetched before a thread takes it, and
+    /// nobody waits on the fetch: the timeout must still fail it, whether the base stopped
+    /// answering on a live connection (SIGSTOP) or went away (SIGKILL).
+    @Test(arguments: [SIGSTOP, SIGKILL])
+    func aReadFetchedAheadOfItsThreadFailsWithEIOAtTheTimeout(signal: Int32) throws {
+        let fixture = try Fixture()
+        defer { fixture.base.kill() }
+        let disk = try fixture.serveDisk(["--base-timeout", "2"])
+        defer { disk.kill() }
+        let connection = try disk.connect()
+        let baseProcess = fixture.base.processIdentifier
+        kill(baseProcess, signal)
+        defer { if signal == SIGSTOP { kill(baseProcess, SIGCONT) } }
+        let started = ContinuousClock.now
+        do {
+            _ = try connection.pread(at: 6 << 20, byteCount: 4096)
+            Issue.record("a read of base data succeeded with the base stuck")
+        } catch let error as NBDClientError {
+            #expect(error.errno == EIO, "\(error)")
+        }
+        let waited = ContinuousClock.now - started
+        #expect(waited >= .milliseconds(1900) && waited < .seconds(20), "\(waited)")
+        if signal == SIGSTOP {
+            kill(baseProcess, SIGCONT)
+        } else {
+            fixture.base.reap()
+            try fixture.base.start()
+        }
+        #expect(
+            try connection.pread(at: 6 << 20, byteCount: 4096)
+                == Array(fixture.golden[(6 << 20)..<((6 << 20) + 4096)]))
+        try disk.stop()
+    }
 }

@@ -70,11 +70,24 @@ public protocol BlockSource: AnyObject, Sendable {
     func fingerprint() throws -> BaseFingerprint
     /// A hint that a range will be read soon (NBD_CMD_CACHE). Never fails.
     func prefetch(at byteOffset: UInt64, byteCount: UInt64)
+    /// Starts fetching the range (within `byteCount`) and runs `then` once a `read` of it no
+    /// longer waits, on the thread that finished the last fetch, with the first error if one
+    /// failed. False, running nothing, if the source has nothing to wait for or no way to
+    /// keep what arrives: the caller reads at once. Never waits.
+    func whenFetched(
+        at byteOffset: UInt64, byteCount: UInt64,
+        _ then: @escaping @Sendable (StoreError?) -> Void
+    ) -> Bool
 }
 
 extension BlockSource {
     public var locationDescription: String { path.string }
     public var mayBeSlow: Bool { false }
+
+    public func whenFetched(
+        at byteOffset: UInt64, byteCount: UInt64,
+        _ then: @escaping @Sendable (StoreError?) -> Void
+    ) -> Bool { false }
 
     public func fingerprint() throws -> BaseFingerprint {
         try sampleFingerprint(byteCount: byteCount, read: read(at:into:))

@@ -65,9 +65,11 @@ final class NBDBaseCache: @unchecked Sendable {
     /// pages, known zeros), and says what to wait for: fetches already in flight, and the new
     /// fetches (of at most `maxFetchByteCount` bytes) it made for the rest, which the caller
     /// submits. With no destination (a prefetch), only fetches are made.
+    /// With `collectsInFlight` and no destination, `waits` names (with no bytes) each fetch
+    /// already in flight for the range, for a caller that waits for the range to arrive.
     func plan(
         at byteOffset: UInt64, byteCount: Int, into destination: UnsafeMutableRawBufferPointer?,
-        deadline: Double, maxFetchByteCount: Int
+        deadline: Double, maxFetchByteCount: Int, collectsInFlight: Bool = false
     ) -> (waits: [NBDBaseWait], newFetches: [NBDBaseFetch]) {
         let end = byteOffset + UInt64(byteCount)
         let pageSize = UInt64(Self.pageByteCount)
@@ -121,7 +123,14 @@ final class NBDBaseCache: @unchecked Sendable {
                     }
                 } else if let fetch = state.inFlight[pageIndex], !fetch.isExpired(now: now) {
                     closeMissRun()
-                    guard destination != nil else { continue }
+                    guard destination != nil else {
+                        if collectsInFlight && waits.last?.fetch !== fetch {
+                            waits.append(
+                                NBDBaseWait(
+                                    fetch: fetch, bufferOffset: 0, fetchOffset: 0, byteCount: 0))
+                        }
+                        continue
+                    }
                     let bufferOffset = Int(pieceStart - byteOffset)
                     if let last = waits.last, last.fetch === fetch,
                         last.bufferOffset + last.byteCount == bufferOffset

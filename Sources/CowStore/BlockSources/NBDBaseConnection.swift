@@ -45,6 +45,8 @@ final class NBDBaseConnection: @unchecked Sendable {
     /// need the wake-up pipe. A busy thread looks at the queue on its next turn anyway, so
     /// under load most submits cost no `write`, and the thread no `read`, of the pipe.
     private let isAsleep = Atomic<Bool>(false)
+    /// When the commands in flight were last checked against their deadlines.
+    private var lastExpirySeconds: Double = 0
 
     init(link: NBDBaseLink, handle: OpaquePointer? = nil) {
         self.link = link
@@ -107,6 +109,7 @@ final class NBDBaseConnection: @unchecked Sendable {
             }
             pump(handle)
             retireCompleted(handle)
+            expireInFlight()
             if isLost || nbd_aio_is_dead(handle) == 1 || nbd_aio_is_closed(handle) == 1 {
                 drop(handle)
             }
@@ -274,6 +277,25 @@ final class NBDBaseConnection: @unchecked Sendable {
             } else {
                 fetch.finish(.failure(failure(of: fetch, "the server's answer")))
             }
+        }
+    }
+
+    /// Fails the fetches on the wire past their deadline (a base that stopped answering but
+    /// keeps its connection): nobody may be waiting in `NBDBaseFetch.wait` to notice, only a
+    /// continuation. They stay in `inFlight`, their buffers libnbd's until the command is
+    /// retired; a late answer is ignored. At most once a second.
+    private func expireInFlight() {
+        let now = monotonicSeconds()
+        guard now - lastExpirySeconds >= 1 else { return }
+        lastExpirySeconds = now
+        for fetch in inFlight.values where fetch.isExpired(now: now) && fetch.isPending {
+            fetch.finish(
+                .failure(
+                    .remoteBase(
+                        uri: link.uri,
+                        detail:
+                            "no answer for \(fetch.byteCount) bytes at byte \(fetch.byteOffset) before the base timeout"
+                    )))
         }
     }
 

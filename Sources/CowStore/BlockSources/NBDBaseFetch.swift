@@ -39,6 +39,8 @@ final class NBDBaseFetch: @unchecked Sendable {
     /// before waiters wake.
     let whenFinished: (@Sendable (NBDBaseFetch, Bool) -> Void)?
     private var outcome = Outcome.pending
+    /// Run once the fetch is finished, after `whenFinished`, with its error or nil.
+    private var continuations: [@Sendable (StoreError?) -> Void] = []
     /// `base:allocation` (length, flags) pairs in order, for a block-status query; filled by
     /// the connection thread's extent callback before `finish`.
     var extents: [(byteCount: UInt64, flags: UInt32)] = []
@@ -103,11 +105,35 @@ final class NBDBaseFetch: @unchecked Sendable {
             succeeded = true
         case .failure(let error): outcome = .failed(error)
         }
+        let continuations = self.continuations
+        self.continuations = []
         pthread_mutex_unlock(mutex)
         whenFinished?(self, succeeded)
         // Outside the mutex: the outcome was set under it, and a waiter woken while it is held
         // would only block on it again (a futex wait and wake more per fetch).
         pthread_cond_broadcast(changed)
+        let error: StoreError?
+        switch result {
+        case .success: error = nil
+        case .failure(let failure): error = failure
+        }
+        for continuation in continuations { continuation(error) }
+    }
+
+    /// Runs `continuation` once the fetch is finished, on the thread that finishes it, and
+    /// returns nil; or, if it is finished already, runs nothing and returns its outcome.
+    func onFinish(_ continuation: @escaping @Sendable (StoreError?) -> Void) -> Result<
+        Void, StoreError
+    >? {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        switch outcome {
+        case .pending:
+            continuations.append(continuation)
+            return nil
+        case .done: return .success(())
+        case .failed(let error): return .failure(error)
+        }
     }
 
     /// Waits until the fetch is done (its bytes are then in `buffer`), and throws its error,

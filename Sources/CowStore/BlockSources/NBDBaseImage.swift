@@ -127,6 +127,40 @@ public final class NBDBaseImage: BlockSource {
         link.submit(plan.newFetches)
     }
 
+    /// Fetches what of the range is neither cached, known zeros nor in flight, and runs `then`
+    /// once every page of it has arrived in the cache (or a fetch failed). A reader then finds
+    /// it there, so the thread that will answer need not wait for the network, nor be woken
+    /// twice. Nothing without a cache to keep what arrives.
+    public func whenFetched(
+        at byteOffset: UInt64, byteCount: UInt64,
+        _ then: @escaping @Sendable (StoreError?) -> Void
+    ) -> Bool {
+        guard settings.cacheByteCount > 0, byteCount > 0, byteOffset < self.byteCount,
+            byteCount <= self.byteCount - byteOffset, link.unusableError == nil
+        else { return false }
+        let plan = cache.plan(
+            at: byteOffset, byteCount: Int(byteCount), into: nil,
+            deadline: monotonicSeconds() + settings.timeoutSeconds,
+            maxFetchByteCount: maxFetchByteCount, collectsInFlight: true)
+        // Read-ahead now, not when the reader comes back once the bytes are in (its `read`
+        // notes the same read again, which changes nothing).
+        readAhead(after: byteOffset, byteCount: byteCount)
+        let fetches = plan.waits.map(\.fetch) + plan.newFetches
+        guard !fetches.isEmpty else { return false }
+        let countdown = FetchCountdown(count: fetches.count, then)
+        // Registered before the new fetches are sent, so only those already in flight can
+        // have finished in between.
+        for fetch in fetches {
+            switch fetch.onFinish({ countdown.finishOne($0) }) {
+            case nil: break
+            case .success?: countdown.finishOne(nil)
+            case .failure(let error)?: countdown.finishOne(error)
+            }
+        }
+        link.submit(plan.newFetches)
+        return true
+    }
+
     /// Fetches ahead of a read that continues a sequential run, the window doubling as the
     /// run goes on. Nothing without a cache to keep what arrives.
     private func readAhead(after byteOffset: UInt64, byteCount: UInt64) {
@@ -161,9 +195,32 @@ public final class NBDBaseImage: BlockSource {
     }
 }
 
+/// Runs a continuation once a number of fetches have finished, with the first error.
+final class FetchCountdown: Sendable {
+    private let state: Locked<(remainingCount: Int, error: StoreError?)>
+    private let then: @Sendable (StoreError?) -> Void
+
+    init(count: Int, _ then: @escaping @Sendable (StoreError?) -> Void) {
+        precondition(count > 0, "a countdown of nothing")
+        state = Locked((count, nil))
+        self.then = then
+    }
+
+    func finishOne(_ error: StoreError?) {
+        let outcome = state.withLock { state -> StoreError?? in
+            if state.error == nil { state.error = error }
+            state.remainingCount -= 1
+            return state.remainingCount == 0 ? .some(state.error) : .none
+        }
+        if let outcome { then(outcome) }
+    }
+}
+
 /// The sequential runs being read, for read-ahead.
 struct ReadAheadStreams {
     struct Stream {
+        /// Where the run's last read started: the same read noted twice counts once.
+        var lastByteOffset: UInt64
         var nextByteOffset: UInt64
         var windowByteCount: UInt64
         var prefetchedEnd: UInt64
@@ -179,9 +236,14 @@ struct ReadAheadStreams {
     {
         useCount += 1
         let end = byteOffset + byteCount
+        if streams.contains(where: { $0.lastByteOffset == byteOffset && $0.nextByteOffset == end })
+        {
+            return nil
+        }
         guard let index = streams.firstIndex(where: { $0.nextByteOffset == byteOffset }) else {
             let stream = Stream(
-                nextByteOffset: end, windowByteCount: 0, prefetchedEnd: end, lastUse: useCount)
+                lastByteOffset: byteOffset, nextByteOffset: end, windowByteCount: 0,
+                prefetchedEnd: end, lastUse: useCount)
             if streams.count < NBDBaseImage.maxStreamCount {
                 streams.append(stream)
             } else if let oldest = streams.indices.min(by: {
@@ -196,6 +258,7 @@ struct ReadAheadStreams {
             stream.windowByteCount == 0
             ? NBDBaseImage.firstReadAheadByteCount
             : min(stream.windowByteCount * 2, NBDBaseImage.maxReadAheadByteCount)
+        stream.lastByteOffset = byteOffset
         stream.nextByteOffset = end
         stream.lastUse = useCount
         let from = max(end, stream.prefetchedEnd)

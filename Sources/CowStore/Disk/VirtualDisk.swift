@@ -126,6 +126,24 @@ public final class VirtualDisk: Sendable {
         }
     }
 
+    /// For a read that needs only the base (no chunk of the range is in the store): starts
+    /// fetching it and runs `then` once `read` of it no longer waits on the base, with the
+    /// first error if a fetch failed (`BlockSource.whenFetched`). False, running nothing, if
+    /// the read should go ahead at once (the store holds part of it, copy-on-read keeps what
+    /// it reads, or the base has nothing to wait for). Never waits.
+    public func whenBaseFetched(
+        at virtualByteOffset: UInt64, byteCount: UInt64,
+        _ then: @escaping @Sendable (StoreError?) -> Void
+    ) -> Bool {
+        guard !copyOnRead.load(ordering: .relaxed), byteCount > 0,
+            virtualByteOffset < base.byteCount, byteCount <= self.byteCount - virtualByteOffset
+        else { return false }
+        let end = min(virtualByteOffset + byteCount, base.byteCount)
+        let (isPresent, runEnd) = presentRun(from: virtualByteOffset, end: end)
+        guard !isPresent, runEnd >= end else { return false }
+        return base.whenFetched(at: virtualByteOffset, byteCount: end - virtualByteOffset, then)
+    }
+
     /// True if reading, writing or zeroing the range needs nothing from the base: every chunk in
     /// it is in the store (written or hydrated) or lies past the base's end. A range outside
     /// the disk needs nothing either (it is refused before it reads). Never waits, but for the

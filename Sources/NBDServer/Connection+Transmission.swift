@@ -241,6 +241,10 @@ final class InputStream {
     private var end = 0
     /// What to give back when the client has nothing more to send right now.
     var whenIdle: IdleRelease? = nil
+    /// How long the client may stay silent between requests before the buffers it keeps warm
+    /// go back: long enough for a client with requests in flight to send its next one as a
+    /// reply arrives, short against the time an idle connection holds memory.
+    let idleGraceSeconds = 0.01
     /// Most bytes one `recv` into the buffer takes (at least what the caller asked for); nil:
     /// as many as fit.
     var receiveByteCountLimit: Int? = nil
@@ -276,11 +280,13 @@ final class InputStream {
                 freeEnd = min(freeEnd, max(end + receiveByteCountLimit, start + byteCount))
             }
             let free = UnsafeMutableRawBufferPointer(rebasing: storage[end..<freeEnd])
-            // Between messages, before waiting for the client: if it has nothing to send, its
-            // connection is idle and what it holds goes back. One extra `recv` only while
-            // something is held.
+            // Between messages, before waiting for the client: if it sends nothing within
+            // `idleGraceSeconds`, its connection is idle and what it holds goes back. A client
+            // that keeps requests in flight sends its next one as a reply reaches it, often a
+            // moment after the reader looked: releasing on the first empty look made a stream
+            // of 1 MiB writes fault in most of a buffer's pages again, request after request.
             if end == start, let whenIdle, whenIdle.isHolding() {
-                let received = try transport.receiveWithoutWaiting(into: free)
+                let received = try receiveArriving(into: free, withinSeconds: idleGraceSeconds)
                 if received > 0 {
                     end += received
                     continue
@@ -291,6 +297,18 @@ final class InputStream {
         }
         defer { start += byteCount }
         return try body(UnsafeRawBufferPointer(rebasing: storage[start..<(start + byteCount)]))
+    }
+
+    /// Receives what arrives within `seconds` into `free`; 0 if nothing does.
+    private func receiveArriving(
+        into free: UnsafeMutableRawBufferPointer, withinSeconds seconds: Double
+    ) throws -> Int {
+        do {
+            return try transport.receiveSome(into: free, deadline: monotonicSeconds() + seconds)
+        } catch {
+            if case .timedOut = error { return 0 }
+            throw error
+        }
     }
 
     /// Fills `destination`: first from what is buffered, then straight from the transport.

@@ -60,23 +60,6 @@ final class SocketTransport: Transport, @unchecked Sendable {
         }
     }
 
-    /// Receives what is available without waiting; 0 if nothing is.
-    /// The corresponding C function is `recv(MSG_DONTWAIT)`.
-    func receiveWithoutWaiting(into buffer: UnsafeMutableRawBufferPointer) throws(ServerError)
-        -> Int
-    {
-        while true {
-            let result = recv(descriptor, buffer.baseAddress!, buffer.count, Int32(MSG_DONTWAIT))
-            if result > 0 { return result }
-            if result == 0 { throw .peerClosed }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN, EWOULDBLOCK: return 0
-            default: throw .socket(address: peer, call: "recv", Errno(rawValue: errno))
-            }
-        }
-    }
-
     /// Lets the kernel probe an idle TCP peer, so a vanished client is noticed in minutes.
     /// The corresponding C function is `setsockopt(SO_KEEPALIVE, TCP_KEEPIDLE, ...)`.
     func enableKeepAlive() {

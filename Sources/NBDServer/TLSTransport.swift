@@ -94,15 +94,6 @@ final class TLSTransport: Transport, @unchecked Sendable {
         }
     }
 
-    /// Returns what GnuTLS has already decrypted, up to `buffer.count` bytes; 0 if nothing. An
-    /// encrypted record still on the socket waits for the next `receiveSome`.
-    func receiveWithoutWaiting(into buffer: UnsafeMutableRawBufferPointer) throws(ServerError)
-        -> Int
-    {
-        guard gnutls_record_check_pending(session) > 0 else { return 0 }
-        return try receiveSome(into: buffer, deadline: nil)
-    }
-
     /// Encrypts and sends all of `header` then all of `payload`.
     /// The corresponding C functions are `gnutls_record_cork`, `gnutls_record_send` and
     /// `gnutls_record_uncork`.

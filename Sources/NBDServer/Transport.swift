@@ -18,11 +18,6 @@ protocol Transport: AnyObject, Sendable {
     func receiveSome(into buffer: UnsafeMutableRawBufferPointer, deadline: Double?)
         throws(ServerError) -> Int
 
-    /// Receives what is available right now, up to `buffer.count` bytes; 0 if the client has
-    /// sent nothing more (yet).
-    func receiveWithoutWaiting(into buffer: UnsafeMutableRawBufferPointer) throws(ServerError)
-        -> Int
-
     /// Sends all of `header` then all of `payload` as one unit, with as few calls as possible
     /// (one `sendmsg` of both for a socket: the reply's payload is never copied).
     func send(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer)

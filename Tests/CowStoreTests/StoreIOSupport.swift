@@ -10,6 +10,7 @@ import SystemPackage
 enum StoreIOOperation: Equatable, Sendable {
     case read, readIfCached, write, punchHole, zeroRange, nextData, nextHole
     case synchronizeData, synchronizeAll, byteCount, allocatedByteCount, setByteCount
+    case allocateAhead
 }
 
 /// One change or sync, as a crash-state explorer would replay it.
@@ -126,6 +127,12 @@ final class TestStoreIO: StoreIO {
 
     func adviseWillNeed(at byteOffset: UInt64, byteCount: UInt64) {
         inner.adviseWillNeed(at: byteOffset, byteCount: byteCount)
+    }
+
+    /// Counted, not recorded: it changes no byte, so no crash state depends on it.
+    func allocateAhead(at byteOffset: UInt64, byteCount: UInt64) {
+        state.withLock { $0.calls.append(.allocateAhead) }
+        inner.allocateAhead(at: byteOffset, byteCount: byteCount)
     }
 }
 

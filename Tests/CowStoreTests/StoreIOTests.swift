@@ -60,3 +60,29 @@ import Testing
     defer { reopened.close() }
     #expect(try reopened.readBytes(at: 0, count: expected.count) == expected)
 }
+
+/// A large write into chunks the store lacks allocates their blocks before writing them (it
+/// costs the file system less than filling holes); a rewrite of held chunks and a small write
+/// do not. The allocation changes no byte, records no event and takes no space beyond the
+/// written chunks.
+@Test func aLargeFirstWriteIsAllocatedAheadAndARewriteIsNot() throws {
+    let scratch = try Scratch()
+    _ = try makeBase(at: scratch.path("base"), byteCount: 4 << 20, seed: 10)
+    try createStore(at: scratch.path("cow"), base: scratch.path("base"))
+    let (disk, io) = try openDiskWithTestIO(at: scratch.path("cow"))
+    defer { disk.close() }
+    let chunkScratch = disk.makeScratch()
+    var generator = SplitMix64(seed: 10)
+    func allocations() -> Int { io.calls.count { $0 == .allocateAhead } }
+    let eventsBefore = io.events.count
+    try disk.writeBytes(randomBytes(1 << 20, &generator), at: 1 << 20, scratch: chunkScratch)
+    #expect(allocations() == 1)
+    #expect(io.events[eventsBefore...].allSatisfy { if case .write = $0 { true } else { false } })
+    let rewritten = randomBytes(1 << 20, &generator)
+    try disk.writeBytes(rewritten, at: 1 << 20, scratch: chunkScratch)
+    try disk.writeBytes([7, 7, 7], at: 3 << 20, scratch: chunkScratch)
+    #expect(allocations() == 1)
+    try disk.flush()
+    #expect(try disk.readBytes(at: 1 << 20, count: 1 << 20) == rewritten)
+    #expect(try disk.store.allocatedDataByteCount() == (1 << 20) + 4096)
+}

@@ -210,8 +210,9 @@ wait_for_quiet() {
 
 # run_fio_job RECORD_PREFIX SOCKET PID FIO_ARGUMENT...: one fio job (one connection, nbd engine)
 # against the export on SOCKET. Writes RECORD_PREFIX.fio.json (fio's report) and
-# RECORD_PREFIX.env (the server's CPU ticks before/after and peak RSS). Then sync, so the next
-# job does not pay for this one's writeback.
+# RECORD_PREFIX.env (the server's CPU ticks before/after and peak RSS). With FLUSH_AFTER_FIO set,
+# then one FLUSH timed apart (flush_ns; the CPU ticks and wall time include it). Then sync, so
+# the next job does not pay for this one's writeback.
 run_fio_job() {
     local prefix="$1" socket="$2" pid="$3"
     shift 3
@@ -229,6 +230,11 @@ run_fio_job() {
     FIO_PID=$!
     wait "$FIO_PID" || { cat "$prefix.fio.log" >&2; die "fio failed: $prefix (fio $*)"; }
     FIO_PID=""
+    local flush_ns=""
+    if [ -n "${FLUSH_AFTER_FIO:-}" ]; then
+        flush_ns=$("$PYTHON" "$BENCH_DIR/lib/timed_flush.py" "$socket") \
+            || die "the FLUSH after $prefix failed"
+    fi
     ticks_after=$(cpu_ticks "$pid")
     machine_after=$(busy_ticks)
     {
@@ -241,6 +247,7 @@ run_fio_job() {
         echo "server_cpu_ticks_before=$ticks_before"
         echo "server_cpu_ticks_after=$ticks_after"
         echo "server_peak_rss_kib=$(peak_rss_kib "$pid")"
+        [ -z "$flush_ns" ] || echo "flush_ns=$flush_ns"
     } >"$prefix.env"
 }
 

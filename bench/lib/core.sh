@@ -17,7 +17,8 @@ job_description() {
         rand-read) echo "random 4 KiB reads, QD32, of the untouched base" ;;
         rand-write) echo "8192 scattered random 4 KiB writes, QD32, then FLUSH" ;;
         seq-write)
-            echo "sequential 1 MiB writes, QD8, over the first half of the disk, then FLUSH"
+            echo "sequential 1 MiB writes, QD8, over the first half of the disk, then a FLUSH" \
+                "timed apart"
             ;;
         read-after-write)
             echo "random 4 KiB reads, QD32, of the disk seq-write left half overlay, half base"
@@ -32,12 +33,18 @@ job_fio_arguments() {
         rand-read) echo --rw=randread --bs=4k --iodepth=32 "${timed[@]}" ;;
         rand-write) echo --rw=randwrite --bs=4k --iodepth=32 --number_ios=8192 --end_fsync=1 ;;
         seq-write)
-            echo --rw=write --bs=1M --iodepth=8 --size=$((disk_byte_count / 2)) --end_fsync=1 \
+            echo --rw=write --bs=1M --iodepth=8 --size=$((disk_byte_count / 2)) \
                 --runtime="$runtime_seconds"
             ;;
         read-after-write) echo --rw=randread --bs=4k --iodepth=32 "${timed[@]}" ;;
     esac
 }
+
+# Jobs whose final FLUSH is timed apart (bench/lib/timed_flush.py on a connection of its own,
+# right after fio): their report gives the rate without it and with it. A peer whose FLUSH
+# makes nothing durable (nbdkit-cow's temporary overlay, nbdkit-memory) would otherwise be
+# compared with cowbd's durable one in a single figure.
+core_flush_after_jobs=(seq-write)
 
 core_meta() {
     echo "targets=${targets[*]}"
@@ -66,8 +73,11 @@ run_core_section() {
             fi
             say "round $round/$round_count, $job: $(job_description "$job")"
             read -r -a fio_arguments <<<"$(job_fio_arguments "$job")"
+            local flush_after=""
+            [[ " ${core_flush_after_jobs[*]} " == *" $job "* ]] && flush_after=1
             for target in "${targets[@]}"; do
-                measure_fio_job core "$job" "$target" "$round" "${fio_arguments[@]}"
+                FLUSH_AFTER_FIO=$flush_after measure_fio_job core "$job" "$target" "$round" \
+                    "${fio_arguments[@]}"
             done
         done
     done

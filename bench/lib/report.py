@@ -10,7 +10,7 @@ from pathlib import Path
 
 import report_sections
 from report_jobs import (COWBD, GIB, build_fio_jobs, job_record, job_table, primary, ratio_text,
-                         read_env)
+                         read_env, with_flush_rate)
 
 
 def summary_table(results):
@@ -24,6 +24,11 @@ def summary_table(results):
         ratios = [ratio_text(primary(cowbd, job), primary(job["results"][peer], job))
                   for peer in peers]
         lines.append(f"| {job['name']} | {job['metric']} | " + " | ".join(ratios) + " |")
+        if cowbd.get("with_flush"):
+            ratios = [ratio_text(with_flush_rate(cowbd), with_flush_rate(job["results"][peer]))
+                      for peer in peers]
+            lines.append(f"| {job['name']} with its FLUSH | {job['metric']} | "
+                         + " | ".join(ratios) + " |")
     return lines
 
 
@@ -74,7 +79,10 @@ def core_markdown(results):
                   f"fio: `{job['fio_arguments']}`", "", *job_table(job)]
     lines += ["", "FLUSH: cowbd (fsync, then the bitmap, then fdatasync), nbdkit-file (fdatasync) "
               "and qemu-nbd (fdatasync) make the writes durable; nbdkit-cow's overlay is a "
-              "temporary file and nbdkit-memory is RAM, so their FLUSH costs nothing."]
+              "temporary file and nbdkit-memory is RAM, so their FLUSH costs nothing. seq-write's "
+              "FLUSH is timed apart, on a connection of its own right after fio: its headline is "
+              "the writes alone, \"with FLUSH\" the same bytes over the writes' time plus the "
+              "FLUSH's; server CPU includes the FLUSH."]
     return lines
 
 
@@ -166,6 +174,9 @@ def progress_line(prefix, target):
             f"elsewhere {record['elsewhere_cpu_percent']:3.0f}%")
     if record["overlay"]:
         text += f"  WA {record['overlay']['write_amplification']:.2f}"
+    if record["with_flush"]:
+        text += (f"  FLUSH {record['with_flush']['flush_ms']:.0f} ms: "
+                 f"{record['with_flush']['mib_per_second']:.1f} MiB/s with it")
     print(text)
 
 

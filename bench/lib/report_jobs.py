@@ -70,7 +70,16 @@ def job_record(prefix, target):
         "client_cpu_percent": fio["usr_cpu"] + fio["sys_cpu"],
         "elsewhere_cpu_percent": elsewhere_cpu_percent(env, fio, cpu_seconds),
         "overlay": None,
+        "with_flush": None,
     }
+    if write and "flush_ns" in env:
+        # The writes' own time (fio's rate) plus the FLUSH timed after them.
+        flush_seconds = int(env["flush_ns"]) / 1e9
+        write_seconds = write["bytes"] / (write["mib_per_second"] * MIB)
+        record["with_flush"] = {
+            "flush_ms": flush_seconds * 1000,
+            "mib_per_second": write["bytes"] / MIB / (write_seconds + flush_seconds),
+        }
     if write and "overlay_allocated_bytes_after" in env:
         allocated = int(env["overlay_allocated_bytes_after"]) \
             - int(env["overlay_allocated_bytes_before"])
@@ -85,7 +94,8 @@ def job_record(prefix, target):
 
 
 def primary(record, job):
-    """The job's headline number: MiB/s for sequential jobs, IOPS for random ones."""
+    """The job's headline number: MiB/s for sequential jobs, IOPS for random ones. A job with a
+    FLUSH timed apart has the rate without it here, and `with_flush` beside it."""
     direction = record["write"] or record["read"]
     if job["metric"] == "MiB/s":
         return direction["mib_per_second"]
@@ -114,17 +124,27 @@ def no_overlay_reason(target):
     return {"nbdkit-file": "in place", "nbdkit-memory": "RAM"}.get(target, "n/a")
 
 
+def with_flush_rate(record):
+    """MiB/s of the writes and the FLUSH timed after them, or None."""
+    return record["with_flush"]["mib_per_second"] if record.get("with_flush") else None
+
+
 def job_table(job, reference=COWBD):
     """Markdown rows for one job: each target, and the reference's (cowbd's) headline divided by
-    the target's."""
+    the target's; for a job with a FLUSH timed apart, the rate with it too."""
     is_write = any(record["write"] for record in job["results"].values())
+    has_flush = any(record.get("with_flush") for record in job["results"].values())
     cowbd = job["results"].get(reference)
     header = ["target", job["metric"], "IOPS" if job["metric"] == "MiB/s" else "MiB/s",
               "p99 µs", "server CPU s/GiB", "peak RSS MiB"]
+    if has_flush:
+        header += ["FLUSH ms", f"{job['metric']} with FLUSH"]
     if is_write:
         header += ["write ampl.", "overlay file MiB"]
-    header += [f"{reference} ÷ target ({job['metric']})", f"{reference} ÷ target (p99)",
-               "CPU elsewhere %"]
+    header += [f"{reference} ÷ target ({job['metric']})"]
+    if has_flush:
+        header += [f"{reference} ÷ target (with FLUSH)"]
+    header += [f"{reference} ÷ target (p99)", "CPU elsewhere %"]
     round_count = len(next(iter(job["results"].values()))["round_headlines"])
     if round_count > 1:
         header.append(f"{job['metric']} of the {round_count} rounds")
@@ -138,6 +158,10 @@ def job_table(job, reference=COWBD):
                format_number(direction["p99_latency_us"]),
                format_number(record["server_cpu_seconds_per_gib"], 2),
                format_number(record["server_peak_rss_mib"], 1)]
+        if has_flush:
+            flushed = record.get("with_flush")
+            row += [format_number(flushed["flush_ms"], 1) if flushed else "n/a",
+                    format_number(with_flush_rate(record), 1)]
         if is_write:
             overlay = record["overlay"]
             if overlay:
@@ -147,10 +171,12 @@ def job_table(job, reference=COWBD):
                 row += [no_overlay_reason(target)] * 2
         if cowbd and target != reference:
             cowbd_direction = cowbd["write"] or cowbd["read"]
-            row += [ratio_text(primary(cowbd, job), primary(record, job)),
-                    ratio_text(cowbd_direction["p99_latency_us"], direction["p99_latency_us"])]
+            row += [ratio_text(primary(cowbd, job), primary(record, job))]
+            if has_flush:
+                row += [ratio_text(with_flush_rate(cowbd), with_flush_rate(record))]
+            row += [ratio_text(cowbd_direction["p99_latency_us"], direction["p99_latency_us"])]
         else:
-            row += ["", ""]
+            row += ["", "", ""] if has_flush else ["", ""]
         row.append(format_number(record["elsewhere_cpu_percent"]))
         if round_count > 1:
             digits = 1 if job["metric"] == "MiB/s" else 0

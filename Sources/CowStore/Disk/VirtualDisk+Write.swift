@@ -166,7 +166,7 @@ extension VirtualDisk {
         guard !whole.isEmpty else { return }
         try fillStore(
             fill, from: geometry.byteOffset(ofChunk: whole.lowerBound),
-            to: chunkEnd(whole.upperBound - 1))
+            to: chunkEnd(whole.upperBound - 1), intoUnheldChunks: true)
         store.commit(whole)
     }
 
@@ -200,19 +200,24 @@ extension VirtualDisk {
         case .zeros:
             covered.initializeMemory(as: UInt8.self, repeating: 0)
         }
-        try store.writeBytes(at: chunkStart, from: UnsafeRawBufferPointer(chunk))
+        try store.writeBytes(
+            at: chunkStart, from: UnsafeRawBufferPointer(chunk), intoUnheldChunks: true)
         store.commit(chunkIndex..<(chunkIndex + 1))
         copyUps.add(1, ordering: .relaxed)
     }
 
-    /// Puts `fill` into the store's data region for virtual bytes `start..<end`.
-    func fillStore(_ fill: Fill, from start: UInt64, to end: UInt64) throws {
+    /// Puts `fill` into the store's data region for virtual bytes `start..<end`;
+    /// `intoUnheldChunks` when they are whole chunks the store does not hold yet.
+    func fillStore(
+        _ fill: Fill, from start: UInt64, to end: UInt64, intoUnheldChunks: Bool = false
+    ) throws {
         switch fill {
         case .data(let data, let requestByteOffset):
             try store.writeBytes(
                 at: start,
                 from: UnsafeRawBufferPointer(
-                    rebasing: data[Int(start - requestByteOffset)..<Int(end - requestByteOffset)]))
+                    rebasing: data[Int(start - requestByteOffset)..<Int(end - requestByteOffset)]),
+                intoUnheldChunks: intoUnheldChunks)
         case .zeros(let mayPunch):
             try store.zeroBytes(at: start, byteCount: end - start, mayPunch: mayPunch)
         }

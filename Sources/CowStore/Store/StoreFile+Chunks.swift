@@ -13,6 +13,10 @@ extension StoreFile {
     /// off for long (2^20 chunks are 16384 bitmap words).
     public static let maxChunkCountPerLock: UInt64 = 1 << 20
 
+    /// Smallest write into unheld chunks that is allocated before it is written: below it the
+    /// extra call costs about what it saves.
+    static let minAllocateAheadByteCount = 64 << 10
+
     /// The file offset of virtual byte `virtualByteOffset`: the data region is identity-mapped.
     private func storeByteOffset(_ virtualByteOffset: UInt64) -> UInt64 {
         header.dataByteOffset + virtualByteOffset
@@ -49,10 +53,19 @@ extension StoreFile {
     }
 
     /// Writes `data` into the data region at `virtualByteOffset`. Its chunks read it only once
-    /// committed. The corresponding C function is `pwrite`.
-    func writeBytes(at virtualByteOffset: UInt64, from data: UnsafeRawBufferPointer) throws {
+    /// committed. `intoUnheldChunks`: the range is whole chunks not held yet, usually holes in
+    /// the file; a large one is allocated first (`StoreIO.allocateAhead`), which costs the
+    /// file system less than filling holes page by page. The corresponding C function is
+    /// `pwrite`.
+    func writeBytes(
+        at virtualByteOffset: UInt64, from data: UnsafeRawBufferPointer,
+        intoUnheldChunks: Bool = false
+    ) throws {
         try checkTakesChanges()
         let byteOffset = storeByteOffset(virtualByteOffset)
+        if intoUnheldChunks && data.count >= Self.minAllocateAheadByteCount {
+            io.allocateAhead(at: byteOffset, byteCount: UInt64(data.count))
+        }
         try io("write", at: byteOffset) { () throws(Errno) in
             try io.write(at: byteOffset, from: data)
         }

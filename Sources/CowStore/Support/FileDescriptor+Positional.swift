@@ -159,6 +159,14 @@ extension FileDescriptor {
     /// Drops this descriptor's lock. The corresponding C function is `flock(LOCK_UN)`.
     func unlock() { _ = flock(rawValue, LOCK_UN) }
 
+    /// Allocates the byte range's blocks, keeping the size; bytes already there stay, new blocks
+    /// read as zeros. The corresponding C function is `fallocate(COWBD_FALLOC_FL_KEEP_SIZE)`.
+    func allocate(at byteOffset: UInt64, byteCount: UInt64) throws(Errno) {
+        try retryingInterrupts {
+            fallocate(rawValue, COWBD_FALLOC_FL_KEEP_SIZE, off_t(byteOffset), off_t(byteCount))
+        }
+    }
+
     /// Tells the kernel a range will be read soon. The corresponding C function is `posix_fadvise`.
     func adviseWillNeed(at byteOffset: UInt64, byteCount: UInt64) {
         _ = posix_fadvise(rawValue, off_t(byteOffset), off_t(byteCount), POSIX_FADV_WILLNEED)

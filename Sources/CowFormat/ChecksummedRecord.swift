@@ -67,6 +67,18 @@ struct ChecksummedRecord: Sendable {
         return version
     }
 
+    /// Throws for the first nonzero byte in `reserved`: bytes this version keeps zero, so that a
+    /// later one may give them a meaning.
+    func checkReserved(
+        _ bytes: UnsafeRawBufferPointer, _ reserved: Range<Int>, name: String = "reserved byte"
+    ) throws(FormatError) {
+        precondition(reserved.upperBound <= checksumByteOffset, "the checksum is not reserved")
+        for byteOffset in reserved where bytes[byteOffset] != 0 {
+            throw .invalidField(
+                name: "\(name) at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
+        }
+    }
+
     /// Writes a record into the first `byteCount` bytes of `bytes`: zeros, the magic, the
     /// fields `writeFields` stores, then the checksum over all of them.
     func encode(

@@ -31,7 +31,6 @@ public struct LZ4ImageHeader: Equatable, Sendable {
     public static let maxCompressionLevel: UInt32 = 12
 
     enum Field {
-        static let magic = 0
         static let version = 8
         static let recordByteCount = 12
         static let blockShift = 16
@@ -52,7 +51,6 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         /// Where the reserved bytes start: after the dictionary fields in version 2, at them
         /// in version 1.
         static func reservedStart(version: UInt32) -> Int { version == 1 ? 100 : 112 }
-        static let checksum = 120
     }
 
     public var version: UInt32
@@ -150,10 +148,7 @@ public struct LZ4ImageHeader: Equatable, Sendable {
             dictionaryChecksum = bytes.loadLittleEndian(
                 at: Field.dictionaryChecksum, as: UInt64.self)
         }
-        for byteOffset in reservedStart..<Field.checksum where bytes[byteOffset] != 0 {
-            throw .invalidField(
-                name: "reserved byte at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
-        }
+        try Self.record.checkReserved(bytes, reservedStart..<Self.record.checksumByteOffset)
         let storedBlockCount = bytes.loadLittleEndian(at: Field.blockCount, as: UInt64.self)
         try validate()
         guard storedBlockCount == blockCount else {

@@ -70,7 +70,6 @@ public struct StoreHeader: Equatable, Sendable {
         mergeInProgressFeature | checkpointsFeature | frozenFeature | hydrationFeature
 
     enum Field {
-        static let magic = 0
         static let version = 8
         static let headerByteCount = 12
         static let chunkShift = 16
@@ -93,7 +92,6 @@ public struct StoreHeader: Equatable, Sendable {
         static let basePathGiven = 1024
         static let basePathResolved = 2048
         static let mergeTargetPath = 3072
-        static let checksum = 4088
     }
 
     public var version: UInt32
@@ -181,10 +179,7 @@ public struct StoreHeader: Equatable, Sendable {
             bytes, at: Field.basePathResolved, name: "resolved base path")
         merge = try MergeRecord(
             parsing: bytes, present: incompatibleFeatures & Self.mergeInProgressFeature != 0)
-        for byteOffset in Field.reservedStart..<Field.basePathGiven where bytes[byteOffset] != 0 {
-            throw .invalidField(
-                name: "reserved byte at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
-        }
+        try Self.record.checkReserved(bytes, Field.reservedStart..<Field.basePathGiven)
         try validate()
     }
 

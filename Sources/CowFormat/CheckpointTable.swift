@@ -56,7 +56,6 @@ public struct CheckpointTable: Equatable, Sendable {
         static let flags = 16
         static let entries = 32
         static let entryByteCount = 96
-        static let checksum = 4088
     }
 
     /// Grows by one at each write; the copy with the larger value is the current one.
@@ -97,13 +96,8 @@ public struct CheckpointTable: Equatable, Sendable {
                 try Self.parseEntry(bytes, at: Field.entries + slot * Field.entryByteCount))
         }
         let entriesEnd = Field.entries + Self.slotCount * Field.entryByteCount
-        let reserved = [20..<Field.entries, entriesEnd..<Field.checksum]
-        for range in reserved {
-            for byteOffset in range where bytes[byteOffset] != 0 {
-                throw .invalidField(
-                    name: "checkpoint table reserved byte at offset \(byteOffset)",
-                    value: UInt64(bytes[byteOffset]))
-            }
+        for reserved in [20..<Field.entries, entriesEnd..<Self.record.checksumByteOffset] {
+            try Self.record.checkReserved(bytes, reserved, name: "checkpoint table reserved byte")
         }
         let names = slots.compactMap { $0?.name }
         guard Set(names).count == names.count else {

@@ -53,18 +53,16 @@ struct ChecksummedRecord: Sendable {
         }
     }
 
-    /// Checks the version (u32 at 8) and the recorded size (u32 at 12) that the store header
-    /// and the compressed image header both carry right after the magic.
-    func checkVersionAndSize(_ bytes: UnsafeRawBufferPointer, currentVersion: UInt32)
-        throws(FormatError) -> UInt32
-    {
-        let version = bytes.loadLittleEndian(at: 8, as: UInt32.self)
-        guard version == currentVersion else { throw .unsupportedVersion(version) }
-        let recordedByteCount = bytes.loadLittleEndian(at: 12, as: UInt32.self)
-        guard recordedByteCount == UInt32(byteCount) else {
-            throw .invalidField(name: "header size", value: UInt64(recordedByteCount))
+    /// Throws for the first nonzero byte in `reserved`: bytes this version keeps zero, so that a
+    /// later one may give them a meaning.
+    func checkReserved(
+        _ bytes: UnsafeRawBufferPointer, _ reserved: Range<Int>, name: String = "reserved byte"
+    ) throws(FormatError) {
+        precondition(reserved.upperBound <= checksumByteOffset, "the checksum is not reserved")
+        for byteOffset in reserved where bytes[byteOffset] != 0 {
+            throw .invalidField(
+                name: "\(name) at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
         }
-        return version
     }
 
     /// Writes a record into the first `byteCount` bytes of `bytes`: zeros, the magic, the

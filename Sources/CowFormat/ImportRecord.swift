@@ -40,7 +40,6 @@ public struct ImportRecord: Equatable, Sendable {
         static let targetInode = 40
         static let targetByteCountBefore = 48
         static let reservedTail = 56
-        static let checksum = 120
     }
 
     /// Parses a whole record: magic, checksum, version, then the reserved bytes (zero).
@@ -51,10 +50,11 @@ public struct ImportRecord: Equatable, Sendable {
         try Self.record.check(bytes)
         let version = bytes.loadLittleEndian(at: Field.version, as: UInt32.self)
         guard version == Self.version else { throw .unsupportedVersion(version) }
-        guard bytes.loadLittleEndian(at: Field.reserved, as: UInt32.self) == 0,
-            bytes[Field.reservedTail..<Field.checksum].allSatisfy({ $0 == 0 })
-        else {
-            throw .invalidField(name: "import record reserved bytes", value: 0)
+        for reserved in [
+            Field.reserved..<Field.diffByteCount,
+            Field.reservedTail..<Self.record.checksumByteOffset,
+        ] {
+            try Self.record.checkReserved(bytes, reserved, name: "import record reserved byte")
         }
         diffByteCount = bytes.loadLittleEndian(at: Field.diffByteCount, as: UInt64.self)
         diffDigest = bytes.loadLittleEndian(at: Field.diffDigest, as: UInt64.self)

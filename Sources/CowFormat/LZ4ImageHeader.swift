@@ -4,7 +4,7 @@
 
 /// The header of a cowbd-lz4 image. The same 128 bytes end the file as its footer, so a
 /// truncated or half-written image is refused.
-public struct LZ4ImageHeader: Equatable, Sendable {
+public struct LZ4ImageHeader: ImageHeader, Equatable, Sendable {
     /// "COWBDLZ4": the first 8 bytes of every compressed image (and of its footer).
     public static let magic: [UInt8] = Array("COWBDLZ4".utf8)
     /// The format version this build writes: 2, with the dictionary fields.
@@ -30,21 +30,9 @@ public struct LZ4ImageHeader: Equatable, Sendable {
     /// Largest compression level recorded: LZ4HC_CLEVEL_MAX.
     public static let maxCompressionLevel: UInt32 = 12
 
+    /// The image's own fields; those at 8 to 88 are `ImageHeaderField`.
     enum Field {
-        static let magic = 0
-        static let version = 8
-        static let recordByteCount = 12
-        static let blockShift = 16
-        static let incompatibleFeatures = 20
-        static let virtualByteCount = 24
         static let blockCount = 32
-        /// `BaseFingerprint`: low u64 at 40, high u64 at 48.
-        static let fingerprint = 40
-        static let fingerprintScheme = 56
-        static let compatibleFeatures = 60
-        static let indexByteOffset = 64
-        static let indexByteCount = 72
-        static let dataByteOffset = 80
         static let fileByteCount = 88
         static let compressionLevel = 96
         static let dictionaryByteCount = 100
@@ -52,22 +40,12 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         /// Where the reserved bytes start: after the dictionary fields in version 2, at them
         /// in version 1.
         static func reservedStart(version: UInt32) -> Int { version == 1 ? 100 : 112 }
-        static let checksum = 120
     }
 
-    public var version: UInt32
-    public var geometry: LZ4BlockGeometry
-    public var incompatibleFeatures: UInt32
-    public var compatibleFeatures: UInt32
-    /// Uncompressed size of the image in bytes: the size of the disk it holds.
-    public var virtualByteCount: UInt64
-    /// The fingerprint of the uncompressed bytes, the same a raw copy of them has.
-    public var fingerprint: BaseFingerprint
-    /// Which sampling plan produced the fingerprint (`BaseFingerprintPlan.scheme`).
-    public var fingerprintScheme: UInt32
-    public var indexByteOffset: UInt64
-    public var indexByteCount: UInt64
-    public var dataByteOffset: UInt64
+    /// Version, block size, feature bits, the uncompressed size of the image (the size of the
+    /// disk it holds), the fingerprint of the uncompressed bytes (the same a raw copy of them
+    /// has), and where the block index and the data region are.
+    public var fields: ImageHeaderFields<LZ4Block>
     /// The whole file's size: the footer ends it.
     public var fileByteCount: UInt64
     /// 0 for LZ4's fast compressor, else the LZ4 HC level used. Informational.
@@ -77,6 +55,13 @@ public struct LZ4ImageHeader: Equatable, Sendable {
     public var dictionaryByteCount: UInt32
     /// XXH3-64 of the dictionary's bytes (`dictionaryChecksum(of:)`); 0 without a dictionary.
     public var dictionaryChecksum: UInt64
+
+    /// The fingerprint of the uncompressed bytes.
+    public var fingerprint: BaseFingerprint { fields.fingerprint }
+    /// Where the block index starts (`LZ4ImageHeader.indexByteOffset`).
+    public var indexByteOffset: UInt64 { fields.mapByteOffset }
+    /// Bytes of the block index: `LZ4BlockEntry.byteCount` a block.
+    public var indexByteCount: UInt64 { fields.mapByteCount }
 
     /// Blocks covering the image.
     public var blockCount: UInt64 { geometry.blockCount(covering: virtualByteCount) }
@@ -91,17 +76,10 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         compressionLevel: UInt32, fileByteCount: UInt64, dictionaryByteCount: UInt32 = 0,
         dictionaryChecksum: UInt64 = 0
     ) throws(FormatError) {
-        version = Self.currentVersion
-        self.geometry = geometry
-        incompatibleFeatures = 0
-        compatibleFeatures = 0
-        self.virtualByteCount = virtualByteCount
-        self.fingerprint = fingerprint
-        fingerprintScheme = BaseFingerprintPlan.scheme
-        let layout = Self.layout(geometry: geometry, virtualByteCount: virtualByteCount)
-        indexByteOffset = layout.indexByteOffset
-        indexByteCount = layout.indexByteCount
-        dataByteOffset = layout.dataByteOffset
+        fields = ImageHeaderFields(
+            version: Self.currentVersion, geometry: geometry, virtualByteCount: virtualByteCount,
+            fingerprint: fingerprint, fingerprintScheme: BaseFingerprintPlan.scheme,
+            layout: Self.layout(geometry: geometry, virtualByteCount: virtualByteCount))
         self.fileByteCount = fileByteCount
         self.compressionLevel = compressionLevel
         self.dictionaryByteCount = dictionaryByteCount
@@ -122,26 +100,12 @@ public struct LZ4ImageHeader: Equatable, Sendable {
     /// Parses and validates the first `recordByteCount` bytes of `bytes`.
     public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
         try Self.record.check(bytes)
-        let storedVersion = bytes.loadLittleEndian(at: Field.version, as: UInt32.self)
-        guard Self.readableVersions.contains(storedVersion) else {
-            throw .unsupportedVersion(storedVersion)
-        }
-        version = try Self.record.checkVersionAndSize(bytes, currentVersion: storedVersion)
-        geometry = try LZ4BlockGeometry(
-            shift: bytes.loadLittleEndian(at: Field.blockShift, as: UInt32.self))
-        incompatibleFeatures = bytes.loadLittleEndian(
-            at: Field.incompatibleFeatures, as: UInt32.self)
-        compatibleFeatures = bytes.loadLittleEndian(at: Field.compatibleFeatures, as: UInt32.self)
-        virtualByteCount = bytes.loadLittleEndian(at: Field.virtualByteCount, as: UInt64.self)
-        fingerprint = BaseFingerprint(loadingFrom: bytes, at: Field.fingerprint)
-        fingerprintScheme = bytes.loadLittleEndian(at: Field.fingerprintScheme, as: UInt32.self)
-        indexByteOffset = bytes.loadLittleEndian(at: Field.indexByteOffset, as: UInt64.self)
-        indexByteCount = bytes.loadLittleEndian(at: Field.indexByteCount, as: UInt64.self)
-        dataByteOffset = bytes.loadLittleEndian(at: Field.dataByteOffset, as: UInt64.self)
+        fields = try ImageHeaderFields(
+            parsing: bytes, record: Self.record, readableVersions: Self.readableVersions)
         fileByteCount = bytes.loadLittleEndian(at: Field.fileByteCount, as: UInt64.self)
         compressionLevel = bytes.loadLittleEndian(at: Field.compressionLevel, as: UInt32.self)
-        let reservedStart = Field.reservedStart(version: version)
-        if version == 1 {
+        let reservedStart = Field.reservedStart(version: fields.version)
+        if fields.version == 1 {
             dictionaryByteCount = 0
             dictionaryChecksum = 0
         } else {
@@ -150,10 +114,7 @@ public struct LZ4ImageHeader: Equatable, Sendable {
             dictionaryChecksum = bytes.loadLittleEndian(
                 at: Field.dictionaryChecksum, as: UInt64.self)
         }
-        for byteOffset in reservedStart..<Field.checksum where bytes[byteOffset] != 0 {
-            throw .invalidField(
-                name: "reserved byte at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
-        }
+        try Self.record.checkReserved(bytes, reservedStart..<Self.record.checksumByteOffset)
         let storedBlockCount = bytes.loadLittleEndian(at: Field.blockCount, as: UInt64.self)
         try validate()
         guard storedBlockCount == blockCount else {
@@ -163,29 +124,14 @@ public struct LZ4ImageHeader: Equatable, Sendable {
 
     /// Checks the relations between fields; run after parsing and before encoding.
     public func validate() throws(FormatError) {
-        guard incompatibleFeatures & ~Self.knownIncompatibleFeatures == 0 else {
-            throw .unknownIncompatibleFeatures(incompatibleFeatures)
-        }
-        guard virtualByteCount > 0, virtualByteCount <= Self.maxVirtualByteCount else {
-            throw .invalidField(name: "virtual size", value: virtualByteCount)
-        }
-        guard fingerprintScheme == BaseFingerprintPlan.scheme else {
-            throw .invalidField(name: "fingerprint scheme", value: UInt64(fingerprintScheme))
-        }
-        let layout = Self.layout(geometry: geometry, virtualByteCount: virtualByteCount)
-        guard indexByteOffset == layout.indexByteOffset else {
-            throw .invalidField(name: "index offset", value: indexByteOffset)
-        }
-        guard indexByteCount == layout.indexByteCount else {
-            throw .invalidField(name: "index size", value: indexByteCount)
-        }
+        try fields.validate(
+            knownIncompatibleFeatures: Self.knownIncompatibleFeatures,
+            maxVirtualByteCount: Self.maxVirtualByteCount, mapName: "index",
+            layout: Self.layout(geometry: geometry, virtualByteCount: virtualByteCount))
         guard indexByteCount <= Self.maxIndexByteCount else {
             throw .invalidField(
                 name: "index size (more than \(Self.maxIndexByteCount >> 30) GiB: too many blocks)",
                 value: indexByteCount)
-        }
-        guard dataByteOffset == layout.dataByteOffset else {
-            throw .invalidField(name: "data offset", value: dataByteOffset)
         }
         guard dictionaryByteCount <= Self.maxDictionaryByteCount else {
             throw .invalidField(name: "dictionary size", value: UInt64(dictionaryByteCount))
@@ -218,18 +164,8 @@ public struct LZ4ImageHeader: Equatable, Sendable {
         magic: magic, byteCount: recordByteCount, kindName: "cowbd-lz4 image")
 
     private func encodeFields(into record: UnsafeMutableRawBufferPointer) {
-        record.storeLittleEndian(version, at: Field.version)
-        record.storeLittleEndian(UInt32(Self.recordByteCount), at: Field.recordByteCount)
-        record.storeLittleEndian(geometry.shift, at: Field.blockShift)
-        record.storeLittleEndian(incompatibleFeatures, at: Field.incompatibleFeatures)
-        record.storeLittleEndian(virtualByteCount, at: Field.virtualByteCount)
+        fields.encode(into: record, record: Self.record)
         record.storeLittleEndian(blockCount, at: Field.blockCount)
-        fingerprint.store(into: record, at: Field.fingerprint)
-        record.storeLittleEndian(fingerprintScheme, at: Field.fingerprintScheme)
-        record.storeLittleEndian(compatibleFeatures, at: Field.compatibleFeatures)
-        record.storeLittleEndian(indexByteOffset, at: Field.indexByteOffset)
-        record.storeLittleEndian(indexByteCount, at: Field.indexByteCount)
-        record.storeLittleEndian(dataByteOffset, at: Field.dataByteOffset)
         record.storeLittleEndian(fileByteCount, at: Field.fileByteCount)
         record.storeLittleEndian(compressionLevel, at: Field.compressionLevel)
         if version != 1 {

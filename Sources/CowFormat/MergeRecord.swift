@@ -43,7 +43,9 @@ public struct MergeRecord: Equatable, Sendable {
         guard present else {
             let zero =
                 bytes[Field.mergeFlags..<Field.reservedStart].allSatisfy { $0 == 0 }
-                && bytes[Field.mergeTargetPath..<Field.checksum].allSatisfy { $0 == 0 }
+                && bytes[Field.mergeTargetPath..<StoreHeader.record.checksumByteOffset].allSatisfy {
+                    $0 == 0
+                }
             guard zero else { throw .invalidField(name: "merge fields without a merge", value: 0) }
             return nil
         }

@@ -37,7 +37,7 @@ public struct BaseFingerprint: Equatable, Sendable, CustomStringConvertible {
 }
 
 /// Header of a COW store file (docs/FORMAT.md, "Store header").
-public struct StoreHeader: Equatable, Sendable {
+public struct StoreHeader: ImageHeader, Equatable, Sendable {
     /// "COWBDSTR": the first 8 bytes of every store.
     public static let magic: [UInt8] = Array("COWBDSTR".utf8)
     /// The format version this build writes and reads.
@@ -69,21 +69,9 @@ public struct StoreHeader: Equatable, Sendable {
     public static let knownIncompatibleFeatures: UInt32 =
         mergeInProgressFeature | checkpointsFeature | frozenFeature | hydrationFeature
 
+    /// The store's own fields; those at 8 to 88 are `ImageHeaderField`.
     enum Field {
-        static let magic = 0
-        static let version = 8
-        static let headerByteCount = 12
-        static let chunkShift = 16
-        static let incompatibleFeatures = 20
-        static let virtualByteCount = 24
         static let baseByteCount = 32
-        /// `BaseFingerprint`: low u64 at 40, high u64 at 48.
-        static let fingerprint = 40
-        static let fingerprintScheme = 56
-        static let compatibleFeatures = 60
-        static let bitmapByteOffset = 64
-        static let bitmapByteCount = 72
-        static let dataByteOffset = 80
         static let createdUnixSeconds = 88
         static let mergeFlags = 96
         static let mergeTargetByteCount = 104
@@ -93,23 +81,13 @@ public struct StoreHeader: Equatable, Sendable {
         static let basePathGiven = 1024
         static let basePathResolved = 2048
         static let mergeTargetPath = 3072
-        static let checksum = 4088
     }
 
-    public var version: UInt32
-    public var geometry: ChunkGeometry
-    public var incompatibleFeatures: UInt32
-    public var compatibleFeatures: UInt32
-    /// Size of the virtual disk in bytes; may exceed the base (the tail reads as zeros).
-    public var virtualByteCount: UInt64
+    /// Version, chunk size, feature bits, the virtual disk's size (it may exceed the base: the
+    /// tail reads as zeros), the base's fingerprint, and where the bitmap and data regions are.
+    public var fields: ImageHeaderFields<StoreChunk>
     /// Size of the base image when the store was bound to it.
     public var baseByteCount: UInt64
-    public var baseFingerprint: BaseFingerprint
-    /// Which sampling plan produced the fingerprint (`BaseFingerprintPlan.scheme`).
-    public var fingerprintScheme: UInt32
-    public var bitmapByteOffset: UInt64
-    public var bitmapByteCount: UInt64
-    public var dataByteOffset: UInt64
     public var createdUnixSeconds: UInt64
     /// The base path as the user gave it (relative paths are relative to the store's folder).
     public var basePathGiven: String
@@ -117,6 +95,13 @@ public struct StoreHeader: Equatable, Sendable {
     public var basePathResolved: String
     /// Set while a merge is under way; nil otherwise.
     public var merge: MergeRecord?
+
+    /// The fingerprint of the base the store was bound to.
+    public var baseFingerprint: BaseFingerprint { fields.fingerprint }
+    /// Where the chunk bitmap starts: right after the header.
+    public var bitmapByteOffset: UInt64 { fields.mapByteOffset }
+    /// Bytes of the chunk bitmap: a whole number of pages.
+    public var bitmapByteCount: UInt64 { fields.mapByteCount }
 
     /// Number of chunks covering the virtual disk.
     public var chunkCount: UInt64 { geometry.chunkCount(covering: virtualByteCount) }
@@ -128,22 +113,15 @@ public struct StoreHeader: Equatable, Sendable {
         basePathGiven: String, basePathResolved: String, createdUnixSeconds: UInt64
     ) throws(FormatError) {
         try Self.checkBasePathLengths(basePathGiven, basePathResolved)
-        self.version = Self.currentVersion
-        self.geometry = geometry
-        self.incompatibleFeatures = 0
-        self.compatibleFeatures = 0
-        self.virtualByteCount = virtualByteCount
+        fields = ImageHeaderFields(
+            version: Self.currentVersion, geometry: geometry, virtualByteCount: virtualByteCount,
+            fingerprint: baseFingerprint, fingerprintScheme: fingerprintScheme,
+            layout: Self.layout(geometry: geometry, virtualByteCount: virtualByteCount))
         self.baseByteCount = baseByteCount
-        self.baseFingerprint = baseFingerprint
-        self.fingerprintScheme = fingerprintScheme
         self.createdUnixSeconds = createdUnixSeconds
         self.basePathGiven = basePathGiven
         self.basePathResolved = basePathResolved
         self.merge = nil
-        let layout = Self.layout(geometry: geometry, virtualByteCount: virtualByteCount)
-        self.bitmapByteOffset = layout.bitmapByteOffset
-        self.bitmapByteCount = layout.bitmapByteCount
-        self.dataByteOffset = layout.dataByteOffset
         try validate()
     }
 
@@ -162,29 +140,17 @@ public struct StoreHeader: Equatable, Sendable {
     /// Parses and validates the first `StoreHeader.byteCount` bytes of a store.
     public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
         try Self.record.check(bytes)
-        version = try Self.record.checkVersionAndSize(bytes, currentVersion: Self.currentVersion)
-        geometry = try ChunkGeometry(
-            shift: bytes.loadLittleEndian(at: Field.chunkShift, as: UInt32.self))
-        incompatibleFeatures = bytes.loadLittleEndian(
-            at: Field.incompatibleFeatures, as: UInt32.self)
-        compatibleFeatures = bytes.loadLittleEndian(at: Field.compatibleFeatures, as: UInt32.self)
-        virtualByteCount = bytes.loadLittleEndian(at: Field.virtualByteCount, as: UInt64.self)
+        fields = try ImageHeaderFields(
+            parsing: bytes, record: Self.record,
+            readableVersions: Self.currentVersion...Self.currentVersion)
         baseByteCount = bytes.loadLittleEndian(at: Field.baseByteCount, as: UInt64.self)
-        baseFingerprint = BaseFingerprint(loadingFrom: bytes, at: Field.fingerprint)
-        fingerprintScheme = bytes.loadLittleEndian(at: Field.fingerprintScheme, as: UInt32.self)
-        bitmapByteOffset = bytes.loadLittleEndian(at: Field.bitmapByteOffset, as: UInt64.self)
-        bitmapByteCount = bytes.loadLittleEndian(at: Field.bitmapByteCount, as: UInt64.self)
-        dataByteOffset = bytes.loadLittleEndian(at: Field.dataByteOffset, as: UInt64.self)
         createdUnixSeconds = bytes.loadLittleEndian(at: Field.createdUnixSeconds, as: UInt64.self)
         basePathGiven = try Self.parsePath(bytes, at: Field.basePathGiven, name: "base path")
         basePathResolved = try Self.parsePath(
             bytes, at: Field.basePathResolved, name: "resolved base path")
         merge = try MergeRecord(
-            parsing: bytes, present: incompatibleFeatures & Self.mergeInProgressFeature != 0)
-        for byteOffset in Field.reservedStart..<Field.basePathGiven where bytes[byteOffset] != 0 {
-            throw .invalidField(
-                name: "reserved byte at offset \(byteOffset)", value: UInt64(bytes[byteOffset]))
-        }
+            parsing: bytes, present: fields.incompatibleFeatures & Self.mergeInProgressFeature != 0)
+        try Self.record.checkReserved(bytes, Field.reservedStart..<Field.basePathGiven)
         try validate()
     }
 
@@ -210,9 +176,9 @@ public struct StoreHeader: Equatable, Sendable {
     /// Sets or clears one incompatible feature bit (`mergeInProgressFeature`, ...).
     mutating func setIncompatibleFeature(_ feature: UInt32, _ isSet: Bool) {
         if isSet {
-            incompatibleFeatures |= feature
+            fields.incompatibleFeatures |= feature
         } else {
-            incompatibleFeatures &= ~feature
+            fields.incompatibleFeatures &= ~feature
         }
     }
 
@@ -223,37 +189,22 @@ public struct StoreHeader: Equatable, Sendable {
     ) throws(FormatError) {
         try Self.checkBasePathLengths(basePathGiven, basePathResolved)
         self.baseByteCount = baseByteCount
-        self.baseFingerprint = fingerprint
+        fields.fingerprint = fingerprint
         self.basePathGiven = basePathGiven
         self.basePathResolved = basePathResolved
     }
 
     /// Checks the relations between fields; run after parsing and before encoding.
     public func validate() throws(FormatError) {
-        guard incompatibleFeatures & ~Self.knownIncompatibleFeatures == 0 else {
-            throw .unknownIncompatibleFeatures(incompatibleFeatures)
-        }
+        try fields.validate(
+            knownIncompatibleFeatures: Self.knownIncompatibleFeatures,
+            maxVirtualByteCount: Self.maxVirtualByteCount, mapName: "bitmap",
+            layout: Self.layout(geometry: geometry, virtualByteCount: virtualByteCount))
         guard (merge != nil) == (incompatibleFeatures & Self.mergeInProgressFeature != 0) else {
             throw .invalidField(name: "merge record", value: UInt64(incompatibleFeatures))
         }
-        guard virtualByteCount > 0, virtualByteCount <= Self.maxVirtualByteCount else {
-            throw .invalidField(name: "virtual size", value: virtualByteCount)
-        }
         guard chunkCount <= Self.maxChunkCount else {
             throw .invalidField(name: "chunk count", value: chunkCount)
-        }
-        guard fingerprintScheme == BaseFingerprintPlan.scheme else {
-            throw .invalidField(name: "fingerprint scheme", value: UInt64(fingerprintScheme))
-        }
-        let layout = Self.layout(geometry: geometry, virtualByteCount: virtualByteCount)
-        guard bitmapByteOffset == layout.bitmapByteOffset else {
-            throw .invalidField(name: "bitmap offset", value: bitmapByteOffset)
-        }
-        guard bitmapByteCount == layout.bitmapByteCount else {
-            throw .invalidField(name: "bitmap size", value: bitmapByteCount)
-        }
-        guard dataByteOffset == layout.dataByteOffset else {
-            throw .invalidField(name: "data offset", value: dataByteOffset)
         }
     }
 
@@ -278,18 +229,8 @@ public struct StoreHeader: Equatable, Sendable {
         magic: magic, byteCount: byteCount, kindName: "cowbd store")
 
     private func encodeFields(into header: UnsafeMutableRawBufferPointer) {
-        header.storeLittleEndian(version, at: Field.version)
-        header.storeLittleEndian(UInt32(Self.byteCount), at: Field.headerByteCount)
-        header.storeLittleEndian(geometry.shift, at: Field.chunkShift)
-        header.storeLittleEndian(incompatibleFeatures, at: Field.incompatibleFeatures)
-        header.storeLittleEndian(virtualByteCount, at: Field.virtualByteCount)
+        fields.encode(into: header, record: Self.record)
         header.storeLittleEndian(baseByteCount, at: Field.baseByteCount)
-        baseFingerprint.store(into: header, at: Field.fingerprint)
-        header.storeLittleEndian(fingerprintScheme, at: Field.fingerprintScheme)
-        header.storeLittleEndian(compatibleFeatures, at: Field.compatibleFeatures)
-        header.storeLittleEndian(bitmapByteOffset, at: Field.bitmapByteOffset)
-        header.storeLittleEndian(bitmapByteCount, at: Field.bitmapByteCount)
-        header.storeLittleEndian(dataByteOffset, at: Field.dataByteOffset)
         header.storeLittleEndian(createdUnixSeconds, at: Field.createdUnixSeconds)
         Self.encodePath(basePathGiven, into: header, at: Field.basePathGiven)
         Self.encodePath(basePathResolved, into: header, at: Field.basePathResolved)

@@ -9,11 +9,6 @@ public struct ListedExport: Equatable, Sendable {
     public let name: String
     /// Empty when the server sent none.
     public let description: String
-
-    public init(name: String, description: String) {
-        self.name = name
-        self.description = description
-    }
 }
 
 extension NBDConnection {

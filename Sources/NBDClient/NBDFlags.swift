@@ -51,12 +51,6 @@ public struct BlockSizeConstraints: Equatable, Sendable {
     public let minimum: UInt64
     public let preferred: UInt64
     public let maximum: UInt64
-
-    public init(minimum: UInt64, preferred: UInt64, maximum: UInt64) {
-        self.minimum = minimum
-        self.preferred = preferred
-        self.maximum = maximum
-    }
 }
 
 /// One chunk of a structured READ reply, as `nbd_pread_structured` reports it.

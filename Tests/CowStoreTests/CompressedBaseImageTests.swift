@@ -276,11 +276,11 @@ func compressedImageReadsBackTheSourceByteForByte(level: CompressionLevel, block
         geometry: LZ4BlockGeometry(shift: 14), virtualByteCount: 1 << 20,
         fingerprint: BaseFingerprint(low: 1, high: 2), compressionLevel: 0,
         fileByteCount: 8192 + UInt64(LZ4ImageHeader.recordByteCount))
-    header.virtualByteCount = 1 << 49
+    header.fields.virtualByteCount = 1 << 49
     let layout = LZ4ImageHeader.layout(geometry: header.geometry, virtualByteCount: 1 << 49)
     #expect(layout.indexByteCount == 1 << 40)
-    header.indexByteCount = layout.indexByteCount
-    header.dataByteOffset = layout.dataByteOffset
+    header.fields.mapByteCount = layout.indexByteCount
+    header.fields.dataByteOffset = layout.dataByteOffset
     header.fileByteCount = layout.dataByteOffset + UInt64(LZ4ImageHeader.recordByteCount)
     let path = FilePath(scratch.path("huge-index.lz4"))
     let descriptor = try FileDescriptor.open(

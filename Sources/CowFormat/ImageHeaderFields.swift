@@ -1,0 +1,152 @@
+// The fields that a store header and a compressed image's header keep at the same offsets,
+// bytes 8 to 88 (docs/FORMAT.md, "Store header" and "Compressed base image"): parsed, encoded
+// and checked here once for both. The frame is ChecksummedRecord's; the rest is each header's.
+
+/// A header whose bytes 8 to 88 are `ImageHeaderFields`: the store header and the compressed
+/// image header. The extension below names those fields on the header itself, read-only: a
+/// header changes as a whole, through its own methods (or `fields`, to build a bad one).
+public protocol ImageHeader {
+    /// The unit the header's shift sizes: a store's chunk, an image's block.
+    associatedtype Unit: PowerOfTwoUnit
+    /// The shared fields.
+    var fields: ImageHeaderFields<Unit> { get set }
+}
+
+extension ImageHeader {
+    /// The format version the header was written in.
+    @inlinable public var version: UInt32 { fields.version }
+    /// The unit size, from the shift at offset 16.
+    @inlinable public var geometry: PowerOfTwoGeometry<Unit> { fields.geometry }
+    /// Feature bits a reader must understand.
+    @inlinable public var incompatibleFeatures: UInt32 { fields.incompatibleFeatures }
+    /// Feature bits a reader may ignore.
+    @inlinable public var compatibleFeatures: UInt32 { fields.compatibleFeatures }
+    /// Size of the disk in bytes.
+    @inlinable public var virtualByteCount: UInt64 { fields.virtualByteCount }
+    /// Which sampling plan produced the fingerprint (`BaseFingerprintPlan.scheme`).
+    @inlinable public var fingerprintScheme: UInt32 { fields.fingerprintScheme }
+    /// Where the data region starts.
+    @inlinable public var dataByteOffset: UInt64 { fields.dataByteOffset }
+}
+
+/// Bytes 8 to 88 of a store header or a compressed image header. The map is the region after
+/// the header that says where each unit's bytes are: a store's chunk bitmap, an image's block
+/// index.
+public struct ImageHeaderFields<Unit: PowerOfTwoUnit>: Equatable, Sendable {
+    public var version: UInt32
+    public var geometry: PowerOfTwoGeometry<Unit>
+    public var incompatibleFeatures: UInt32
+    public var compatibleFeatures: UInt32
+    public var virtualByteCount: UInt64
+    /// A store's base fingerprint; an image's, of its uncompressed bytes.
+    public var fingerprint: BaseFingerprint
+    public var fingerprintScheme: UInt32
+    public var mapByteOffset: UInt64
+    public var mapByteCount: UInt64
+    public var dataByteOffset: UInt64
+
+    /// The fields of a new header: no feature bits, and the regions where `layout` (map offset,
+    /// map size, data offset: the header's `layout(geometry:virtualByteCount:)`) puts them.
+    init(
+        version: UInt32, geometry: PowerOfTwoGeometry<Unit>, virtualByteCount: UInt64,
+        fingerprint: BaseFingerprint, fingerprintScheme: UInt32, layout: (UInt64, UInt64, UInt64)
+    ) {
+        self.version = version
+        self.geometry = geometry
+        incompatibleFeatures = 0
+        compatibleFeatures = 0
+        self.virtualByteCount = virtualByteCount
+        self.fingerprint = fingerprint
+        self.fingerprintScheme = fingerprintScheme
+        (mapByteOffset, mapByteCount, dataByteOffset) = layout
+    }
+
+    /// Parses the fields of a record `record` has checked: a version in `readableVersions`, the
+    /// recorded header size (`record.byteCount`), then a shift within the unit's range.
+    init(
+        parsing bytes: UnsafeRawBufferPointer, record: ChecksummedRecord,
+        readableVersions: ClosedRange<UInt32>
+    ) throws(FormatError) {
+        version = bytes.loadLittleEndian(at: ImageHeaderField.version, as: UInt32.self)
+        guard readableVersions.contains(version) else { throw .unsupportedVersion(version) }
+        let headerByteCount = bytes.loadLittleEndian(
+            at: ImageHeaderField.headerByteCount, as: UInt32.self)
+        guard headerByteCount == UInt32(record.byteCount) else {
+            throw .invalidField(name: "header size", value: UInt64(headerByteCount))
+        }
+        geometry = try PowerOfTwoGeometry(
+            shift: bytes.loadLittleEndian(at: ImageHeaderField.shift, as: UInt32.self))
+        incompatibleFeatures = bytes.loadLittleEndian(
+            at: ImageHeaderField.incompatibleFeatures, as: UInt32.self)
+        compatibleFeatures = bytes.loadLittleEndian(
+            at: ImageHeaderField.compatibleFeatures, as: UInt32.self)
+        virtualByteCount = bytes.loadLittleEndian(
+            at: ImageHeaderField.virtualByteCount, as: UInt64.self)
+        fingerprint = BaseFingerprint(loadingFrom: bytes, at: ImageHeaderField.fingerprint)
+        fingerprintScheme = bytes.loadLittleEndian(
+            at: ImageHeaderField.fingerprintScheme, as: UInt32.self)
+        mapByteOffset = bytes.loadLittleEndian(at: ImageHeaderField.mapByteOffset, as: UInt64.self)
+        mapByteCount = bytes.loadLittleEndian(at: ImageHeaderField.mapByteCount, as: UInt64.self)
+        dataByteOffset = bytes.loadLittleEndian(
+            at: ImageHeaderField.dataByteOffset, as: UInt64.self)
+    }
+
+    /// Stores the fields into a record of `record`'s kind, as `init(parsing:)` reads them.
+    func encode(into bytes: UnsafeMutableRawBufferPointer, record: ChecksummedRecord) {
+        bytes.storeLittleEndian(version, at: ImageHeaderField.version)
+        bytes.storeLittleEndian(UInt32(record.byteCount), at: ImageHeaderField.headerByteCount)
+        bytes.storeLittleEndian(geometry.shift, at: ImageHeaderField.shift)
+        bytes.storeLittleEndian(incompatibleFeatures, at: ImageHeaderField.incompatibleFeatures)
+        bytes.storeLittleEndian(virtualByteCount, at: ImageHeaderField.virtualByteCount)
+        fingerprint.store(into: bytes, at: ImageHeaderField.fingerprint)
+        bytes.storeLittleEndian(fingerprintScheme, at: ImageHeaderField.fingerprintScheme)
+        bytes.storeLittleEndian(compatibleFeatures, at: ImageHeaderField.compatibleFeatures)
+        bytes.storeLittleEndian(mapByteOffset, at: ImageHeaderField.mapByteOffset)
+        bytes.storeLittleEndian(mapByteCount, at: ImageHeaderField.mapByteCount)
+        bytes.storeLittleEndian(dataByteOffset, at: ImageHeaderField.dataByteOffset)
+    }
+
+    /// Checks what both headers require: only known incompatible features, a virtual size from
+    /// 1 to `maxVirtualByteCount`, the current fingerprint scheme, and the regions where
+    /// `layout` puts them, as in `init`. `mapName` names the map in errors ("bitmap", "index").
+    func validate(
+        knownIncompatibleFeatures: UInt32, maxVirtualByteCount: UInt64, mapName: String,
+        layout: (UInt64, UInt64, UInt64)
+    ) throws(FormatError) {
+        let (expectedMapByteOffset, expectedMapByteCount, expectedDataByteOffset) = layout
+        guard incompatibleFeatures & ~knownIncompatibleFeatures == 0 else {
+            throw .unknownIncompatibleFeatures(incompatibleFeatures)
+        }
+        guard virtualByteCount > 0, virtualByteCount <= maxVirtualByteCount else {
+            throw .invalidField(name: "virtual size", value: virtualByteCount)
+        }
+        guard fingerprintScheme == BaseFingerprintPlan.scheme else {
+            throw .invalidField(name: "fingerprint scheme", value: UInt64(fingerprintScheme))
+        }
+        guard mapByteOffset == expectedMapByteOffset else {
+            throw .invalidField(name: mapName + " offset", value: mapByteOffset)
+        }
+        guard mapByteCount == expectedMapByteCount else {
+            throw .invalidField(name: mapName + " size", value: mapByteCount)
+        }
+        guard dataByteOffset == expectedDataByteOffset else {
+            throw .invalidField(name: "data offset", value: dataByteOffset)
+        }
+    }
+}
+
+/// Where `ImageHeaderFields` are in a header.
+enum ImageHeaderField {
+    static let version = 8
+    static let headerByteCount = 12
+    static let shift = 16
+    static let incompatibleFeatures = 20
+    static let virtualByteCount = 24
+    /// `BaseFingerprint`: low u64 at 40, high u64 at 48.
+    static let fingerprint = 40
+    static let fingerprintScheme = 56
+    static let compatibleFeatures = 60
+    static let mapByteOffset = 64
+    static let mapByteCount = 72
+    static let dataByteOffset = 80
+}

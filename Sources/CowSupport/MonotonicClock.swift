@@ -6,8 +6,11 @@
 #endif
 
 /// Seconds on the monotonic clock, from an arbitrary start. The corresponding C function is
-/// `clock_gettime(CLOCK_MONOTONIC)`.
-package func monotonicSeconds() -> Double {
+/// `clock_gettime(CLOCK_MONOTONIC)`. Public and inlinable (not package: Swift keeps no body
+/// for an `@inlinable package` function in the module interface): a request reads the clock
+/// two or three times, and a call into another module for each was measurable.
+@inlinable
+public func monotonicSeconds() -> Double {
     var time = timespec()
     clock_gettime(CLOCK_MONOTONIC, &time)
     return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9

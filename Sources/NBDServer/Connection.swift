@@ -25,7 +25,9 @@ final class Connection: @unchecked Sendable {
     /// The accepted socket, for shutdowns from other threads (eviction, server stop).
     let socket: any Transport
     /// What the connection reads and writes through: `socket`, or TLS over it after STARTTLS.
-    private(set) var transport: any Transport
+    /// Unchecked exclusivity: it is written only by the reader before any worker starts (see
+    /// above), and every reply read it with a dynamic access check.
+    @exclusivity(unchecked) private(set) var transport: any Transport
     let server: NBDServer
     let logger: Logger
     let acceptedAtSeconds = monotonicSeconds()

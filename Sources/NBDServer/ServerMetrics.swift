@@ -57,6 +57,10 @@ public final class ServerMetrics: @unchecked Sendable {
     private let bytesSeen: UnsafeMutablePointer<Atomic<UInt64>>
     /// What requests add to: `figuresPerCommand` atomics per command, in command order.
     private let figures: UnsafeMutablePointer<Atomic<UInt64>>
+    /// `figuresPerCommand` and `latencyBucketNanoseconds`, kept here: a static is reached
+    /// through its lazy initialiser's check on every use, four times a request.
+    private let figureStride = ServerMetrics.figuresPerCommand
+    private let bucketBoundsNanoseconds = ServerMetrics.latencyBucketNanoseconds
     private let errors: [UInt32: Counter]
     private let connectionsOpened: Counter
     private let connectionsOpen: Gauge
@@ -140,7 +144,7 @@ public final class ServerMetrics: @unchecked Sendable {
     /// Figure `slot` of command `commandIndex` (0 requests, 1 bytes, 2 latency sum in ns, then
     /// the buckets).
     private func figure(_ commandIndex: Int, _ slot: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
-        figures + (commandIndex * Self.figuresPerCommand + slot)
+        figures + (commandIndex * figureStride + slot)
     }
 
     /// A request done in `seconds`: `byteCount` is its length, `error` its NBD error if it
@@ -149,8 +153,8 @@ public final class ServerMetrics: @unchecked Sendable {
         let index = Int(command.rawValue)
         let nanoseconds = seconds > 0 ? UInt64(min(seconds, 1e9) * 1e9) : 0
         var bucket = 0
-        while bucket < Self.latencyBucketNanoseconds.count
-            && nanoseconds > Self.latencyBucketNanoseconds[bucket]
+        while bucket < bucketBoundsNanoseconds.count
+            && nanoseconds > bucketBoundsNanoseconds[bucket]
         {
             bucket += 1
         }

@@ -43,7 +43,7 @@ import Testing
             socketPaths.flatMap { ["--listen", $0] }
             + [fixture.cowbd.path, "serve", fixture.storePath, "--export-name", "vm"]
         let result = try fixture.run(activate, arguments) { processID in
-            guard waitUntil(seconds: 10, { socketPaths.allSatisfy(isSocket) }) else {
+            guard waitUntil(seconds: 10, { socketPaths.allSatisfy(isListening) }) else {
                 throw TestFailure("systemd-socket-activate did not listen")
             }
             // The first connection starts cowbd (systemd-socket-activate execs it in place).
@@ -81,13 +81,17 @@ import Testing
             activate,
             ["--listen", socketPath, "/bin/sh", "-c", "\(serve); \(serve)", fixture.cowbd.path]
         ) { _ in
-            guard waitUntil(seconds: 10, { isSocket(socketPath) }) else {
+            guard waitUntil(seconds: 10, { isListening(socketPath) }) else {
                 throw TestFailure("systemd-socket-activate did not listen")
             }
             var previousPID = ""
             for round in 0..<2 {
                 let connection = try NBDConnection()
-                try connection.connect(unixSocketPath: socketPath)
+                do {
+                    try connection.connect(unixSocketPath: socketPath)
+                } catch {
+                    throw TestFailure("cowbd number \(round + 1): \(error)")
+                }
                 try expectExport(connection, matches: model, "cowbd number \(round + 1)")
                 let patch = patternBytes(count: 5000, seed: 190 + UInt64(round))
                 try connection.pwrite(patch, at: UInt64(round) * 100_000)
@@ -178,4 +182,17 @@ import Testing
 private func isSocket(_ path: String) -> Bool {
     var status = stat()
     return lstat(path, &status) == 0 && status.st_mode & S_IFMT == S_IFSOCK
+}
+
+/// Whether a socket bound to `path` listens: its file appears at bind(), before listen(), and
+/// a connection in between is refused. /proc/net/unix gives each socket's flags (0x10000,
+/// __SO_ACCEPTCON, once it listens) and path, last.
+private func isListening(_ path: String) -> Bool {
+    guard let table = try? String(contentsOfFile: "/proc/net/unix", encoding: .utf8) else {
+        return false
+    }
+    return table.split(separator: "\n").contains { line in
+        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        return fields.count >= 8 && fields[7] == path && fields[3] == "00010000"
+    }
 }

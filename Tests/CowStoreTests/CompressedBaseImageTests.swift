@@ -82,15 +82,8 @@ func compressedImageReadsBackTheSourceByteForByte(level: CompressionLevel, block
 
 @Test func aDamagedBlockFailsOnlyTheReadsThatTouchIt() throws {
     let scratch = try Scratch()
-    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 2 << 20, seed: 5)
-    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
-    let damagedBlock =
-        try (0..<UInt64(128)).first {
-            try openCompressed(scratch.path("lz4")).entry(ofBlock: $0).storage == .lz4
-        } ?? 0
-    let entry = try openCompressed(scratch.path("lz4")).entry(ofBlock: damagedBlock)
-    try flipByte(
-        in: scratch.path("lz4"), at: entry.dataByteOffset + UInt64(entry.storedByteCount / 2))
+    let (source, damagedBlock, entry) = try makeImageWithADamagedBlock(
+        in: scratch, amongBlocks: 0..<128)
     let image = try openCompressed(scratch.path("lz4"))
     let blockStart = Int(damagedBlock) * 16384
     for (offset, count) in [(blockStart, 1), (blockStart + 100, 4096), (blockStart - 10, 20)]
@@ -325,15 +318,8 @@ func compressedImageReadsBackTheSourceByteForByte(level: CompressionLevel, block
 
 @Test func aReadOfWholeBlocksAcrossADamagedOneFailsNamingIt() throws {
     let scratch = try Scratch()
-    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 2 << 20, seed: 5)
-    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
-    let damagedBlock =
-        try (UInt64(1)..<127).first {
-            try openCompressed(scratch.path("lz4")).entry(ofBlock: $0).storage == .lz4
-        } ?? 1
-    let entry = try openCompressed(scratch.path("lz4")).entry(ofBlock: damagedBlock)
-    try flipByte(
-        in: scratch.path("lz4"), at: entry.dataByteOffset + UInt64(entry.storedByteCount / 2))
+    let (source, damagedBlock, entry) = try makeImageWithADamagedBlock(
+        in: scratch, amongBlocks: 1..<127)
     let image = try openCompressed(scratch.path("lz4"))
     let blockStart = Int(damagedBlock) * 16384
     for (offset, count) in [(blockStart, 16384), (blockStart - 16384, 3 * 16384), (0, 2 << 20)] {
@@ -351,4 +337,22 @@ func compressedImageReadsBackTheSourceByteForByte(level: CompressionLevel, block
             try image.readBytes(at: UInt64(offset), count: count)
                 == Array(source[offset..<(offset + count)]))
     }
+}
+
+/// A 2 MiB mixed image compressed in 16 KiB blocks at scratch "lz4", with one byte flipped in
+/// the middle of the stored bytes of its first LZ4 block among `candidates` (the first
+/// candidate if none is LZ4): the source bytes, that block and its index entry.
+private func makeImageWithADamagedBlock(
+    in scratch: Scratch, amongBlocks candidates: Range<UInt64>
+) throws -> (source: [UInt8], damagedBlock: UInt64, entry: LZ4BlockEntry) {
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 2 << 20, seed: 5)
+    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
+    let damagedBlock =
+        try candidates.first {
+            try openCompressed(scratch.path("lz4")).entry(ofBlock: $0).storage == .lz4
+        } ?? candidates.lowerBound
+    let entry = try openCompressed(scratch.path("lz4")).entry(ofBlock: damagedBlock)
+    try flipByte(
+        in: scratch.path("lz4"), at: entry.dataByteOffset + UInt64(entry.storedByteCount / 2))
+    return (source, damagedBlock, entry)
 }

@@ -56,7 +56,7 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             swiftSettings: strict),
-        .target(name: "NBDClient", dependencies: ["CNBD"], swiftSettings: strict),
+        .target(name: "NBDClient", dependencies: ["CNBD", "NBDProtocol"], swiftSettings: strict),
         .executableTarget(
             name: "cowbd",
             dependencies: [
@@ -75,7 +75,10 @@ let package = Package(
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"], swiftSettings: strict),
         .testTarget(
             name: "NBDServerTests",
-            dependencies: ["NBDServer", "NBDClient", "CowStore", "TestSupport", "CGnuTLS"],
+            dependencies: [
+                "NBDServer", "NBDClient", "NBDProtocol", "CowStore", "TestSupport", "CGnuTLS",
+                "CNBD",
+            ],
             swiftSettings: strict),
         // Runs the built cowbd: spawning, waiting and the watchdog, shared by the tests above
         // and below; and the seeded generator every suite uses.

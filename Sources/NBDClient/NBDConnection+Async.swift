@@ -4,6 +4,7 @@
 // queued commands stay in `pendingCommands` until retired, so nothing escapes to C land.
 
 import CNBD
+import NBDProtocol
 
 #if canImport(Glibc)
     import Glibc
@@ -32,14 +33,14 @@ struct PendingCommand {
 extension NBDConnection {
     /// Queues `NBD_CMD_READ` of `byteCount` bytes. The corresponding C function is
     /// `nbd_aio_pread`.
-    public func aioPread(at byteOffset: UInt64, byteCount: Int, flags: NBDCommandFlags = [])
+    public func aioPread(at byteOffset: UInt64, byteCount: Int, flags: CommandFlags = [])
         throws -> NBDCookie
     {
         let buffer = UnsafeMutableRawBufferPointer.allocate(
             byteCount: max(byteCount, 1), alignment: 8)
         let cookie = nbd_aio_pread(
             handle, buffer.baseAddress, byteCount, byteOffset, nbd_completion_callback(),
-            flags.rawValue)
+            flags.libnbdFlags)
         return try track(
             cookie, PendingCommand(buffer: buffer, byteCount: byteCount, isRead: true),
             "nbd_aio_pread")
@@ -47,7 +48,7 @@ extension NBDConnection {
 
     /// Queues `NBD_CMD_WRITE` of a copy of `bytes`. The corresponding C function is
     /// `nbd_aio_pwrite`.
-    public func aioPwrite(_ bytes: [UInt8], at byteOffset: UInt64, flags: NBDCommandFlags = [])
+    public func aioPwrite(_ bytes: [UInt8], at byteOffset: UInt64, flags: CommandFlags = [])
         throws -> NBDCookie
     {
         let buffer = UnsafeMutableRawBufferPointer.allocate(
@@ -55,7 +56,7 @@ extension NBDConnection {
         buffer.copyBytes(from: bytes)
         let cookie = nbd_aio_pwrite(
             handle, buffer.baseAddress, bytes.count, byteOffset, nbd_completion_callback(),
-            flags.rawValue)
+            flags.libnbdFlags)
         return try track(
             cookie, PendingCommand(buffer: buffer, byteCount: bytes.count, isRead: false),
             "nbd_aio_pwrite")

@@ -2,21 +2,22 @@
 // reply becomes an NBDClientError whose `errno` is the NBD error (EINVAL, EPERM, ENOSPC...).
 
 import CNBD
+import NBDProtocol
 
 extension NBDConnection {
     /// `NBD_CMD_READ` into `buffer`. The corresponding C function is `nbd_pread`.
     public func pread(
         into buffer: UnsafeMutableRawBufferPointer, at byteOffset: UInt64,
-        flags: NBDCommandFlags = []
+        flags: CommandFlags = []
     ) throws {
         try withNonNullBase(buffer) { base in
             try check(
-                nbd_pread(handle, base, buffer.count, byteOffset, flags.rawValue), "nbd_pread")
+                nbd_pread(handle, base, buffer.count, byteOffset, flags.libnbdFlags), "nbd_pread")
         }
     }
 
     /// `NBD_CMD_READ` of `byteCount` bytes. The corresponding C function is `nbd_pread`.
-    public func pread(at byteOffset: UInt64, byteCount: Int, flags: NBDCommandFlags = [])
+    public func pread(at byteOffset: UInt64, byteCount: Int, flags: CommandFlags = [])
         throws -> [UInt8]
     {
         var bytes = [UInt8](repeating: 0, count: byteCount)
@@ -27,7 +28,7 @@ extension NBDConnection {
     /// `NBD_CMD_READ` that also reports each structured reply chunk the server sent (with
     /// `.dontFragment`, a compliant server sends one). libnbd's `nbd_pread` takes no flags;
     /// DF needs this call. The corresponding C function is `nbd_pread_structured`.
-    public func preadStructured(at byteOffset: UInt64, byteCount: Int, flags: NBDCommandFlags = [])
+    public func preadStructured(at byteOffset: UInt64, byteCount: Int, flags: CommandFlags = [])
         throws -> (bytes: [UInt8], chunks: [ReadChunk])
     {
         let collector = Collector<ReadChunk>()
@@ -45,7 +46,7 @@ extension NBDConnection {
                 try withNonNullBase(buffer) { base in
                     try check(
                         nbd_pread_structured(
-                            handle, base, buffer.count, byteOffset, callback, flags.rawValue),
+                            handle, base, buffer.count, byteOffset, callback, flags.libnbdFlags),
                         "nbd_pread_structured")
                 }
             }
@@ -54,14 +55,14 @@ extension NBDConnection {
     }
 
     /// `NBD_CMD_WRITE`. The corresponding C function is `nbd_pwrite`.
-    public func pwrite(_ bytes: [UInt8], at byteOffset: UInt64, flags: NBDCommandFlags = [])
+    public func pwrite(_ bytes: [UInt8], at byteOffset: UInt64, flags: CommandFlags = [])
         throws
     {
         try bytes.withUnsafeBytes { buffer in
             // nbd_pwrite takes `const void *`: the mutable view is never written through.
             try withNonNullBase(UnsafeMutableRawBufferPointer(mutating: buffer)) { base in
                 try check(
-                    nbd_pwrite(handle, base, buffer.count, byteOffset, flags.rawValue),
+                    nbd_pwrite(handle, base, buffer.count, byteOffset, flags.libnbdFlags),
                     "nbd_pwrite")
             }
         }
@@ -73,18 +74,18 @@ extension NBDConnection {
     }
 
     /// `NBD_CMD_TRIM` (flags: `.fua`). The corresponding C function is `nbd_trim`.
-    public func trim(at byteOffset: UInt64, byteCount: UInt64, flags: NBDCommandFlags = [])
+    public func trim(at byteOffset: UInt64, byteCount: UInt64, flags: CommandFlags = [])
         throws
     {
-        try check(nbd_trim(handle, byteCount, byteOffset, flags.rawValue), "nbd_trim")
+        try check(nbd_trim(handle, byteCount, byteOffset, flags.libnbdFlags), "nbd_trim")
     }
 
     /// `NBD_CMD_WRITE_ZEROES` (flags: `.noHole`, `.fastZero`, `.fua`). The corresponding C
     /// function is `nbd_zero`.
-    public func zero(at byteOffset: UInt64, byteCount: UInt64, flags: NBDCommandFlags = [])
+    public func zero(at byteOffset: UInt64, byteCount: UInt64, flags: CommandFlags = [])
         throws
     {
-        try check(nbd_zero(handle, byteCount, byteOffset, flags.rawValue), "nbd_zero")
+        try check(nbd_zero(handle, byteCount, byteOffset, flags.libnbdFlags), "nbd_zero")
     }
 
     /// `NBD_CMD_CACHE`. The corresponding C function is `nbd_cache`.
@@ -95,7 +96,7 @@ extension NBDConnection {
     /// `NBD_CMD_BLOCK_STATUS` for every negotiated context: the extents the server returned,
     /// by context name, in order. The server may describe less than `byteCount` (and with
     /// `.requestOne`, one extent). The corresponding C function is `nbd_block_status`.
-    public func blockStatus(at byteOffset: UInt64, byteCount: UInt64, flags: NBDCommandFlags = [])
+    public func blockStatus(at byteOffset: UInt64, byteCount: UInt64, flags: CommandFlags = [])
         throws -> [String: [BlockStatusExtent]]
     {
         let collector = ExtentCollector()
@@ -119,7 +120,7 @@ extension NBDConnection {
             user_data: Unmanaged.passUnretained(collector).toOpaque(), free: nil)
         try withExtendedLifetime(collector) {
             try check(
-                nbd_block_status(handle, byteCount, byteOffset, callback, flags.rawValue),
+                nbd_block_status(handle, byteCount, byteOffset, callback, flags.libnbdFlags),
                 "nbd_block_status")
         }
         return collector.extentsByContext

@@ -1,22 +1,14 @@
-// Flag sets passed to libnbd calls, named after the NBD spec words. Values are libnbd's
-// `LIBNBD_CMD_FLAG_*` and `LIBNBD_STRICT_*` constants (libnbd.h), which libnbd maps to the wire.
+// Flag sets passed to libnbd calls, and what libnbd reports back. A command's flags are
+// NBDProtocol's `CommandFlags`: libnbd's `LIBNBD_CMD_FLAG_*` (libnbd.h) are the spec's
+// `NBD_CMD_FLAG_*` bits, sent as they are. `LIBNBD_STRICT_*` are libnbd's own.
 
 import CNBD
+import NBDProtocol
 
-/// Flags of one command, `LIBNBD_CMD_FLAG_*`.
-public struct NBDCommandFlags: OptionSet, Sendable {
-    public let rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
-    /// `NBD_CMD_FLAG_FUA`: the write is durable before the reply.
-    public static let fua = NBDCommandFlags(rawValue: LIBNBD_CMD_FLAG_FUA)
-    /// `NBD_CMD_FLAG_NO_HOLE`: WRITE_ZEROES must allocate, not punch a hole.
-    public static let noHole = NBDCommandFlags(rawValue: LIBNBD_CMD_FLAG_NO_HOLE)
-    /// `NBD_CMD_FLAG_DF`: a structured READ reply must be one chunk.
-    public static let dontFragment = NBDCommandFlags(rawValue: LIBNBD_CMD_FLAG_DF)
-    /// `NBD_CMD_FLAG_REQ_ONE`: BLOCK_STATUS returns one extent per context.
-    public static let requestOne = NBDCommandFlags(rawValue: LIBNBD_CMD_FLAG_REQ_ONE)
-    /// `NBD_CMD_FLAG_FAST_ZERO`: fail WRITE_ZEROES with ENOTSUP unless it is fast.
-    public static let fastZero = NBDCommandFlags(rawValue: LIBNBD_CMD_FLAG_FAST_ZERO)
+extension CommandFlags {
+    /// The flags as libnbd takes them: `LIBNBD_CMD_FLAG_FUA` is `NBD_CMD_FLAG_FUA`, and so on
+    /// for each flag libnbd knows (NBDServerTests pins them).
+    var libnbdFlags: UInt32 { UInt32(rawValue) }
 }
 
 /// What libnbd checks locally before sending a command, `LIBNBD_STRICT_*`

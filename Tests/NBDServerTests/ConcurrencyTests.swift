@@ -3,6 +3,7 @@
 
 import Foundation
 import NBDClient
+import NBDProtocol
 import Testing
 
 @Suite struct ConcurrencyTests {
@@ -25,7 +26,7 @@ import Testing
                         slotIndex * slotByteCount
                         + UInt64.random(in: 0...(slotByteCount - byteCount), using: &random)
                     let data = patternBytes(count: Int(byteCount), seed: random.next())
-                    let flags: NBDCommandFlags = random.next() % 4 == 0 ? .fua : []
+                    let flags: CommandFlags = random.next() % 4 == 0 ? .fua : []
                     writes.insert(try connection.aioPwrite(data, at: byteOffset, flags: flags))
                     model.write(data, at: byteOffset)
                 }
@@ -67,7 +68,7 @@ import Testing
                         slotIndex * slotByteCount
                         + UInt64.random(in: 0...(slotByteCount - byteCount), using: &random)
                     let data = patternBytes(count: Int(byteCount), seed: random.next())
-                    let flags: NBDCommandFlags = random.next() % 3 == 0 ? .fua : []
+                    let flags: CommandFlags = random.next() % 3 == 0 ? .fua : []
                     writes.insert(try connection.aioPwrite(data, at: byteOffset, flags: flags))
                     model.write(data, at: byteOffset)
                 }

@@ -2,17 +2,18 @@
 // seeded random sequence of every command.
 
 import NBDClient
+import NBDProtocol
 import Testing
 
 @Suite struct ZeroTrimTests {
     static let chunkByteCount: UInt64 = 4096
 
-    static let zeroFlagCases: [(String, NBDCommandFlags)] = [
+    static let zeroFlagCases: [(String, CommandFlags)] = [
         ("plain", []), ("NO_HOLE", .noHole), ("FUA", .fua), ("NO_HOLE|FUA", [.noHole, .fua]),
     ]
 
     @Test(arguments: zeroFlagCases)
-    func writeZeroesReadsAsZerosAndKeepsTheNeighbours(name: String, flags: NBDCommandFlags) throws {
+    func writeZeroesReadsAsZerosAndKeepsTheNeighbours(name: String, flags: CommandFlags) throws {
         try withTestServer { server in
             let connection = try server.connect()
             var model = DiskModel()
@@ -111,14 +112,14 @@ enum RandomCommand {
         switch UInt64.random(in: 0..<20, using: &random) {
         case 0..<8:
             let data = patternBytes(count: Int(byteCount), seed: random.next())
-            let flags: NBDCommandFlags = Bool.random(using: &random) ? .fua : []
+            let flags: CommandFlags = Bool.random(using: &random) ? .fua : []
             try connection.pwrite(data, at: byteOffset, flags: flags)
             model.write(data, at: byteOffset)
         case 8..<14:
             try expectRead(
                 connection, matches: model, at: byteOffset, byteCount: Int(byteCount), context)
         case 14..<17:
-            let choices: [NBDCommandFlags] = [[], .noHole, .fua, [.noHole, .fua]]
+            let choices: [CommandFlags] = [[], .noHole, .fua, [.noHole, .fua]]
             let flags = choices[Int.random(in: 0..<choices.count, using: &random)]
             try connection.zero(at: byteOffset, byteCount: byteCount, flags: flags)
             model.zero(at: byteOffset, byteCount: byteCount)

@@ -6,8 +6,9 @@
 
 import CXXHash
 
-/// The size, magic and checksum of one kind of record.
-struct ChecksummedRecord: Sendable {
+/// The size, magic and checksum of one kind of record. Public as a type only, so that
+/// `ImageHeader` can name its headers' frames; what it does stays inside CowFormat.
+public struct ChecksummedRecord: Sendable {
     /// The first 8 bytes of every record of this kind.
     let magic: [UInt8]
     /// Bytes in the record, checksum included.

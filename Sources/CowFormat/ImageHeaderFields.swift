@@ -1,6 +1,7 @@
 // The fields that a store header and a compressed image's header keep at the same offsets,
-// bytes 8 to 88 (docs/FORMAT.md, "Store header" and "Compressed base image"): parsed, encoded
-// and checked here once for both. The frame is ChecksummedRecord's; the rest is each header's.
+// bytes 8 to 88 (docs/FORMAT.md, "Store header" and "Compressed base image"), and the encoding
+// of both headers: parsed, encoded and checked here once for both. The frame is
+// ChecksummedRecord's; the fields outside 8 to 88 are each header's.
 
 /// A header whose bytes 8 to 88 are `ImageHeaderFields`: the store header and the compressed
 /// image header. The extension below names those fields on the header itself, read-only: a
@@ -10,9 +11,27 @@ public protocol ImageHeader {
     associatedtype Unit: PowerOfTwoUnit
     /// The shared fields.
     var fields: ImageHeaderFields<Unit> { get set }
+    /// The header's frame: its magic, its size and where its checksum is.
+    static var record: ChecksummedRecord { get }
+    /// Stores the header's own fields, those outside bytes 8 to 88, into its zeroed record;
+    /// `encode(into:)` writes the rest.
+    func encodeOwnFields(into record: UnsafeMutableRawBufferPointer)
 }
 
 extension ImageHeader {
+    /// Writes the header, with its checksum, into the first `record.byteCount` bytes.
+    public func encode(into bytes: UnsafeMutableRawBufferPointer) {
+        Self.record.encode(into: bytes, encodeFields(into:))
+    }
+
+    /// The encoded header as a byte array (for tests and one-off writes).
+    public func encoded() -> [UInt8] { Self.record.encoded(encodeFields(into:)) }
+
+    private func encodeFields(into record: UnsafeMutableRawBufferPointer) {
+        fields.encode(into: record, record: Self.record)
+        encodeOwnFields(into: record)
+    }
+
     /// The format version the header was written in.
     @inlinable public var version: UInt32 { fields.version }
     /// The unit size, from the shift at offset 16.
@@ -61,12 +80,14 @@ public struct ImageHeaderFields<Unit: PowerOfTwoUnit>: Equatable, Sendable {
         (mapByteOffset, mapByteCount, dataByteOffset) = layout
     }
 
-    /// Parses the fields of a record `record` has checked: a version in `readableVersions`, the
-    /// recorded header size (`record.byteCount`), then a shift within the unit's range.
+    /// Parses the fields of a header framed as `record`: first the frame (size, magic,
+    /// checksum), then a version in `readableVersions`, the recorded header size
+    /// (`record.byteCount`), then a shift within the unit's range.
     init(
         parsing bytes: UnsafeRawBufferPointer, record: ChecksummedRecord,
         readableVersions: ClosedRange<UInt32>
     ) throws(FormatError) {
+        try record.check(bytes)
         version = bytes.loadLittleEndian(at: ImageHeaderField.version, as: UInt32.self)
         guard readableVersions.contains(version) else { throw .unsupportedVersion(version) }
         let headerByteCount = bytes.loadLittleEndian(

@@ -99,7 +99,6 @@ public struct LZ4ImageHeader: ImageHeader, Equatable, Sendable {
 
     /// Parses and validates the first `recordByteCount` bytes of `bytes`.
     public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
-        try Self.record.check(bytes)
         fields = try ImageHeaderFields(
             parsing: bytes, record: Self.record, readableVersions: Self.readableVersions)
         fileByteCount = bytes.loadLittleEndian(at: Field.fileByteCount, as: UInt64.self)
@@ -151,20 +150,13 @@ public struct LZ4ImageHeader: ImageHeader, Equatable, Sendable {
         }
     }
 
-    /// Writes the record, with its checksum, into the first `recordByteCount` bytes.
-    public func encode(into bytes: UnsafeMutableRawBufferPointer) {
-        Self.record.encode(into: bytes, encodeFields(into:))
-    }
-
-    /// The encoded record as a byte array.
-    public func encoded() -> [UInt8] { Self.record.encoded(encodeFields(into:)) }
-
     /// The record's frame: magic, fields, checksum at 120.
-    static let record = ChecksummedRecord(
+    public static let record = ChecksummedRecord(
         magic: magic, byteCount: recordByteCount, kindName: "cowbd-lz4 image")
 
-    private func encodeFields(into record: UnsafeMutableRawBufferPointer) {
-        fields.encode(into: record, record: Self.record)
+    /// Stores the block count, file size, compression level and (from version 2) the
+    /// dictionary fields.
+    public func encodeOwnFields(into record: UnsafeMutableRawBufferPointer) {
         record.storeLittleEndian(blockCount, at: Field.blockCount)
         record.storeLittleEndian(fileByteCount, at: Field.fileByteCount)
         record.storeLittleEndian(compressionLevel, at: Field.compressionLevel)

@@ -139,7 +139,6 @@ public struct StoreHeader: ImageHeader, Equatable, Sendable {
 
     /// Parses and validates the first `StoreHeader.byteCount` bytes of a store.
     public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
-        try Self.record.check(bytes)
         fields = try ImageHeaderFields(
             parsing: bytes, record: Self.record,
             readableVersions: Self.currentVersion...Self.currentVersion)
@@ -216,20 +215,12 @@ public struct StoreHeader: ImageHeader, Equatable, Sendable {
     /// That is 1 PiB of 4 KiB chunks, or 256 PiB of 1 MiB chunks.
     public static let maxChunkCount: UInt64 = 1 << 38
 
-    /// Writes the header, with its checksum, into the first `StoreHeader.byteCount` bytes.
-    public func encode(into bytes: UnsafeMutableRawBufferPointer) {
-        Self.record.encode(into: bytes, encodeFields(into:))
-    }
-
-    /// The encoded header as a byte array (for tests and one-off writes).
-    public func encoded() -> [UInt8] { Self.record.encoded(encodeFields(into:)) }
-
     /// The header's layout within its frame: magic, fields, checksum at 4088.
-    static let record = ChecksummedRecord(
+    public static let record = ChecksummedRecord(
         magic: magic, byteCount: byteCount, kindName: "cowbd store")
 
-    private func encodeFields(into header: UnsafeMutableRawBufferPointer) {
-        fields.encode(into: header, record: Self.record)
+    /// Stores the base's size, the creation time, the base paths and the merge record.
+    public func encodeOwnFields(into header: UnsafeMutableRawBufferPointer) {
         header.storeLittleEndian(baseByteCount, at: Field.baseByteCount)
         header.storeLittleEndian(createdUnixSeconds, at: Field.createdUnixSeconds)
         Self.encodePath(basePathGiven, into: header, at: Field.basePathGiven)

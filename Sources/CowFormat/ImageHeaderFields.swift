@@ -88,43 +88,43 @@ public struct ImageHeaderFields<Unit: PowerOfTwoUnit>: Equatable, Sendable {
         readableVersions: ClosedRange<UInt32>
     ) throws(FormatError) {
         try record.check(bytes)
-        version = bytes.loadLittleEndian(at: ImageHeaderField.version, as: UInt32.self)
+        var reader = LittleEndianReader(bytes, at: Self.startByteOffset)
+        version = reader.read()
         guard readableVersions.contains(version) else { throw .unsupportedVersion(version) }
-        let headerByteCount = bytes.loadLittleEndian(
-            at: ImageHeaderField.headerByteCount, as: UInt32.self)
+        let headerByteCount: UInt32 = reader.read()
         guard headerByteCount == UInt32(record.byteCount) else {
             throw .invalidField(name: "header size", value: UInt64(headerByteCount))
         }
-        geometry = try PowerOfTwoGeometry(
-            shift: bytes.loadLittleEndian(at: ImageHeaderField.shift, as: UInt32.self))
-        incompatibleFeatures = bytes.loadLittleEndian(
-            at: ImageHeaderField.incompatibleFeatures, as: UInt32.self)
-        compatibleFeatures = bytes.loadLittleEndian(
-            at: ImageHeaderField.compatibleFeatures, as: UInt32.self)
-        virtualByteCount = bytes.loadLittleEndian(
-            at: ImageHeaderField.virtualByteCount, as: UInt64.self)
-        fingerprint = BaseFingerprint(loadingFrom: bytes, at: ImageHeaderField.fingerprint)
-        fingerprintScheme = bytes.loadLittleEndian(
-            at: ImageHeaderField.fingerprintScheme, as: UInt32.self)
-        mapByteOffset = bytes.loadLittleEndian(at: ImageHeaderField.mapByteOffset, as: UInt64.self)
-        mapByteCount = bytes.loadLittleEndian(at: ImageHeaderField.mapByteCount, as: UInt64.self)
-        dataByteOffset = bytes.loadLittleEndian(
-            at: ImageHeaderField.dataByteOffset, as: UInt64.self)
+        geometry = try PowerOfTwoGeometry(shift: reader.read())
+        incompatibleFeatures = reader.read()
+        virtualByteCount = reader.read()
+        // Bytes 32..<40 are the header's own: a store's base size, an image's block count.
+        reader.skip(UInt64.self)
+        fingerprint = BaseFingerprint(reading: &reader)
+        fingerprintScheme = reader.read()
+        compatibleFeatures = reader.read()
+        mapByteOffset = reader.read()
+        mapByteCount = reader.read()
+        dataByteOffset = reader.read()
+        precondition(reader.byteOffset == Self.endByteOffset, "the fields end at 88")
     }
 
     /// Stores the fields into a record of `record`'s kind, as `init(parsing:)` reads them.
     func encode(into bytes: UnsafeMutableRawBufferPointer, record: ChecksummedRecord) {
-        bytes.storeLittleEndian(version, at: ImageHeaderField.version)
-        bytes.storeLittleEndian(UInt32(record.byteCount), at: ImageHeaderField.headerByteCount)
-        bytes.storeLittleEndian(geometry.shift, at: ImageHeaderField.shift)
-        bytes.storeLittleEndian(incompatibleFeatures, at: ImageHeaderField.incompatibleFeatures)
-        bytes.storeLittleEndian(virtualByteCount, at: ImageHeaderField.virtualByteCount)
-        fingerprint.store(into: bytes, at: ImageHeaderField.fingerprint)
-        bytes.storeLittleEndian(fingerprintScheme, at: ImageHeaderField.fingerprintScheme)
-        bytes.storeLittleEndian(compatibleFeatures, at: ImageHeaderField.compatibleFeatures)
-        bytes.storeLittleEndian(mapByteOffset, at: ImageHeaderField.mapByteOffset)
-        bytes.storeLittleEndian(mapByteCount, at: ImageHeaderField.mapByteCount)
-        bytes.storeLittleEndian(dataByteOffset, at: ImageHeaderField.dataByteOffset)
+        var writer = LittleEndianWriter(bytes, at: Self.startByteOffset)
+        writer.write(version)
+        writer.write(UInt32(record.byteCount))
+        writer.write(geometry.shift)
+        writer.write(incompatibleFeatures)
+        writer.write(virtualByteCount)
+        writer.skip(UInt64.self)  // 32..<40: the header's own, which it writes itself
+        fingerprint.write(to: &writer)
+        writer.write(fingerprintScheme)
+        writer.write(compatibleFeatures)
+        writer.write(mapByteOffset)
+        writer.write(mapByteCount)
+        writer.write(dataByteOffset)
+        precondition(writer.byteOffset == Self.endByteOffset, "the fields end at 88")
     }
 
     /// Checks what both headers require: only known incompatible features, a virtual size from
@@ -156,18 +156,10 @@ public struct ImageHeaderFields<Unit: PowerOfTwoUnit>: Equatable, Sendable {
     }
 }
 
-/// Where `ImageHeaderFields` are in a header.
-enum ImageHeaderField {
-    static let version = 8
-    static let headerByteCount = 12
-    static let shift = 16
-    static let incompatibleFeatures = 20
-    static let virtualByteCount = 24
-    /// `BaseFingerprint`: low u64 at 40, high u64 at 48.
-    static let fingerprint = 40
-    static let fingerprintScheme = 56
-    static let compatibleFeatures = 60
-    static let mapByteOffset = 64
-    static let mapByteCount = 72
-    static let dataByteOffset = 80
+extension ImageHeaderFields {
+    /// Where the fields start in a header: after the magic. They follow one another in the
+    /// order `init(parsing:)` reads them, each as wide as its type (docs/FORMAT.md).
+    static var startByteOffset: Int { 8 }
+    /// Where the fields end and each header's own fields go on.
+    static var endByteOffset: Int { 88 }
 }

@@ -18,13 +18,8 @@ public struct LZ4BlockEntry: Equatable, Sendable {
         case zero
     }
 
-    enum Field {
-        static let dataByteOffset = 0
-        static let storedByteCount = 8
-        static let flags = 12
-        static let dataChecksum = 16
-        static let entryChecksum = 24
-    }
+    /// Bytes the entry checksum covers: all before it, the entry's last 8.
+    static let checksummedByteCount = byteCount - 8
 
     /// Flag bits: bit 0 ZERO, bit 1 RAW; neither means LZ4.
     enum Flag {
@@ -64,15 +59,18 @@ public struct LZ4BlockEntry: Equatable, Sendable {
     /// The offsets are checked against the image by `validate`.
     public init(parsing bytes: UnsafeRawBufferPointer, blockIndex: UInt64) throws(FormatError) {
         precondition(bytes.count >= Self.byteCount, "an index entry is 32 bytes")
-        let stored = bytes.loadLittleEndian(at: Field.entryChecksum, as: UInt64.self)
+        var reader = LittleEndianReader(bytes)
+        dataByteOffset = reader.read()
+        storedByteCount = reader.read()
+        let flags: UInt32 = reader.read()
+        dataChecksum = reader.read()
+        let storedEntryChecksum: UInt64 = reader.read()
+        precondition(reader.byteOffset == Self.byteCount, "the fields fill the entry")
         let computed = Self.entryChecksum(of: bytes, blockIndex: blockIndex)
-        guard stored == computed else {
-            throw .checksumMismatch(stored: stored, computed: computed)
+        guard storedEntryChecksum == computed else {
+            throw .checksumMismatch(stored: storedEntryChecksum, computed: computed)
         }
-        dataByteOffset = bytes.loadLittleEndian(at: Field.dataByteOffset, as: UInt64.self)
-        storedByteCount = bytes.loadLittleEndian(at: Field.storedByteCount, as: UInt32.self)
-        dataChecksum = bytes.loadLittleEndian(at: Field.dataChecksum, as: UInt64.self)
-        switch bytes.loadLittleEndian(at: Field.flags, as: UInt32.self) {
+        switch flags {
         case 0: storage = .lz4
         case Flag.raw: storage = .raw
         case Flag.zero: storage = .zero
@@ -114,23 +112,23 @@ public struct LZ4BlockEntry: Equatable, Sendable {
     /// Writes the entry for block `blockIndex`, with its checksum, into `bytes`.
     public func encode(into bytes: UnsafeMutableRawBufferPointer, blockIndex: UInt64) {
         precondition(bytes.count >= Self.byteCount, "an index entry is 32 bytes")
-        bytes.storeLittleEndian(dataByteOffset, at: Field.dataByteOffset)
-        bytes.storeLittleEndian(storedByteCount, at: Field.storedByteCount)
-        let flags: UInt32
-        switch storage {
-        case .lz4: flags = 0
-        case .raw: flags = Flag.raw
-        case .zero: flags = Flag.zero
-        }
-        bytes.storeLittleEndian(flags, at: Field.flags)
-        bytes.storeLittleEndian(dataChecksum, at: Field.dataChecksum)
-        bytes.storeLittleEndian(
-            Self.entryChecksum(of: UnsafeRawBufferPointer(bytes), blockIndex: blockIndex),
-            at: Field.entryChecksum)
+        let flags: UInt32 =
+            switch storage {
+            case .lz4: 0
+            case .raw: Flag.raw
+            case .zero: Flag.zero
+            }
+        var writer = LittleEndianWriter(bytes)
+        writer.write(dataByteOffset)
+        writer.write(storedByteCount)
+        writer.write(flags)
+        writer.write(dataChecksum)
+        writer.write(Self.entryChecksum(of: UnsafeRawBufferPointer(bytes), blockIndex: blockIndex))
+        precondition(writer.byteOffset == Self.byteCount, "the fields fill the entry")
     }
 
-    /// XXH3-64 of the entry's bytes 0..<24, seeded with the block index.
+    /// XXH3-64 of the entry's bytes before the entry checksum, seeded with the block index.
     static func entryChecksum(of bytes: UnsafeRawBufferPointer, blockIndex: UInt64) -> UInt64 {
-        XXH3_64bits_withSeed(bytes.baseAddress, Field.entryChecksum, blockIndex)
+        XXH3_64bits_withSeed(bytes.baseAddress, checksummedByteCount, blockIndex)
     }
 }

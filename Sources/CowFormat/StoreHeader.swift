@@ -22,17 +22,29 @@ public struct BaseFingerprint: Equatable, Sendable, CustomStringConvertible {
         return hex(high) + hex(low)
     }
 
-    /// Reads the fingerprint stored at `byteOffset` of a record: `low`, then `high`, each a u64
+    /// Reads the fingerprint as the next 16 bytes of a record: `low`, then `high`, each a u64
     /// little-endian.
+    init(reading reader: inout LittleEndianReader) {
+        low = reader.read()
+        high = reader.read()
+    }
+
+    /// Writes the fingerprint as the next 16 bytes of a record, as `init(reading:)` reads it.
+    func write(to writer: inout LittleEndianWriter) {
+        writer.write(low)
+        writer.write(high)
+    }
+
+    /// Reads the fingerprint stored at `byteOffset` of a record.
     init(loadingFrom bytes: UnsafeRawBufferPointer, at byteOffset: Int) {
-        low = bytes.loadLittleEndian(at: byteOffset, as: UInt64.self)
-        high = bytes.loadLittleEndian(at: byteOffset + 8, as: UInt64.self)
+        var reader = LittleEndianReader(bytes, at: byteOffset)
+        self.init(reading: &reader)
     }
 
     /// Writes the fingerprint at `byteOffset` of a record, as `init(loadingFrom:at:)` reads it.
     func store(into bytes: UnsafeMutableRawBufferPointer, at byteOffset: Int) {
-        bytes.storeLittleEndian(low, at: byteOffset)
-        bytes.storeLittleEndian(high, at: byteOffset + 8)
+        var writer = LittleEndianWriter(bytes, at: byteOffset)
+        write(to: &writer)
     }
 }
 

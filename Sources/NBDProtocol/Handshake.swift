@@ -83,18 +83,15 @@ public struct NegotiatedSession: Sendable {
     public var structuredReplies: Bool
     public var extendedHeaders: Bool
     public var metaContexts: [MetaContext]
-    public var transmissionFlags: TransmissionFlags
 
     public init(
         export: ExportDescription, structuredReplies: Bool, extendedHeaders: Bool,
-        metaContexts: [MetaContext],
-        transmissionFlags: TransmissionFlags
+        metaContexts: [MetaContext]
     ) {
         self.export = export
         self.structuredReplies = structuredReplies
         self.extendedHeaders = extendedHeaders
         self.metaContexts = metaContexts
-        self.transmissionFlags = transmissionFlags
     }
 }
 
@@ -221,8 +218,7 @@ public struct Handshake {
         let contextsApply = structuredReplies && selectedContextsExportName == name
         session = NegotiatedSession(
             export: export, structuredReplies: structuredReplies, extendedHeaders: extendedHeaders,
-            metaContexts: contextsApply ? selectedContexts : [],
-            transmissionFlags: transmissionFlags(for: export))
+            metaContexts: contextsApply ? selectedContexts : [])
     }
 
     private mutating func exportName(_ data: [UInt8]) -> HandshakeAction {

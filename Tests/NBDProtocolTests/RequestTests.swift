@@ -7,8 +7,7 @@ private func session(readOnly: Bool = false, structured: Bool = true, contexts: 
     NegotiatedSession(
         export: ExportDescription(
             name: "", description: "", byteCount: 1 << 20, isReadOnly: readOnly),
-        structuredReplies: structured, extendedHeaders: false, metaContexts: contexts,
-        transmissionFlags: [.hasFlags])
+        structuredReplies: structured, extendedHeaders: false, metaContexts: contexts)
 }
 
 private func header(
@@ -125,8 +124,7 @@ private func extendedSession(contexts: [MetaContext] = [.baseAllocation]) -> Neg
     NegotiatedSession(
         export: ExportDescription(
             name: "", description: "", byteCount: 1 << 40, isReadOnly: false),
-        structuredReplies: true, extendedHeaders: true, metaContexts: contexts,
-        transmissionFlags: [.hasFlags])
+        structuredReplies: true, extendedHeaders: true, metaContexts: contexts)
 }
 
 @Test func payloadLengthFlagMakesTheLengthAPayloadOnlyWithExtendedHeaders() {

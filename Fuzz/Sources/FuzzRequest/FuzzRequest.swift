@@ -26,7 +26,7 @@ public func testOneInput(_ data: UnsafePointer<UInt8>?, _ byteCount: Int) -> CIn
             name: "disk", description: "", byteCount: exportByteCount,
             isReadOnly: bits & 4 != 0, maximumPayloadByteCount: maximumPayloadByteCount),
         structuredReplies: extended || bits & 2 != 0, extendedHeaders: extended,
-        metaContexts: bits & 8 != 0 ? [.baseAllocation] : [], transmissionFlags: [.hasFlags])
+        metaContexts: bits & 8 != 0 ? [.baseAllocation] : [])
     let headerByteCount =
         extended ? RequestHeader.extendedByteCount : RequestHeader.compactByteCount
     var position = 9

@@ -63,14 +63,13 @@ final class CompressionJob: @unchecked Sendable {
 
     init(
         source: any BlockSource, descriptor: FileDescriptor, destination: FilePath,
-        geometry: LZ4BlockGeometry, level: CompressionLevel, dictionary: [UInt8],
-        workerCount: Int
+        options: ImageCompressor.Options, dictionary: [UInt8], workerCount: Int
     ) {
         self.source = source
         self.descriptor = descriptor
         self.destination = destination
-        self.geometry = geometry
-        self.level = level
+        geometry = options.geometry
+        level = options.level
         blockCount = geometry.blockCount(covering: source.byteCount)
         layout = LZ4ImageHeader.layout(geometry: geometry, virtualByteCount: source.byteCount)
         self.dictionary = .allocate(byteCount: dictionary.count, alignment: 16)

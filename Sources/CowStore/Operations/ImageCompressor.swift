@@ -108,8 +108,7 @@ public enum ImageCompressor {
             let workerCount = Int(min(UInt64(options.threadCount), blockCount))
             let job = CompressionJob(
                 source: source, descriptor: descriptor, destination: destination,
-                geometry: options.geometry, level: options.level, dictionary: dictionary,
-                workerCount: workerCount)
+                options: options, dictionary: dictionary, workerCount: workerCount)
             let threads = (0..<workerCount).map { _ in JoinableThread { job.runWorker() } }
             job.waitForWorkers(intervalSeconds: progressIntervalSeconds) { totals in
                 progress(

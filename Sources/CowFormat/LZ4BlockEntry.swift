@@ -49,8 +49,14 @@ public struct LZ4BlockEntry: Equatable, Sendable {
     }
 
     /// The checksum of a block's stored bytes: XXH3-64, seed 0. Checked before decompressing.
+    /// On x86-64 through libxxhash's run-time dispatch (AVX2 where the CPU has it): the same
+    /// value, for about half the instructions of its SSE2 build on a random read's block.
     public static func dataChecksum(of storedBytes: UnsafeRawBufferPointer) -> UInt64 {
-        XXH3_64bits(storedBytes.baseAddress, storedBytes.count)
+        #if arch(x86_64)
+            XXH3_64bits_dispatch(storedBytes.baseAddress, storedBytes.count)
+        #else
+            XXH3_64bits(storedBytes.baseAddress, storedBytes.count)
+        #endif
     }
 
     /// Parses entry `blockIndex` from its `byteCount` bytes. Throws `checksumMismatch` for a

@@ -40,6 +40,24 @@ private let sampleEntry = LZ4BlockEntry(
     #expect(hello.withUnsafeBytes { LZ4BlockEntry.dataChecksum(of: $0) } == 0x9555_e855_5c62_dcfd)
 }
 
+/// The checksum runs libxxhash's dispatching XXH3 on x86-64: at every input size class (the
+/// short paths, the 240-byte limit, stripes, blocks, a tail) it equals the portable build.
+@Test func dataChecksumEqualsThePortableXXH3AtEverySize() {
+    var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+    let bytes = (0..<20000).map { _ in
+        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+        return UInt8(truncatingIfNeeded: state >> 33)
+    }
+    for count in [0, 1, 3, 4, 8, 9, 16, 17, 128, 129, 240, 241, 1023, 1024, 1025, 6553, 16391] {
+        bytes.withUnsafeBytes { all in
+            let part = UnsafeRawBufferPointer(rebasing: all[..<count])
+            #expect(
+                LZ4BlockEntry.dataChecksum(of: part) == XXH3_64bits(part.baseAddress, part.count),
+                "\(count) bytes")
+        }
+    }
+}
+
 @Test func everyStorageRoundTrips() throws {
     let raw = LZ4BlockEntry(
         storage: .raw, dataByteOffset: 8192, storedByteCount: 65536, dataChecksum: 42)

@@ -72,7 +72,8 @@ func compressedImageReadsBackTheSourceByteForByte(level: CompressionLevel, block
         try image.extent(at: 4 << 16, maxByteCount: 1 << 30)
             == SourceExtent(byteCount: 65536, isHole: false))
     #expect(try image.entry(ofBlock: 2) == .zero)
-    // Zero blocks are answered without the cache; data blocks only once loaded.
+    // Zero blocks are answered without the cache; data blocks only once loaded (on tmpfs,
+    // which has no `RWF_NOWAIT`, a small read cannot load its block on the spot either).
     #expect(image.cachedBytes(at: 65536, count: 3 << 16) == [UInt8](repeating: 0, count: 3 << 16))
     #expect(image.cachedBytes(at: 100, count: 10) == nil)
     #expect(try image.readBytes(at: 100, count: 10) == Array(bytes[100..<110]))
@@ -355,4 +356,110 @@ private func makeImageWithADamagedBlock(
     try flipByte(
         in: scratch.path("lz4"), at: entry.dataByteOffset + UInt64(entry.storedByteCount / 2))
     return (source, damagedBlock, entry)
+}
+
+@Test(arguments: [CompressionLevel.fast, .high], [0, 64 << 20])
+func smallReadsAtEveryOffsetOfABlockEqualTheSource(level: CompressionLevel, cacheByteCount: Int)
+    throws
+{
+    let scratch = try Scratch(onDisk: true)  // tmpfs has no RWF_NOWAIT
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 1 << 20, seed: 41)
+    try compressImage(
+        scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384, level: level)
+    let probe = try openCompressed(scratch.path("lz4"))
+    let lz4BlockCount = try (0..<64).count { try probe.entry(ofBlock: $0).storage == .lz4 }
+    #expect(lz4BlockCount >= 8, "LZ4 blocks, not only raw and zero ones")
+    // Each 4 KiB piece of each block, in an order that visits a block's end before its start,
+    // read on the spot (`readIfReady`) from a fresh image and by a pool thread (`read`) from
+    // another: every one equals the source.
+    let inline = try openCompressed(scratch.path("lz4"), cacheByteCount: cacheByteCount)
+    let pooled = try openCompressed(scratch.path("lz4"), cacheByteCount: cacheByteCount)
+    for offsetInBlock in [12288, 4096, 0, 8192, 12288 + 100, 16384 - 1] {
+        for blockStart in stride(from: 0, to: 1 << 20, by: 16384) {
+            let offset = blockStart + offsetInBlock
+            let count = min(4096, 16384 - offsetInBlock)
+            let expected = Array(source[offset..<(offset + count)])
+            #expect(
+                inline.cachedBytes(at: UInt64(offset), count: count) == expected, "at \(offset)")
+            #expect(
+                try pooled.readBytes(at: UInt64(offset), count: count) == expected, "at \(offset)")
+        }
+    }
+}
+
+@Test func aSmallReadOfAnUncachedBlockIsDecompressedOnTheSpotOnce() throws {
+    let scratch = try Scratch(onDisk: true)  // tmpfs has no RWF_NOWAIT
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 1 << 20, seed: 42)
+    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
+    let image = try openCompressed(scratch.path("lz4"), cacheByteCount: 64 << 20)
+    let blockIndex = try #require(
+        try (0..<63).first {
+            try image.entry(ofBlock: $0).storage == .lz4
+                && image.entry(ofBlock: $0 + 1).storage == .lz4
+        })
+    let blockStart = Int(blockIndex) * 16384
+    // A read at the block's start decompresses a prefix; one at its end the whole block.
+    for offset in [blockStart, blockStart + 12288, blockStart + 4096, blockStart + 12288] {
+        #expect(
+            image.cachedBytes(at: UInt64(offset), count: 4096)
+                == Array(source[offset..<(offset + 4096)]))
+    }
+    #expect(image.loadedBlockCount == 2)
+    #expect(image.cachedBlockCount == 1)
+    // A whole block, or a range over two, is left to `read` (no cache, or several blocks).
+    #expect(image.cachedBytes(at: UInt64(blockStart + 16384), count: 16384) == nil)
+    #expect(image.cachedBytes(at: UInt64(blockStart + 16384 - 10), count: 4096) == nil)
+    #expect(image.loadedBlockCount == 2)
+}
+
+@Test func aDamagedBlockIsNeverAnsweredOnTheSpot() throws {
+    let scratch = try Scratch(onDisk: true)  // tmpfs has no RWF_NOWAIT
+    let (source, damagedBlock, entry) = try makeImageWithADamagedBlock(
+        in: scratch, amongBlocks: 0..<128)
+    let image = try openCompressed(scratch.path("lz4"))
+    let blockStart = Int(damagedBlock) * 16384
+    for offset in [blockStart, blockStart + 4096, blockStart + 12288] {
+        // Twice: a failed load leaves nothing behind in the cache.
+        for _ in 0..<2 {
+            #expect(image.cachedBytes(at: UInt64(offset), count: 4096) == nil)
+            #expect {
+                try image.readBytes(at: UInt64(offset), count: 4096)
+            } throws: { error in
+                "\(error)".contains("block \(damagedBlock)")
+                    && "\(error)".contains("checksum mismatch")
+                    && "\(error)".contains("at byte \(entry.dataByteOffset)")
+            }
+        }
+    }
+    let dataBlocks = try (0..<128).filter { try image.entry(ofBlock: $0).storage != .zero }
+    let neighbourBlock = try #require(dataBlocks.first { $0 != damagedBlock })
+    let neighbour = Int(neighbourBlock) * 16384
+    #expect(
+        image.cachedBytes(at: UInt64(neighbour), count: 4096)
+            == Array(source[neighbour..<(neighbour + 4096)]))
+    #expect(image.cachedBlockCount == 1)
+}
+
+@Test func readersOnTheSpotAndPoolReadersThroughATinyCacheAllGetTheSourceBytes() throws {
+    let scratch = try Scratch(onDisk: true)  // tmpfs has no RWF_NOWAIT
+    let source = try makeMixedImage(at: scratch.path("raw"), byteCount: 4 << 20, seed: 43)
+    try compressImage(scratch.path("raw"), to: scratch.path("lz4"), blockByteCount: 16384)
+    // Eight slots for 256 blocks: loads on the spot meet slots loading, pinned or too short.
+    let image = try openCompressed(scratch.path("lz4"), cacheByteCount: 0)
+    let failures = Mutex(0)
+    DispatchQueue.concurrentPerform(iterations: 16) { reader in
+        var generator = SplitMix64(seed: 1000 + UInt64(reader))
+        for _ in 0..<400 {
+            let offset = Int(generator.next() % UInt64(source.count - 4096))
+            let count = 1 + Int(generator.next() % 4096)
+            let expected = Array(source[offset..<(offset + count)])
+            let bytes =
+                reader % 2 == 0
+                ? image.cachedBytes(at: UInt64(offset), count: count)
+                : try? image.readBytes(at: UInt64(offset), count: count)
+            if let bytes, bytes != expected { failures.withLock { $0 += 1 } }
+            if bytes == nil && reader % 2 == 1 { failures.withLock { $0 += 1 } }
+        }
+    }
+    #expect(failures.withLock { $0 } == 0)
 }

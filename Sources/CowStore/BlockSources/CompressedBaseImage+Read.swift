@@ -10,6 +10,10 @@ import SystemPackage
 #endif
 
 extension CompressedBaseImage {
+    /// Largest block `readIfReady` decompresses on the caller's thread: LZ4 takes a few
+    /// microseconds for 16 KiB, about 15 for 64 KiB; larger blocks go to a pool thread.
+    static let maxInlineLoadBlockByteCount: UInt64 = 64 << 10
+
     /// Blocks the range covers whole are read as runs, one pread each, and decompressed
     /// straight into `buffer` (CompressedBaseImage+WholeBlocks); a block it covers in part is
     /// read through the cache.
@@ -54,13 +58,18 @@ extension CompressedBaseImage {
         if let run { try readWholeBlocks(run, into: buffer) }
     }
 
-    /// True only if every block the range touches is in the cache (or is a zero block): a
-    /// cache miss would decompress, and possibly wait on the device.
+    /// True only if the range's bytes came without waiting: from the cache, from zero blocks,
+    /// or, for a range inside one block of at most `maxInlineLoadBlockByteCount` (a random
+    /// small read), decompressed here from stored bytes that are all in the page cache. A
+    /// pool thread then needs no waking for a read that never waits on the device (handing a
+    /// read over costs more CPU than decompressing a 16 KiB block). Anything else (a read of
+    /// several blocks, a block another thread is loading, a damaged block) returns false:
+    /// `read` on a pool thread gives the answer.
     public func readIfReady(at byteOffset: UInt64, into buffer: UnsafeMutableRawBufferPointer)
         -> Bool
     {
         precondition(byteOffset + UInt64(buffer.count) <= byteCount, "base read past its end")
-        // A miss, or a damaged entry, stops the walk: `read` on a pool thread gives the answer.
+        let loadsMisses = isSmallReadOfOneBlock(at: byteOffset, byteCount: buffer.count)
         return forEachBlock(at: byteOffset, byteCount: buffer.count) {
             blockIndex, offsetInBlock, bufferRange in
             let piece = UnsafeMutableRawBufferPointer(rebasing: buffer[bufferRange])
@@ -69,15 +78,38 @@ extension CompressedBaseImage {
                 piece.initializeMemory(as: UInt8.self, repeating: 0)
                 return true
             }
-            let hit: Void? = cache.withCachedBlock(
-                blockIndex, neededByteCount: offsetInBlock + piece.count
-            ) { block in
+            let neededByteCount = offsetInBlock + piece.count
+            let copy = { (block: UnsafeRawBufferPointer) in
                 piece.copyMemory(
-                    from: UnsafeRawBufferPointer(
-                        rebasing: block[offsetInBlock..<(offsetInBlock + piece.count)]))
+                    from: UnsafeRawBufferPointer(rebasing: block[offsetInBlock..<neededByteCount]))
             }
+            let hit: Void? =
+                loadsMisses
+                ? cache.withBlockIfLoadable(
+                    blockIndex, neededByteCount: neededByteCount,
+                    load: { slot, wholeBlock in
+                        loadBlockIfCached(
+                            blockIndex, entry, into: slot,
+                            upTo: wholeBlock ? nil : neededByteCount)
+                    }, copy)
+                : cache.withCachedBlock(blockIndex, neededByteCount: neededByteCount, copy)
             return hit != nil
         }
+    }
+
+    /// Whether `readIfReady` may decompress a missed block itself: the range lies inside one
+    /// block, covers less than all of it (whole blocks bypass the cache, in `read`), and that
+    /// block is small enough to decompress in a few microseconds.
+    private func isSmallReadOfOneBlock(at byteOffset: UInt64, byteCount rangeByteCount: Int)
+        -> Bool
+    {
+        let geometry = header.geometry
+        guard rangeByteCount > 0,
+            geometry.blockByteCount <= Self.maxInlineLoadBlockByteCount,
+            UInt64(rangeByteCount) < geometry.blockByteCount
+        else { return false }
+        return geometry.blockIndex(containing: byteOffset)
+            == geometry.blockIndex(containing: byteOffset + UInt64(rangeByteCount) - 1)
     }
 
     /// Zero blocks are holes; every other block is data (a damaged entry too: reading it
@@ -155,22 +187,51 @@ extension CompressedBaseImage {
         _ blockIndex: UInt64, _ entry: LZ4BlockEntry, into slot: UnsafeMutableRawBufferPointer,
         upTo prefixByteCount: Int? = nil
     ) throws -> Int {
-        let blockByteCount = header.geometry.byteCount(
-            ofBlock: blockIndex, virtualByteCount: header.virtualByteCount)
+        let stored = storedBytes(entry, in: slot)
+        try readStoredBytes(blockIndex, entry, into: stored)
+        return try decodeStoredBytes(blockIndex, entry, in: slot, upTo: prefixByteCount)
+    }
+
+    /// As `loadBlock`, but only from the page cache (`preadv2(RWF_NOWAIT)`): nil if some of
+    /// the stored bytes are not there, or if the block is damaged (`loadBlock` names why).
+    func loadBlockIfCached(
+        _ blockIndex: UInt64, _ entry: LZ4BlockEntry, into slot: UnsafeMutableRawBufferPointer,
+        upTo prefixByteCount: Int?
+    ) -> Int? {
+        let stored = storedBytes(entry, in: slot)
+        guard descriptor.readIfCached(at: entry.dataByteOffset, into: stored) else { return nil }
+        return try? decodeStoredBytes(blockIndex, entry, in: slot, upTo: prefixByteCount)
+    }
+
+    /// Where in a slot a block's stored bytes go: at its start if raw, at its end if LZ4.
+    private func storedBytes(_ entry: LZ4BlockEntry, in slot: UnsafeMutableRawBufferPointer)
+        -> UnsafeMutableRawBufferPointer
+    {
         let storedByteCount = Int(entry.storedByteCount)
         let storedRange =
             entry.storage == .raw
             ? 0..<storedByteCount : (slot.count - storedByteCount)..<slot.count
-        let stored = UnsafeMutableRawBufferPointer(rebasing: slot[storedRange])
-        try readStoredBytes(blockIndex, entry, into: stored)
+        return UnsafeMutableRawBufferPointer(rebasing: slot[storedRange])
+    }
+
+    /// The rest of `loadBlock`, once the stored bytes are in `slot`: checks their checksum,
+    /// then decompresses them (all, or `prefixByteCount` first bytes) in place.
+    private func decodeStoredBytes(
+        _ blockIndex: UInt64, _ entry: LZ4BlockEntry, in slot: UnsafeMutableRawBufferPointer,
+        upTo prefixByteCount: Int?
+    ) throws -> Int {
         loadCounter.add(1, ordering: .relaxed)
-        try checkStoredBytes(blockIndex, entry, UnsafeRawBufferPointer(stored))
+        try checkStoredBytes(
+            blockIndex, entry, UnsafeRawBufferPointer(storedBytes(entry, in: slot)))
+        let blockByteCount = header.geometry.byteCount(
+            ofBlock: blockIndex, virtualByteCount: header.virtualByteCount)
         guard entry.storage == .lz4 else { return blockByteCount }
         let targetByteCount = min(prefixByteCount ?? blockByteCount, blockByteCount)
         let decompressed = dictionary.withUnsafeBytes { dictionary in
             LZ4Decompressor.decompressInPlace(
-                slot, compressedByteCount: storedByteCount, decompressedByteCount: blockByteCount,
-                prefixByteCount: targetByteCount, dictionary: dictionary)
+                slot, compressedByteCount: Int(entry.storedByteCount),
+                decompressedByteCount: blockByteCount, prefixByteCount: targetByteCount,
+                dictionary: dictionary)
         }
         guard decompressed else {
             throw blockError(

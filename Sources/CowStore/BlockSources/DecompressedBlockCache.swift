@@ -78,8 +78,10 @@ final class DecompressedBlockCache: @unchecked Sendable {
         load: (UnsafeMutableRawBufferPointer, _ wholeBlock: Bool) throws -> Int,
         _ body: (UnsafeRawBufferPointer) -> Result
     ) throws -> Result {
-        let (slotIndex, buffer, mustLoad, wholeBlock) = acquire(
-            blockIndex, neededByteCount: neededByteCount)
+        let acquired = acquire(blockIndex, neededByteCount: neededByteCount, waits: true)
+        guard let (slotIndex, buffer, mustLoad, wholeBlock) = acquired else {
+            preconditionFailure("a waiting acquire always gets a slot")
+        }
         if mustLoad {
             let validByteCount: Int
             do {
@@ -114,6 +116,31 @@ final class DecompressedBlockCache: @unchecked Sendable {
         return body(UnsafeRawBufferPointer(buffer))
     }
 
+    /// As `withBlock`, but never waits: nil, leaving the cache as it was, if another thread is
+    /// loading the block, every slot is in use, or `load` returns nil (it could not fill the
+    /// buffer without waiting, or the block is damaged: a caller that may wait then learns
+    /// why). `load` runs on this thread, so it must not wait either.
+    func withBlockIfLoadable<Result>(
+        _ blockIndex: UInt64, neededByteCount: Int,
+        load: (UnsafeMutableRawBufferPointer, _ wholeBlock: Bool) -> Int?,
+        _ body: (UnsafeRawBufferPointer) -> Result
+    ) -> Result? {
+        guard
+            let (slotIndex, buffer, mustLoad, wholeBlock) = acquire(
+                blockIndex, neededByteCount: neededByteCount, waits: false)
+        else { return nil }
+        if mustLoad {
+            guard let validByteCount = load(buffer, wholeBlock) else {
+                finishLoad(slotIndex, blockIndex, validByteCount: 0)
+                return nil
+            }
+            precondition(validByteCount >= neededByteCount, "load filled less than needed")
+            finishLoad(slotIndex, blockIndex, validByteCount: validByteCount)
+        }
+        defer { unpin(slotIndex) }
+        return body(UnsafeRawBufferPointer(buffer))
+    }
+
     /// Blocks now loaded, for tests and stats.
     var readyBlockCount: Int {
         pthread_mutex_lock(mutex)
@@ -122,11 +149,12 @@ final class DecompressedBlockCache: @unchecked Sendable {
     }
 
     /// Pins the block's slot, waiting while another thread loads it or while every slot is
-    /// in use. `mustLoad`: the slot was just claimed for this caller to fill; `wholeBlock`:
-    /// fill all of it (the slot held a prefix too short for this reader).
-    private func acquire(_ blockIndex: UInt64, neededByteCount: Int) -> (
+    /// in use; with `waits` false, nil instead of waiting. `mustLoad`: the slot was just
+    /// claimed for this caller to fill; `wholeBlock`: fill all of it (the slot held a prefix
+    /// too short for this reader).
+    private func acquire(_ blockIndex: UInt64, neededByteCount: Int, waits: Bool) -> (
         slotIndex: Int, buffer: UnsafeMutableRawBufferPointer, mustLoad: Bool, wholeBlock: Bool
-    ) {
+    )? {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         while true {
@@ -146,10 +174,12 @@ final class DecompressedBlockCache: @unchecked Sendable {
                         return (slotIndex, buffer, true, true)
                     }
                 }
+                guard waits else { return nil }
                 waitForChange()  // another thread is loading it, or reading a short prefix
                 continue
             }
             guard let slotIndex = takeVictim() else {
+                guard waits else { return nil }
                 waitForChange()  // every slot is pinned or loading
                 continue
             }

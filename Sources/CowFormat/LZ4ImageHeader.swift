@@ -30,17 +30,9 @@ public struct LZ4ImageHeader: ImageHeader, Equatable, Sendable {
     /// Largest compression level recorded: LZ4HC_CLEVEL_MAX.
     public static let maxCompressionLevel: UInt32 = 12
 
-    /// The image's own fields; those at 8 to 88 are `ImageHeaderField`.
-    enum Field {
-        static let blockCount = 32
-        static let fileByteCount = 88
-        static let compressionLevel = 96
-        static let dictionaryByteCount = 100
-        static let dictionaryChecksum = 104
-        /// Where the reserved bytes start: after the dictionary fields in version 2, at them
-        /// in version 1.
-        static func reservedStart(version: UInt32) -> Int { version == 1 ? 100 : 112 }
-    }
+    /// Where the block count is, among `ImageHeaderFields` (bytes 8 to 88). The image's other
+    /// fields follow those, in the order `init(parsing:)` reads them.
+    static let blockCountByteOffset = 32
 
     /// Version, block size, feature bits, the uncompressed size of the image (the size of the
     /// disk it holds), the fingerprint of the uncompressed bytes (the same a raw copy of them
@@ -101,20 +93,20 @@ public struct LZ4ImageHeader: ImageHeader, Equatable, Sendable {
     public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
         fields = try ImageHeaderFields(
             parsing: bytes, record: Self.record, readableVersions: Self.readableVersions)
-        fileByteCount = bytes.loadLittleEndian(at: Field.fileByteCount, as: UInt64.self)
-        compressionLevel = bytes.loadLittleEndian(at: Field.compressionLevel, as: UInt32.self)
-        let reservedStart = Field.reservedStart(version: fields.version)
+        var reader = LittleEndianReader(bytes, at: ImageHeaderFields<LZ4Block>.endByteOffset)
+        fileByteCount = reader.read()
+        compressionLevel = reader.read()
         if fields.version == 1 {
             dictionaryByteCount = 0
             dictionaryChecksum = 0
         } else {
-            dictionaryByteCount = bytes.loadLittleEndian(
-                at: Field.dictionaryByteCount, as: UInt32.self)
-            dictionaryChecksum = bytes.loadLittleEndian(
-                at: Field.dictionaryChecksum, as: UInt64.self)
+            dictionaryByteCount = reader.read()
+            dictionaryChecksum = reader.read()
         }
-        try Self.record.checkReserved(bytes, reservedStart..<Self.record.checksumByteOffset)
-        let storedBlockCount = bytes.loadLittleEndian(at: Field.blockCount, as: UInt64.self)
+        // The reserved bytes start after the last field: at 100 in version 1, 112 in version 2.
+        try Self.record.checkReserved(bytes, reader.byteOffset..<Self.record.checksumByteOffset)
+        let storedBlockCount = bytes.loadLittleEndian(
+            at: Self.blockCountByteOffset, as: UInt64.self)
         try validate()
         guard storedBlockCount == blockCount else {
             throw .invalidField(name: "block count", value: storedBlockCount)
@@ -157,12 +149,13 @@ public struct LZ4ImageHeader: ImageHeader, Equatable, Sendable {
     /// Stores the block count, file size, compression level and (from version 2) the
     /// dictionary fields.
     public func encodeOwnFields(into record: UnsafeMutableRawBufferPointer) {
-        record.storeLittleEndian(blockCount, at: Field.blockCount)
-        record.storeLittleEndian(fileByteCount, at: Field.fileByteCount)
-        record.storeLittleEndian(compressionLevel, at: Field.compressionLevel)
+        record.storeLittleEndian(blockCount, at: Self.blockCountByteOffset)
+        var writer = LittleEndianWriter(record, at: ImageHeaderFields<LZ4Block>.endByteOffset)
+        writer.write(fileByteCount)
+        writer.write(compressionLevel)
         if version != 1 {
-            record.storeLittleEndian(dictionaryByteCount, at: Field.dictionaryByteCount)
-            record.storeLittleEndian(dictionaryChecksum, at: Field.dictionaryChecksum)
+            writer.write(dictionaryByteCount)
+            writer.write(dictionaryChecksum)
         }
     }
 

@@ -81,7 +81,7 @@ public struct StoreHeader: ImageHeader, Equatable, Sendable {
     public static let knownIncompatibleFeatures: UInt32 =
         mergeInProgressFeature | checkpointsFeature | frozenFeature | hydrationFeature
 
-    /// The store's own fields; those at 8 to 88 are `ImageHeaderField`.
+    /// The store's own fields; those at 8 to 88 are `ImageHeaderFields`.
     enum Field {
         static let baseByteCount = 32
         static let createdUnixSeconds = 88

@@ -79,22 +79,11 @@ final class DecompressedBlockCache: @unchecked Sendable {
         _ body: (UnsafeRawBufferPointer) -> Result
     ) throws -> Result {
         let acquired = acquire(blockIndex, neededByteCount: neededByteCount, waits: true)
-        guard let (slotIndex, buffer, mustLoad, wholeBlock) = acquired else {
-            preconditionFailure("a waiting acquire always gets a slot")
-        }
-        if mustLoad {
-            let validByteCount: Int
-            do {
-                validByteCount = try load(buffer, wholeBlock)
-            } catch {
-                finishLoad(slotIndex, blockIndex, validByteCount: 0)
-                throw error
-            }
-            precondition(validByteCount >= neededByteCount, "load filled less than needed")
-            finishLoad(slotIndex, blockIndex, validByteCount: validByteCount)
-        }
-        defer { unpin(slotIndex) }
-        return body(UnsafeRawBufferPointer(buffer))
+        guard let acquired else { preconditionFailure("a waiting acquire always gets a slot") }
+        let result = try use(
+            acquired, of: blockIndex, neededByteCount: neededByteCount, load: load, body)
+        guard let result else { preconditionFailure("a load that returns fills the slot") }
+        return result
     }
 
     /// Runs `body` on block `blockIndex`'s bytes only if at least its first `neededByteCount`
@@ -125,12 +114,29 @@ final class DecompressedBlockCache: @unchecked Sendable {
         load: (UnsafeMutableRawBufferPointer, _ wholeBlock: Bool) -> Int?,
         _ body: (UnsafeRawBufferPointer) -> Result
     ) -> Result? {
-        guard
-            let (slotIndex, buffer, mustLoad, wholeBlock) = acquire(
-                blockIndex, neededByteCount: neededByteCount, waits: false)
+        guard let acquired = acquire(blockIndex, neededByteCount: neededByteCount, waits: false)
         else { return nil }
+        return use(acquired, of: blockIndex, neededByteCount: neededByteCount, load: load, body)
+    }
+
+    /// Runs `body` on the pinned slot `acquired` of block `blockIndex`, first filling it with
+    /// `load` if it was claimed for this caller. A load that throws or returns nil drops the
+    /// slot (the error goes to this caller; nil comes back as nil).
+    private func use<Result>(
+        _ acquired: AcquiredSlot, of blockIndex: UInt64, neededByteCount: Int,
+        load: (UnsafeMutableRawBufferPointer, _ wholeBlock: Bool) throws -> Int?,
+        _ body: (UnsafeRawBufferPointer) -> Result
+    ) rethrows -> Result? {
+        let (slotIndex, buffer, mustLoad, wholeBlock) = acquired
         if mustLoad {
-            guard let validByteCount = load(buffer, wholeBlock) else {
+            let validByteCount: Int?
+            do {
+                validByteCount = try load(buffer, wholeBlock)
+            } catch {
+                finishLoad(slotIndex, blockIndex, validByteCount: 0)
+                throw error
+            }
+            guard let validByteCount else {
                 finishLoad(slotIndex, blockIndex, validByteCount: 0)
                 return nil
             }
@@ -148,13 +154,16 @@ final class DecompressedBlockCache: @unchecked Sendable {
         return slots.count { $0.state == .ready }
     }
 
+    /// A slot `acquire` pinned for a reader.
+    private typealias AcquiredSlot = (
+        slotIndex: Int, buffer: UnsafeMutableRawBufferPointer, mustLoad: Bool, wholeBlock: Bool
+    )
+
     /// Pins the block's slot, waiting while another thread loads it or while every slot is
     /// in use; with `waits` false, nil instead of waiting. `mustLoad`: the slot was just
     /// claimed for this caller to fill; `wholeBlock`: fill all of it (the slot held a prefix
     /// too short for this reader).
-    private func acquire(_ blockIndex: UInt64, neededByteCount: Int, waits: Bool) -> (
-        slotIndex: Int, buffer: UnsafeMutableRawBufferPointer, mustLoad: Bool, wholeBlock: Bool
-    )? {
+    private func acquire(_ blockIndex: UInt64, neededByteCount: Int, waits: Bool) -> AcquiredSlot? {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         while true {

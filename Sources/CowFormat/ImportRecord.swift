@@ -31,52 +31,43 @@ public struct ImportRecord: Equatable, Sendable {
         self.targetByteCountBefore = targetByteCountBefore
     }
 
-    enum Field {
-        static let version = 8
-        static let reserved = 12
-        static let diffByteCount = 16
-        static let diffDigest = 24
-        static let targetDevice = 32
-        static let targetInode = 40
-        static let targetByteCountBefore = 48
-        static let reservedTail = 56
-    }
-
     /// Parses a whole record: magic, checksum, version, then the reserved bytes (zero).
     public init(parsing bytes: UnsafeRawBufferPointer) throws(FormatError) {
         guard bytes.count == Self.byteCount else {
             throw .truncated(expectedByteCount: Self.byteCount, actualByteCount: bytes.count)
         }
         try Self.record.check(bytes)
-        let version = bytes.loadLittleEndian(at: Field.version, as: UInt32.self)
+        var reader = LittleEndianReader(bytes, at: Self.magic.count)
+        let version: UInt32 = reader.read()
         guard version == Self.version else { throw .unsupportedVersion(version) }
-        for reserved in [
-            Field.reserved..<Field.diffByteCount,
-            Field.reservedTail..<Self.record.checksumByteOffset,
-        ] {
+        let reservedWord = reader.byteOffset..<reader.byteOffset + 4
+        reader.skip(UInt32.self)
+        diffByteCount = reader.read()
+        diffDigest = reader.read()
+        targetDevice = reader.read()
+        targetInode = reader.read()
+        targetByteCountBefore = reader.read()
+        for reserved in [reservedWord, reader.byteOffset..<Self.record.checksumByteOffset] {
             try Self.record.checkReserved(bytes, reserved, name: "import record reserved byte")
         }
-        diffByteCount = bytes.loadLittleEndian(at: Field.diffByteCount, as: UInt64.self)
-        diffDigest = bytes.loadLittleEndian(at: Field.diffDigest, as: UInt64.self)
-        targetDevice = bytes.loadLittleEndian(at: Field.targetDevice, as: UInt64.self)
-        targetInode = bytes.loadLittleEndian(at: Field.targetInode, as: UInt64.self)
-        targetByteCountBefore = bytes.loadLittleEndian(
-            at: Field.targetByteCountBefore, as: UInt64.self)
     }
 
-    /// The record's frame: magic, fields, checksum at 120.
+    /// The record's frame: magic, fields (version u32, a reserved u32, then the five u64 fields
+    /// in the order above, 16 to 56), reserved bytes, checksum at 120.
     static let record = ChecksummedRecord(
         magic: magic, byteCount: byteCount, kindName: "cowbd import record")
 
     /// The record's bytes, checksum included.
     public func encoded() -> [UInt8] {
         Self.record.encoded { bytes in
-            bytes.storeLittleEndian(Self.version, at: Field.version)
-            bytes.storeLittleEndian(diffByteCount, at: Field.diffByteCount)
-            bytes.storeLittleEndian(diffDigest, at: Field.diffDigest)
-            bytes.storeLittleEndian(targetDevice, at: Field.targetDevice)
-            bytes.storeLittleEndian(targetInode, at: Field.targetInode)
-            bytes.storeLittleEndian(targetByteCountBefore, at: Field.targetByteCountBefore)
+            var writer = LittleEndianWriter(bytes, at: Self.magic.count)
+            writer.write(Self.version)
+            writer.skip(UInt32.self)  // reserved
+            writer.write(diffByteCount)
+            writer.write(diffDigest)
+            writer.write(targetDevice)
+            writer.write(targetInode)
+            writer.write(targetByteCountBefore)
         }
     }
 

@@ -67,12 +67,14 @@ extension Connection {
     {
         let disk = server.disk
         let fua = request.flags.contains(.fua)
-        logger.trace(
-            "request",
-            metadata: [
-                "command": "\(request.command)", "offset": "\(request.offset)",
-                "length": "\(request.length)",
-            ])
+        if logsRequests {
+            logger.trace(
+                "request",
+                metadata: [
+                    "command": "\(request.command)", "offset": "\(request.offset)",
+                    "length": "\(request.length)",
+                ])
+        }
         switch request.command {
         case .read:
             let data = worker.payload.prefix(Int(request.length))

@@ -14,14 +14,14 @@ extension Connection {
     func execute(_ job: RequestWorker.Job, _ worker: RequestWorker) {
         switch job {
         case .execute(let request):
-            let startSeconds = monotonicSeconds()
+            let startNanoseconds = monotonicNanoseconds()
             do {
-                try perform(request, startSeconds: startSeconds, worker)
+                try perform(request, startNanoseconds: startNanoseconds, worker)
             } catch {
-                fail(request, error, startSeconds: startSeconds, worker)
+                fail(request, error, startNanoseconds: startNanoseconds, worker)
             }
         case .fail(let request, let error):
-            fail(request, error, startSeconds: monotonicSeconds(), worker)
+            fail(request, error, startNanoseconds: monotonicNanoseconds(), worker)
         case .reject(let header, let rejection):
             server.metrics.recordRejection(rejection.error)
             logger.info(
@@ -37,12 +37,12 @@ extension Connection {
 
     /// Counts, logs and replies the error of a request that failed.
     private func fail(
-        _ request: Request, _ error: any Error, startSeconds: Double, _ worker: RequestWorker
+        _ request: Request, _ error: any Error, startNanoseconds: UInt64, _ worker: RequestWorker
     ) {
         let code = ErrorMapping.nbdError(for: error)
         server.metrics.recordRequest(
             request.command, byteCount: request.length,
-            seconds: monotonicSeconds() - startSeconds, error: code)
+            startNanoseconds: startNanoseconds, error: code)
         logger.warning(
             "request failed: \(error)",
             metadata: [
@@ -56,28 +56,30 @@ extension Connection {
 
     /// Counts a request done, before its reply goes out: a client that has its reply finds it
     /// in the metrics.
-    private func recordDone(_ request: Request, startSeconds: Double) {
+    private func recordDone(_ request: Request, startNanoseconds: UInt64) {
         server.metrics.recordRequest(
             request.command, byteCount: request.length,
-            seconds: monotonicSeconds() - startSeconds, error: nil)
+            startNanoseconds: startNanoseconds, error: nil)
     }
 
-    private func perform(_ request: Request, startSeconds: Double, _ worker: RequestWorker)
+    private func perform(_ request: Request, startNanoseconds: UInt64, _ worker: RequestWorker)
         throws
     {
         let disk = server.disk
         let fua = request.flags.contains(.fua)
-        logger.trace(
-            "request",
-            metadata: [
-                "command": "\(request.command)", "offset": "\(request.offset)",
-                "length": "\(request.length)",
-            ])
+        if logsRequests {
+            logger.trace(
+                "request",
+                metadata: [
+                    "command": "\(request.command)", "offset": "\(request.offset)",
+                    "length": "\(request.length)",
+                ])
+        }
         switch request.command {
         case .read:
             let data = worker.payload.prefix(Int(request.length))
             try disk.read(at: request.offset, into: data)
-            recordDone(request, startSeconds: startSeconds)
+            recordDone(request, startNanoseconds: startNanoseconds)
             replyRead(request, UnsafeRawBufferPointer(data), worker)
             return
         case .write:
@@ -95,12 +97,12 @@ extension Connection {
         case .cache:
             try disk.prefetch(at: request.offset, byteCount: request.length)
         case .blockStatus:
-            try replyBlockStatus(request, startSeconds: startSeconds, worker)
+            try replyBlockStatus(request, startNanoseconds: startNanoseconds, worker)
             return
         case .disconnect:
             preconditionFailure("DISC is handled by the reader")
         }
-        recordDone(request, startSeconds: startSeconds)
+        recordDone(request, startNanoseconds: startNanoseconds)
         replySuccess(cookie: request.cookie, offset: request.offset, worker)
     }
 
@@ -154,7 +156,7 @@ extension Connection {
     /// One chunk per negotiated context, the last marked done. A dirty-bitmap context whose
     /// checkpoint was deleted since the handshake fails the request (EINVAL) before any chunk.
     private func replyBlockStatus(
-        _ request: Request, startSeconds: Double, _ worker: RequestWorker
+        _ request: Request, startNanoseconds: UInt64, _ worker: RequestWorker
     ) throws {
         guard request.length > 0 else {
             throw StoreError.invalidArgument("block status of zero bytes")
@@ -194,7 +196,7 @@ extension Connection {
                     })
             }
         }
-        recordDone(request, startSeconds: startSeconds)
+        recordDone(request, startNanoseconds: startNanoseconds)
         let extended = session.extendedHeaders
         for (position, (context, descriptors)) in zip(session.metaContexts, descriptorLists)
             .enumerated()

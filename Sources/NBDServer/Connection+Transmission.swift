@@ -208,7 +208,7 @@ extension Connection {
     private func readIfCached(
         _ request: Request, _ worker: RequestWorker, _ disk: VirtualDisk, _ metrics: ServerMetrics
     ) -> Bool {
-        let startSeconds = monotonicSeconds()
+        let startNanoseconds = monotonicNanoseconds()
         let data = worker.payload.prefix(Int(request.length))
         do {
             guard try disk.readIfCached(at: request.offset, into: data) else {
@@ -221,8 +221,7 @@ extension Connection {
         }
         metrics.recordReadCache(hit: true)
         metrics.recordRequest(
-            .read, byteCount: request.length, seconds: monotonicSeconds() - startSeconds,
-            error: nil)
+            .read, byteCount: request.length, startNanoseconds: startNanoseconds, error: nil)
         replyRead(request, UnsafeRawBufferPointer(data), worker)
         return true
     }

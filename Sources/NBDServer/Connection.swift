@@ -30,6 +30,9 @@ final class Connection: @unchecked Sendable {
     @exclusivity(unchecked) private(set) var transport: any Transport
     let server: NBDServer
     let logger: Logger
+    /// Whether `logger` takes trace messages, asked once: asking per request copied the log
+    /// handler each time, which cost as much as a 4 KiB write's own bookkeeping.
+    let logsRequests: Bool
     let acceptedAtSeconds = monotonicSeconds()
     let phase = Atomic<Phase>(.handshake)
     private(set) var session: NegotiatedSession! = nil
@@ -46,6 +49,7 @@ final class Connection: @unchecked Sendable {
         logger[metadataKey: "connection"] = "\(id)"
         logger[metadataKey: "peer"] = "\(transport.peer)"
         self.logger = logger
+        logsRequests = logger.logLevel <= .trace
     }
 
     /// Runs the whole connection on the calling thread.

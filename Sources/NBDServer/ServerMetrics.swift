@@ -6,6 +6,7 @@
 // (swift-prometheus's takes a lock and compares every bucket per request).
 
 import CowStore
+import CowSupport
 import NBDProtocol
 import Prometheus
 import Synchronization
@@ -147,21 +148,26 @@ public final class ServerMetrics: @unchecked Sendable {
         figures + (commandIndex * figureStride + slot)
     }
 
-    /// A request done in `seconds`: `byteCount` is its length, `error` its NBD error if it
-    /// failed (counted by errno as well as by command).
-    func recordRequest(_ command: Command, byteCount: UInt64, seconds: Double, error: ErrorCode?) {
-        let index = Int(command.rawValue)
-        let nanoseconds = seconds > 0 ? UInt64(min(seconds, 1e9) * 1e9) : 0
+    /// A request that started at `startNanoseconds` (`monotonicNanoseconds`) and is done now:
+    /// `byteCount` is its length, `error` its NBD error if it failed (counted by errno as well
+    /// as by command). Whole nanoseconds and wrapping adds: a checked add is a compare-and-swap
+    /// loop, and this runs for every request (the sums would take centuries to wrap).
+    func recordRequest(
+        _ command: Command, byteCount: UInt64, startNanoseconds: UInt64, error: ErrorCode?
+    ) {
+        let now = monotonicNanoseconds()
+        let nanoseconds = now > startNanoseconds ? now - startNanoseconds : 0
         var bucket = 0
         while bucket < bucketBoundsNanoseconds.count
             && nanoseconds > bucketBoundsNanoseconds[bucket]
         {
             bucket += 1
         }
-        figure(index, 0).pointee.add(1, ordering: .relaxed)
-        figure(index, 1).pointee.add(byteCount, ordering: .relaxed)
-        figure(index, 2).pointee.add(nanoseconds, ordering: .relaxed)
-        figure(index, 3 + bucket).pointee.add(1, ordering: .relaxed)
+        let index = Int(command.rawValue)
+        figure(index, 0).pointee.wrappingAdd(1, ordering: .relaxed)
+        figure(index, 1).pointee.wrappingAdd(byteCount, ordering: .relaxed)
+        figure(index, 2).pointee.wrappingAdd(nanoseconds, ordering: .relaxed)
+        figure(index, 3 + bucket).pointee.wrappingAdd(1, ordering: .relaxed)
         if let error {
             errors[error.rawValue]?.increment()
             errorCount.add(1, ordering: .relaxed)

@@ -97,3 +97,32 @@ import Testing
     #expect(bitmap.clear(0..<perPage) == 0)
     #expect(bitmap.allocatedPageCount == 2)
 }
+
+@Test func dirtyPagesAgreeWithASetOfPagesAcrossSetsLoadsAndRetries() throws {
+    var generator = SplitMix64(seed: 44)
+    let pageCount: UInt64 = 200  // more than one word of dirty bits
+    let bitmap = ChunkBitmap(chunkCount: pageCount * ChunkBitmap.chunksPerPage - 5)
+    var model = Set<Int>()
+    let zeroPage = [UInt8](repeating: 0, count: ChunkBitmap.pageByteCount)
+    for step in 0..<3000 {
+        let pageIndex = Int(generator.next() % pageCount)
+        switch generator.next() % 4 {
+        case 0, 1:
+            let chunkIndex = UInt64(pageIndex) * ChunkBitmap.chunksPerPage + generator.next() % 64
+            if bitmap.set(chunkIndex) { model.insert(pageIndex) }
+        case 2:
+            try zeroPage.withUnsafeBytes { try bitmap.loadPage(pageIndex, from: $0) }
+            model.remove(pageIndex)
+        default:
+            let taken = bitmap.takeDirtyPages()
+            #expect(taken == model.sorted(), "step \(step)")
+            // A failed write of some of them: they are dirty again, once each.
+            let retried = taken.filter { _ in generator.next() % 2 == 0 }
+            bitmap.markDirty(retried + retried)
+            model = Set(retried)
+        }
+        #expect(bitmap.dirtyPageCount == model.count, "step \(step)")
+    }
+    #expect(bitmap.takeDirtyPages() == model.sorted())
+    #expect(bitmap.dirtyPageCount == 0)
+}

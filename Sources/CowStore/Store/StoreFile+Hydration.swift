@@ -11,7 +11,7 @@ extension StoreFile {
     public var hydratedChunkCount: UInt64 { hydration.withLock { $0?.setCount ?? 0 } }
 
     /// Whether the store has a hydration bitmap (it hydrated at least one chunk once).
-    public var hasHydration: Bool { hydration.withLock { $0 != nil } }
+    public var hasHydration: Bool { hasHydrationBitmap.load(ordering: .acquiring) }
 
     /// Whether every chunk that covers a byte of the base is written or hydrated: the disk then
     /// reads nothing from its base, which may be gone.
@@ -33,6 +33,10 @@ extension StoreFile {
     ) {
         let written = heldRun(from: chunkIndex, limit: limit)
         if written.isHeld { return (true, written.chunkCount) }
+        // Without a hydration bitmap nothing is hydrated: one lock a lookup, not two. A bitmap
+        // made meanwhile holds only chunks hydrated after this began, which still hold the
+        // base's bytes, so the answer "not present" (read the base) stays right for this read.
+        guard hasHydration else { return (false, written.chunkCount) }
         let hydrated = hydratedRun(from: chunkIndex, limit: written.chunkCount)
         return (hydrated.isHydrated, hydrated.chunkCount)
     }
@@ -70,6 +74,7 @@ extension StoreFile {
             try synchronize(.all, "fsync (ftruncate)")
             try writeHeaderBytes(withBitmap)
             hydration.withLock { $0 = ChunkBitmap(chunkCount: header.chunkCount) }
+            hasHydrationBitmap.store(true, ordering: .releasing)
         }
     }
 

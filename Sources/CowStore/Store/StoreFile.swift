@@ -40,6 +40,9 @@ public final class StoreFile: Sendable {
     /// The hydration bitmap, nil until the store has one (StoreFile+Hydration.swift). Never held
     /// across I/O; taken after `bitmap` when both are needed.
     let hydration: Locked<ChunkBitmap?>
+    /// Whether `hydration` holds a bitmap: it goes from nil to a bitmap once and never back, so
+    /// a read of a store that never hydrated a chunk skips that lock (StoreFile+Hydration.swift).
+    let hasHydrationBitmap = Atomic<Bool>(false)
     /// Serialises flushes and table writes, so pages reach the disk in order.
     let flushLock = Locked<Void>(())
     /// The header as last written by a live rebind of the lower chain, nil before one
@@ -84,7 +87,9 @@ public final class StoreFile: Sendable {
                     io, header: header, regionByteOffset: header.bitmapByteOffset,
                     path: path))
             checkpoints = Locked(try Self.readCheckpoints(io, header: header, path: path))
-            hydration = Locked(try Self.readHydration(io, header: header, path: path))
+            let hydrated = try Self.readHydration(io, header: header, path: path)
+            hasHydrationBitmap.store(hydrated != nil, ordering: .releasing)
+            hydration = Locked(hydrated)
         } catch {
             try? descriptor.close()
             if let errno = error as? Errno {

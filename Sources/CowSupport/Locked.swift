@@ -37,4 +37,15 @@ public final class Locked<Value>: @unchecked Sendable {
         defer { pthread_mutex_unlock(mutex) }
         return try body(&value.pointee)
     }
+
+    /// Runs `body` on the value if the mutex is free now; nil, without waiting, if another
+    /// thread holds it. The corresponding C function is `pthread_mutex_trylock`.
+    @inlinable
+    public func withLockIfAvailable<Result>(_ body: (inout Value) throws -> Result) rethrows
+        -> Result?
+    {
+        guard pthread_mutex_trylock(mutex) == 0 else { return nil }
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value.pointee)
+    }
 }

@@ -82,15 +82,30 @@ final class BaseRequestQueue: @unchecked Sendable {
     }
 
     /// Queues a read only once `fetch` (which starts fetching its bytes, or returns false if
-    /// there is nothing to wait for) reports them arrived: a thread then takes it and answers
-    /// from memory, woken once rather than once to send and once when the answer comes. A
-    /// failed fetch fails the read with its error. Waits, as `submit`, only for room.
+    /// there is nothing to wait for) reports them arrived. Then `answer`, on the thread that
+    /// saw them arrive, may reply at once without waiting (giving back the request's budget
+    /// when it did); otherwise a thread takes the read and answers from memory, woken once
+    /// rather than once to send and once when the answer comes. A failed fetch fails the read
+    /// with its error. Waits, as `submit`, only for room.
     func submit(
         _ request: Request, budgetByteCount: Int,
-        afterFetching fetch: (@escaping @Sendable (StoreError?) -> Void) -> Bool
+        afterFetching fetch: (@escaping @Sendable (StoreError?) -> Void) -> Bool,
+        answer: @escaping @Sendable (Request) -> ReplyAttempt
     ) {
         room.wait()
         let isFetching = fetch { [self] error in
+            if error == nil {
+                switch answer(request) {
+                case .sent:
+                    room.signal()
+                    return
+                case .sentInPart:
+                    // The request's room now holds the rest of its reply until a thread sends it.
+                    dispatch(Waiting(job: .sendUnsentReply, payload: nil, budgetByteCount: 0))
+                    return
+                case .notSent: break
+                }
+            }
             let job: RequestWorker.Job = error.map { .fail(request, $0) } ?? .execute(request)
             dispatch(Waiting(job: job, payload: nil, budgetByteCount: budgetByteCount))
         }

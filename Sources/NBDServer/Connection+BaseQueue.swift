@@ -3,6 +3,7 @@
 // Connection+Transmission.swift, after their inline attempt.
 
 import CowStore
+import CowSupport
 import NBDProtocol
 
 extension Connection {
@@ -44,4 +45,47 @@ extension Connection {
         }
         queue.submit(job, payload: payload, budgetByteCount: budgetByteCount)
     }
+
+    /// Answers a read whose base bytes just arrived, on the thread that received them (a base
+    /// connection's, serving every client): from memory only, and only as far as the socket
+    /// takes the reply without waiting, so a client that does not read never holds it.
+    /// `.notSent` leaves the read (and its budget) to the base queue's threads. The reply is
+    /// read through the disk as any other, so it holds what the disk holds now.
+    func answerAtOnce(
+        _ request: Request, budgetByteCount: Int, _ disk: VirtualDisk, _ replyForm: ReplyForm,
+        _ socket: SocketTransport?
+    ) -> ReplyAttempt {
+        guard let socket, request.length <= Self.maxAnswerAtOnceByteCount, request.length > 0,
+            !broken.load(ordering: .relaxed)
+        else { return .notSent }
+        let startSeconds = monotonicSeconds()
+        let headerByteCount = Reply.maxHeaderByteCount
+        let buffer = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: headerByteCount + Int(request.length), alignment: 64)
+        defer { buffer.deallocate() }
+        let header = UnsafeMutableRawBufferPointer(rebasing: buffer[..<headerByteCount])
+        let data = UnsafeMutableRawBufferPointer(rebasing: buffer[headerByteCount...])
+        guard (try? disk.readIfCached(at: request.offset, into: data)) == true else {
+            return .notSent
+        }
+        let count =
+            replyForm.structured
+            ? Reply.encodeReadChunkHeader(
+                cookie: request.cookie, offset: request.offset, dataByteCount: data.count,
+                extended: replyForm.extended, into: header)
+            : Reply.encodeSimple(error: 0, cookie: request.cookie, into: header)
+        let attempt = trySendReply(
+            UnsafeRawBufferPointer(rebasing: header[..<count]), UnsafeRawBufferPointer(data),
+            on: socket)
+        guard attempt != .notSent else { return .notSent }
+        server.metrics.recordRequest(
+            .read, byteCount: request.length, seconds: monotonicSeconds() - startSeconds,
+            error: nil)
+        if budgetByteCount > 0 { server.payloadBudget.release(budgetByteCount) }
+        return attempt
+    }
+
+    /// The largest read answered on a base connection's thread: a few pages, not a copy of
+    /// megabytes on the thread every client's base reads go through.
+    static let maxAnswerAtOnceByteCount: UInt32 = 128 << 10
 }

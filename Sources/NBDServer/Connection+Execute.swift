@@ -30,6 +30,8 @@ extension Connection {
                 rejection.error, message: rejection.message, cookie: header.cookie,
                 offset: header.offset,
                 isRead: header.type == Command.read.rawValue, worker)
+        case .sendUnsentReply:
+            sendUnsentReply()
         case .stop:
             break
         }

@@ -45,6 +45,8 @@ extension Connection {
             finish(worker)
         }
         defer { baseQueue?.drainAndStop() }
+        // Replies sent without waiting need the plain socket (TLS records are not cut short).
+        let plainSocket = transport as? SocketTransport
         let inline = RequestWorker(
             index: -1, payloadByteCount: payloadByteCount, scratch: server.disk.makeScratch(),
             replyForm: replyForm)
@@ -137,10 +139,17 @@ extension Connection {
                         !disk.needsNoBase(at: request.offset, byteCount: request.length)
                     {
                         reserveForBaseQueue(budgetByteCount, inline, pool)
-                        baseQueue.submit(request, budgetByteCount: budgetByteCount) { then in
-                            disk.whenBaseFetched(
-                                at: request.offset, byteCount: UInt64(request.length), then)
-                        }
+                        baseQueue.submit(
+                            request, budgetByteCount: budgetByteCount,
+                            afterFetching: { then in
+                                disk.whenBaseFetched(
+                                    at: request.offset, byteCount: UInt64(request.length), then)
+                            },
+                            answer: { [self] request in
+                                answerAtOnce(
+                                    request, budgetByteCount: budgetByteCount, disk, replyForm,
+                                    plainSocket)
+                            })
                         continue
                     }
                     let blocking = pool.acquire()

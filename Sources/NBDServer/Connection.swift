@@ -36,7 +36,9 @@ final class Connection: @unchecked Sendable {
     let acceptedAtSeconds = monotonicSeconds()
     let phase = Atomic<Phase>(.handshake)
     private(set) var session: NegotiatedSession! = nil
-    private let sendLock = Locked<Void>(())
+    /// Serialises sends. Holds the rest of a reply that `trySendReply` sent in part: whoever
+    /// sends next sends that first, so no reply ever cuts into another.
+    private let sendLock = Locked<UnsentReplyBytes?>(nil)
     /// Set when a send failed: the reader stops taking requests.
     let broken = Atomic<Bool>(false)
 
@@ -178,16 +180,103 @@ final class Connection: @unchecked Sendable {
         return try outcome.get()
     }
 
-    /// Sends one reply: `header` then `payload`, as one unit on the wire.
+    /// Sends one reply: `header` then `payload`, as one unit on the wire (after the rest of a
+    /// reply sent in part, if one waits).
     func sendReply(_ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer) {
-        let outcome = sendLock.withLock { _ in
-            Result { () throws(ServerError) in try transport.send(header, payload) }
-        }
-        if case .failure(let error) = outcome {
-            if !broken.exchange(true, ordering: .relaxed) {
-                logger.warning("cannot send a reply: \(error)")
+        let outcome = sendLock.withLock { unsent in
+            Result { () throws(ServerError) in
+                try sendUnsent(&unsent)
+                try transport.send(header, payload)
             }
-            transport.shutdownBoth()
+        }
+        if case .failure(let error) = outcome { sendFailed(error) }
+    }
+
+    /// Sends the rest of a reply that `trySendReply` sent in part, if nobody has yet.
+    func sendUnsentReply() {
+        let outcome = sendLock.withLock { unsent in
+            Result { () throws(ServerError) in try sendUnsent(&unsent) }
+        }
+        if case .failure(let error) = outcome { sendFailed(error) }
+    }
+
+    /// Sends one reply on `socket` (the connection's transport) only as far as it goes without
+    /// waiting, for a thread that must not wait on this client (a base connection's). If the
+    /// lock is held or the socket is full, nothing is sent (`.notSent`: the caller has the
+    /// reply sent the ordinary way). If only part fits, the rest is kept (`.sentInPart`): the
+    /// caller must make sure `sendUnsentReply` runs; any other send sends it first anyway.
+    func trySendReply(
+        _ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer,
+        on socket: SocketTransport
+    ) -> ReplyAttempt {
+        let outcome = sendLock.withLockIfAvailable { unsent -> Result<ReplyAttempt, ServerError> in
+            guard unsent == nil else { return .success(.notSent) }
+            let sentByteCount: Int
+            do throws(ServerError) {
+                sentByteCount = try socket.sendWithoutWaiting(header, payload)
+            } catch {
+                return .failure(error)
+            }
+            if sentByteCount == 0 { return .success(.notSent) }
+            if sentByteCount == header.count + payload.count { return .success(.sent) }
+            unsent = UnsentReplyBytes(header, payload, droppingFirst: sentByteCount)
+            return .success(.sentInPart)
+        }
+        switch outcome {
+        case nil: return .notSent
+        case .success(let attempt)?: return attempt
+        case .failure(let error)?:
+            sendFailed(error)
+            return .sent  // as with `sendReply`: the connection is gone, the reply with it
         }
     }
+
+    private func sendUnsent(_ unsent: inout UnsentReplyBytes?) throws(ServerError) {
+        guard let bytes = unsent else { return }
+        unsent = nil
+        try transport.send(
+            UnsafeRawBufferPointer(bytes.buffer), UnsafeRawBufferPointer(start: nil, count: 0))
+    }
+
+    private func sendFailed(_ error: ServerError) {
+        if !broken.exchange(true, ordering: .relaxed) {
+            logger.warning("cannot send a reply: \(error)")
+        }
+        transport.shutdownBoth()
+    }
+}
+
+/// How far `Connection.trySendReply` got.
+enum ReplyAttempt {
+    case sent
+    /// Nothing went out: the reply is still to be sent.
+    case notSent
+    /// The head went out, the rest waits in the connection for `sendUnsentReply`.
+    case sentInPart
+}
+
+/// The bytes of a reply that did not fit in the socket, in a buffer of their own.
+final class UnsentReplyBytes {
+    let buffer: UnsafeMutableRawBufferPointer
+
+    /// The bytes of `header` then `payload` after the first `sentByteCount`.
+    init(
+        _ header: UnsafeRawBufferPointer, _ payload: UnsafeRawBufferPointer,
+        droppingFirst sentByteCount: Int
+    ) {
+        let byteCount = header.count + payload.count - sentByteCount
+        precondition(byteCount > 0, "nothing left unsent")
+        buffer = .allocate(byteCount: byteCount, alignment: 16)
+        var filled = 0
+        if sentByteCount < header.count {
+            let rest = UnsafeRawBufferPointer(rebasing: header[sentByteCount...])
+            UnsafeMutableRawBufferPointer(rebasing: buffer[..<rest.count]).copyMemory(from: rest)
+            filled = rest.count
+        }
+        let payloadRest = UnsafeRawBufferPointer(
+            rebasing: payload[max(sentByteCount - header.count, 0)...])
+        UnsafeMutableRawBufferPointer(rebasing: buffer[filled...]).copyMemory(from: payloadRest)
+    }
+
+    deinit { buffer.deallocate() }
 }

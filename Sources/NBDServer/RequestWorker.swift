@@ -20,6 +20,8 @@ final class RequestWorker: @unchecked Sendable {
         /// A request that failed before a thread took it (its base fetch): reply the error.
         case fail(Request, StoreError)
         case reject(RequestHeader, RequestRejection)
+        /// Send the rest of a reply another thread sent in part (`Connection.trySendReply`).
+        case sendUnsentReply
         case stop
     }
 

@@ -112,6 +112,36 @@ final class SocketTransport: Transport, @unchecked Sendable {
         }
     }
 
+    /// Sends what of `first` then `second` the socket takes now, without waiting for room;
+    /// returns the bytes sent (0 if it is full). The corresponding C function is
+    /// `sendmsg(MSG_DONTWAIT | MSG_NOSIGNAL)`.
+    func sendWithoutWaiting(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer)
+        throws(ServerError) -> Int
+    {
+        var vectors = (
+            iovec(
+                iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count
+            ),
+            iovec(
+                iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress),
+                iov_len: second.count)
+        )
+        while true {
+            let result = withUnsafeMutablePointer(to: &vectors) { pointer -> Int in
+                pointer.withMemoryRebound(to: iovec.self, capacity: 2) { iov in
+                    var message = msghdr()
+                    message.msg_iov = iov
+                    message.msg_iovlen = second.count == 0 ? 1 : 2
+                    return sendmsg(descriptor, &message, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+                }
+            }
+            if result >= 0 { return result }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return 0 }
+            throw .socket(address: peer, call: "sendmsg", Errno(rawValue: errno))
+        }
+    }
+
     /// Bounds how long a send may block (a client that never reads its replies).
     /// The corresponding C function is `setsockopt(SO_SNDTIMEO)`.
     func setSendTimeout(seconds: Double) {

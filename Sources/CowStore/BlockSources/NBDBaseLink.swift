@@ -58,6 +58,9 @@ final class NBDBaseLink: @unchecked Sendable {
     private var connections: [NBDBaseConnection] = []
     /// Which connection the next submit wakes first.
     private let nextWake = Atomic<Int>(0)
+    /// Raised (under `state`'s lock) once the base is refused or closing: every connection
+    /// thread asks each turn, and every read, so the common answer costs no lock.
+    private let stopping = Atomic<Bool>(false)
 
     init(uri: String, settings: RemoteBaseSettings, identity: RemoteBaseIdentity, logger: Logger) {
         self.uri = uri
@@ -112,13 +115,15 @@ final class NBDBaseLink: @unchecked Sendable {
     /// are failed on the way.
     func take(maxCount: Int) -> [NBDBaseFetch] {
         guard maxCount > 0 else { return [] }
-        expireQueued()
-        let (taken, isMoreQueued) = state.withLock { state in
+        let now = monotonicSeconds()
+        let (taken, isMoreQueued, expired) = state.withLock { state in
+            let expired = Self.removeExpired(from: &state, now: now)
             let count = min(maxCount, state.queue.count)
             let taken = Array(state.queue.prefix(count))
             state.queue.removeFirst(count)
-            return (taken, !state.queue.isEmpty)
+            return (taken, !state.queue.isEmpty, expired)
         }
+        fail(expired)
         // This connection is full: another one takes the rest.
         if isMoreQueued { wakeOne() }
         return taken
@@ -144,16 +149,23 @@ final class NBDBaseLink: @unchecked Sendable {
     /// else would).
     func expireQueued() {
         let now = monotonicSeconds()
-        let expired = state.withLock { state -> [NBDBaseFetch] in
-            // Deadlines are the submit time plus one timeout and requeued fetches go first, so
-            // the front is (about) the oldest: while it is fresh, the queue is not scanned. A
-            // fetch that expires behind it waits to be sent or scanned; its readers time out
-            // on their own (NBDBaseFetch.wait).
-            guard let oldest = state.queue.first, oldest.isExpired(now: now) else { return [] }
-            let expired = state.queue.filter { $0.isExpired(now: now) }
-            if !expired.isEmpty { state.queue.removeAll { $0.isExpired(now: now) } }
-            return expired
-        }
+        fail(state.withLock { Self.removeExpired(from: &$0, now: now) })
+    }
+
+    /// Takes the queued fetches past their deadline out of the queue.
+    private static func removeExpired(from state: inout State, now: Double) -> [NBDBaseFetch] {
+        // Deadlines are the submit time plus one timeout and requeued fetches go first, so
+        // the front is (about) the oldest: while it is fresh, the queue is not scanned. A
+        // fetch that expires behind it waits to be sent or scanned; its readers time out on
+        // their own (NBDBaseFetch.wait).
+        guard let oldest = state.queue.first, oldest.isExpired(now: now) else { return [] }
+        let expired = state.queue.filter { $0.isExpired(now: now) }
+        if !expired.isEmpty { state.queue.removeAll { $0.isExpired(now: now) } }
+        return expired
+    }
+
+    /// Fails fetches that expired in the queue.
+    private func fail(_ expired: [NBDBaseFetch]) {
         for fetch in expired {
             fetch.finish(
                 .failure(
@@ -173,6 +185,7 @@ final class NBDBaseLink: @unchecked Sendable {
         let queued = state.withLock { state -> [NBDBaseFetch]? in
             guard state.refusal == nil else { return nil }
             state.refusal = error
+            stopping.store(true, ordering: .releasing)
             defer { state.queue = [] }
             return state.queue
         }
@@ -185,15 +198,17 @@ final class NBDBaseLink: @unchecked Sendable {
 
     /// The error every read throws once the base is refused or closed; nil while usable.
     var unusableError: StoreError? {
-        state.withLock { $0.refusal ?? ($0.isClosing ? closedError : nil) }
+        guard stopping.load(ordering: .acquiring) else { return nil }
+        return state.withLock { $0.refusal ?? ($0.isClosing ? closedError : nil) }
     }
 
-    var isStopping: Bool { state.withLock { $0.refusal != nil || $0.isClosing } }
+    var isStopping: Bool { stopping.load(ordering: .acquiring) }
 
     /// Stops every connection and fails what is queued. Waits for the connection threads.
     func close() {
         let queued = state.withLock { state -> [NBDBaseFetch] in
             state.isClosing = true
+            stopping.store(true, ordering: .releasing)
             defer { state.queue = [] }
             return state.queue
         }

@@ -58,7 +58,7 @@ extension Connection {
         guard let socket, request.length <= Self.maxAnswerAtOnceByteCount, request.length > 0,
             !broken.load(ordering: .relaxed)
         else { return .notSent }
-        let startSeconds = monotonicSeconds()
+        let startNanoseconds = monotonicNanoseconds()
         let headerByteCount = Reply.maxHeaderByteCount
         let buffer = UnsafeMutableRawBufferPointer.allocate(
             byteCount: headerByteCount + Int(request.length), alignment: 64)
@@ -79,8 +79,7 @@ extension Connection {
             on: socket)
         guard attempt != .notSent else { return .notSent }
         server.metrics.recordRequest(
-            .read, byteCount: request.length, seconds: monotonicSeconds() - startSeconds,
-            error: nil)
+            .read, byteCount: request.length, startNanoseconds: startNanoseconds, error: nil)
         if budgetByteCount > 0 { server.payloadBudget.release(budgetByteCount) }
         return attempt
     }

@@ -81,22 +81,7 @@ final class SocketTransport: Transport, @unchecked Sendable {
     {
         var parts = (first, second)
         while parts.0.count + parts.1.count > 0 {
-            var vectors = (
-                iovec(
-                    iov_base: UnsafeMutableRawPointer(mutating: parts.0.baseAddress),
-                    iov_len: parts.0.count),
-                iovec(
-                    iov_base: UnsafeMutableRawPointer(mutating: parts.1.baseAddress),
-                    iov_len: parts.1.count)
-            )
-            let result = withUnsafeMutablePointer(to: &vectors) { pointer -> Int in
-                pointer.withMemoryRebound(to: iovec.self, capacity: 2) { iov in
-                    var message = msghdr()
-                    message.msg_iov = parts.0.count == 0 ? iov + 1 : iov
-                    message.msg_iovlen = parts.0.count == 0 ? 1 : 2
-                    return sendmsg(descriptor, &message, Int32(MSG_NOSIGNAL))
-                }
-            }
+            let result = sendOnce(parts.0, parts.1, flags: Int32(MSG_NOSIGNAL))
             if result < 0 {
                 if errno == EINTR { continue }
                 if errno == EAGAIN || errno == EWOULDBLOCK {
@@ -118,6 +103,20 @@ final class SocketTransport: Transport, @unchecked Sendable {
     func sendWithoutWaiting(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer)
         throws(ServerError) -> Int
     {
+        while true {
+            let result = sendOnce(first, second, flags: Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
+            if result >= 0 { return result }
+            if errno == EINTR { continue }
+            if errno == EAGAIN || errno == EWOULDBLOCK { return 0 }
+            throw .socket(address: peer, call: "sendmsg", Errno(rawValue: errno))
+        }
+    }
+
+    /// One `sendmsg` of `first` then `second` (an empty `first` left out): the bytes sent, or
+    /// -1 with `errno` set.
+    private func sendOnce(
+        _ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer, flags: Int32
+    ) -> Int {
         var vectors = (
             iovec(
                 iov_base: UnsafeMutableRawPointer(mutating: first.baseAddress), iov_len: first.count
@@ -126,19 +125,13 @@ final class SocketTransport: Transport, @unchecked Sendable {
                 iov_base: UnsafeMutableRawPointer(mutating: second.baseAddress),
                 iov_len: second.count)
         )
-        while true {
-            let result = withUnsafeMutablePointer(to: &vectors) { pointer -> Int in
-                pointer.withMemoryRebound(to: iovec.self, capacity: 2) { iov in
-                    var message = msghdr()
-                    message.msg_iov = iov
-                    message.msg_iovlen = second.count == 0 ? 1 : 2
-                    return sendmsg(descriptor, &message, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
-                }
+        return withUnsafeMutablePointer(to: &vectors) { pointer -> Int in
+            pointer.withMemoryRebound(to: iovec.self, capacity: 2) { iov in
+                var message = msghdr()
+                message.msg_iov = first.count == 0 ? iov + 1 : iov
+                message.msg_iovlen = first.count == 0 ? 1 : 2
+                return sendmsg(descriptor, &message, flags)
             }
-            if result >= 0 { return result }
-            if errno == EINTR { continue }
-            if errno == EAGAIN || errno == EWOULDBLOCK { return 0 }
-            throw .socket(address: peer, call: "sendmsg", Errno(rawValue: errno))
         }
     }
 

@@ -60,23 +60,22 @@ extension Connection {
         else { return .notSent }
         let startNanoseconds = monotonicNanoseconds()
         let headerByteCount = Reply.maxHeaderByteCount
-        let buffer = UnsafeMutableRawBufferPointer.allocate(
-            byteCount: headerByteCount + Int(request.length), alignment: 64)
-        defer { buffer.deallocate() }
-        let header = UnsafeMutableRawBufferPointer(rebasing: buffer[..<headerByteCount])
-        let data = UnsafeMutableRawBufferPointer(rebasing: buffer[headerByteCount...])
-        guard (try? disk.readIfCached(at: request.offset, into: data)) == true else {
-            return .notSent
+        // On this thread's stack where it has room (a 4 KiB read's reply always does): no
+        // allocation for the common answer.
+        let attempt = withUnsafeTemporaryAllocation(
+            byteCount: headerByteCount + Int(request.length), alignment: 64
+        ) { buffer -> ReplyAttempt in
+            let header = UnsafeMutableRawBufferPointer(rebasing: buffer[..<headerByteCount])
+            let data = UnsafeMutableRawBufferPointer(rebasing: buffer[headerByteCount...])
+            guard (try? disk.readIfCached(at: request.offset, into: data)) == true else {
+                return .notSent
+            }
+            let count = Self.encodeReadReplyHeader(
+                request, dataByteCount: data.count, replyForm, into: header)
+            return trySendReply(
+                UnsafeRawBufferPointer(rebasing: header[..<count]), UnsafeRawBufferPointer(data),
+                on: socket)
         }
-        let count =
-            replyForm.structured
-            ? Reply.encodeReadChunkHeader(
-                cookie: request.cookie, offset: request.offset, dataByteCount: data.count,
-                extended: replyForm.extended, into: header)
-            : Reply.encodeSimple(error: 0, cookie: request.cookie, into: header)
-        let attempt = trySendReply(
-            UnsafeRawBufferPointer(rebasing: header[..<count]), UnsafeRawBufferPointer(data),
-            on: socket)
         guard attempt != .notSent else { return .notSent }
         server.metrics.recordRequest(
             .read, byteCount: request.length, startNanoseconds: startNanoseconds, error: nil)

@@ -124,20 +124,28 @@ extension Connection {
     }
 
     func replyRead(_ request: Request, _ data: UnsafeRawBufferPointer, _ worker: RequestWorker) {
-        guard worker.replyForm.structured else {
-            let count = Reply.encodeSimple(error: 0, cookie: request.cookie, into: worker.header)
-            sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), data)
-            return
-        }
-        guard data.count > 0 else {
+        guard !worker.replyForm.structured || data.count > 0 else {
             // OFFSET_DATA must carry at least one byte: an empty read is just "done".
             replySuccess(cookie: request.cookie, offset: request.offset, worker)
             return
         }
-        let count = Reply.encodeReadChunkHeader(
-            cookie: request.cookie, offset: request.offset, dataByteCount: data.count,
-            extended: worker.replyForm.extended, into: worker.header)
+        let count = Self.encodeReadReplyHeader(
+            request, dataByteCount: data.count, worker.replyForm, into: worker.header)
         sendReply(UnsafeRawBufferPointer(rebasing: worker.header[..<count]), data)
+    }
+
+    /// The header of a read's reply carrying `dataByteCount` bytes (at least one if
+    /// structured): a simple reply, or one OFFSET_DATA chunk. Returns its length.
+    static func encodeReadReplyHeader(
+        _ request: Request, dataByteCount: Int, _ replyForm: ReplyForm,
+        into header: UnsafeMutableRawBufferPointer
+    ) -> Int {
+        guard replyForm.structured else {
+            return Reply.encodeSimple(error: 0, cookie: request.cookie, into: header)
+        }
+        return Reply.encodeReadChunkHeader(
+            cookie: request.cookie, offset: request.offset, dataByteCount: dataByteCount,
+            extended: replyForm.extended, into: header)
     }
 
     func replyError(

@@ -6,9 +6,7 @@ import Testing
 
 @Test func aRecordedWriteAndFlushPutTheDataBeforeItsSyncAndTheBitmapAfter() throws {
     let scratch = try Scratch()
-    _ = try makeBase(at: scratch.path("base"), byteCount: 1 << 20, seed: 7)
-    try createStore(at: scratch.path("cow"), base: scratch.path("base"))
-    let (disk, io) = try openDiskWithTestIO(at: scratch.path("cow"))
+    let (disk, io) = try openRecordedStore(in: scratch, baseByteCount: 1 << 20, seed: 7)
     defer { disk.close() }
     let header = disk.store.header
     let before = io.events.count
@@ -26,9 +24,7 @@ import Testing
 
 @Test func everyStoreIOOfADiskGoesThroughItsSeam() throws {
     let scratch = try Scratch()
-    _ = try makeBase(at: scratch.path("base"), byteCount: 1 << 20, seed: 8)
-    try createStore(at: scratch.path("cow"), base: scratch.path("base"))
-    let (disk, io) = try openDiskWithTestIO(at: scratch.path("cow"))
+    let (disk, io) = try openRecordedStore(in: scratch, baseByteCount: 1 << 20, seed: 8)
     defer { disk.close() }
     let chunkScratch = disk.makeScratch()
     try disk.writeBytes([1, 2, 3], at: 5000, scratch: chunkScratch)
@@ -67,9 +63,7 @@ import Testing
 /// written chunks.
 @Test func aLargeFirstWriteIsAllocatedAheadAndARewriteIsNot() throws {
     let scratch = try Scratch()
-    _ = try makeBase(at: scratch.path("base"), byteCount: 4 << 20, seed: 10)
-    try createStore(at: scratch.path("cow"), base: scratch.path("base"))
-    let (disk, io) = try openDiskWithTestIO(at: scratch.path("cow"))
+    let (disk, io) = try openRecordedStore(in: scratch, baseByteCount: 4 << 20, seed: 10)
     defer { disk.close() }
     let chunkScratch = disk.makeScratch()
     var generator = SplitMix64(seed: 10)
@@ -85,4 +79,14 @@ import Testing
     try disk.flush()
     #expect(try disk.readBytes(at: 1 << 20, count: 1 << 20) == rewritten)
     #expect(try disk.store.allocatedDataByteCount() == (1 << 20) + 4096)
+}
+
+/// A store over a fresh base of `baseByteCount` random bytes in `scratch`, opened with every
+/// I/O of its file recorded.
+private func openRecordedStore(in scratch: Scratch, baseByteCount: Int, seed: UInt64) throws
+    -> (VirtualDisk, TestStoreIO)
+{
+    _ = try makeBase(at: scratch.path("base"), byteCount: baseByteCount, seed: seed)
+    try createStore(at: scratch.path("cow"), base: scratch.path("base"))
+    return try openDiskWithTestIO(at: scratch.path("cow"))
 }
